@@ -1,0 +1,288 @@
+"""Coupled channel groups, channel order, nested masks and dense extraction.
+
+The only module that imports Torch-Pruning. Search (width ratios per group),
+nested distillation (prefix masks) and export (dense sub-networks) all speak in
+terms of the `ChannelGroup`s found here, so a width means the same thing in
+every stage.
+
+Nesting works in importance order: each group's channels are ranked once
+(`importance_order`), and a width keeps the first k channels of that ranking.
+`ChannelMasker` zeroes the other channels at the output of every layer that
+produces them, which computes exactly what `materialize` computes after Torch-
+Pruning physically removes them (zero channels contribute nothing downstream;
+batch-norm of a zeroed channel yields its bias, which the mask zeroes again).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+Ratios = float | Mapping[str, float]
+
+_NORM_TYPES = (nn.LayerNorm, nn.GroupNorm)  # normalise across channels: a mask is not a cut
+
+
+@dataclass(frozen=True)
+class Member:
+    """One layer whose outputs carry a group's channels."""
+
+    module: str
+    idxs: tuple[int, ...]  # channel indices in this layer's output
+    root_idxs: tuple[int, ...]  # the same channels, as indices of the group's root
+    channel_dim: int  # 1 for conv/batch-norm outputs, -1 for linear outputs
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Channels that must be kept or removed together (residual adds, concat, depthwise)."""
+
+    key: str  # the root layer's name: stable across copies and rebuilds
+    size: int
+    members: tuple[Member, ...]
+    nestable: bool = True  # False where a mask would not equal a cut (layer norm inside)
+    layers: tuple[str, ...] = field(default=())  # every real layer the group touches
+    unit: int = 1  # channels kept or cut together: an attention head's width for q/k/v
+
+
+def module_names(model: nn.Module) -> dict[nn.Module, str]:
+    return {m: n for n, m in model.named_modules()}
+
+
+def find_head(model: nn.Module, example: torch.Tensor) -> str:
+    """The last Conv/Linear to run: its outputs are the classes and are never cut."""
+    order: list[str] = []
+    hooks = [m.register_forward_hook(lambda *_a, n=n: order.append(n))
+             for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    if not order:
+        raise ValueError("the model has no Conv or Linear layer to prune")
+    return order[-1]
+
+
+def _dependency_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
+    was_training = model.training
+    model.eval()
+    try:
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+    finally:
+        model.train(was_training)
+
+
+def _is_out_handler(dep) -> bool:
+    return "out_channels" in getattr(dep.handler, "__name__", "")
+
+
+def channel_groups(model: nn.Module, example: torch.Tensor,
+                   ignored: Iterable[str] = ()) -> list[ChannelGroup]:
+    """Enumerate the prunable channel groups of `model` (head and `ignored` excluded)."""
+    names = module_names(model)
+    by_name = dict(model.named_modules())
+    skip = {find_head(model, example), *ignored}
+    dg = _dependency_graph(model, example)
+    groups = []
+    for g in dg.get_all_groups(ignored_layers=[by_name[n] for n in skip if n in by_name],
+                               root_module_types=(nn.modules.conv._ConvNd, nn.Linear)):
+        root_module = g[0].dep.target.module
+        key = names[root_module]
+        members, layers, nestable = [], [], True
+        for item in g:
+            mod = item.dep.target.module
+            if mod not in names:
+                continue  # a traced op (add, cat, relu), not a layer
+            name = names[mod]
+            if name not in layers:
+                layers.append(name)
+            if isinstance(mod, _NORM_TYPES):
+                nestable = False
+            if not _is_out_handler(item.dep):
+                continue
+            dim = -1 if isinstance(mod, (nn.Linear, nn.LayerNorm, nn.Embedding)) else 1
+            idxs, roots = tuple(item.idxs), tuple(item.root_idxs or item.idxs)
+            if any(m.module == name for m in members):
+                continue
+            members.append(Member(name, idxs, roots, dim))
+        size = len(g[0].idxs)
+        unit = _head_unit(model, layers)
+        groups.append(ChannelGroup(key, size, tuple(members), nestable, tuple(layers), unit))
+    return groups
+
+
+def _head_unit(model: nn.Module, layers: Sequence[str]) -> int:
+    """Attention projections are reshaped into heads: their channels go in whole heads.
+
+    A layer whose parent module declares `head_dim` (see `families.Attention`)
+    is an attention projection; cutting single channels there would regroup
+    channels into different heads after the reshape."""
+    by_name = dict(model.named_modules())
+    for name in layers:
+        parent = by_name.get(name.rpartition(".")[0]) if "." in name else None
+        if parent is not None and hasattr(parent, "head_dim"):
+            return int(parent.head_dim)
+    return 1
+
+
+def keep_count(size: int, ratio: float, round_to: int = 1, unit: int = 1) -> int:
+    """Channels kept at `ratio`, rounded to the hardware multiple (never 0, never > size).
+
+    Odd channel counts can run slower than larger aligned ones, so counts are
+    rounded to the profile's multiple (8 on most CPUs and GPUs). Groups cut in
+    units (attention heads) keep whole units instead."""
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"width ratio must be in (0, 1] but got {ratio}")
+    if unit > 1:
+        return unit * min(size // unit, max(1, round(ratio * size / unit)))
+    if size <= round_to:
+        return size
+    k = max(round_to, round_to * round(ratio * size / round_to))
+    return min(size, k)
+
+
+def _ratio_for(ratios: Ratios, key: str) -> float:
+    return float(ratios) if isinstance(ratios, (int, float)) else float(ratios.get(key, 1.0))
+
+
+def importance_order(model: nn.Module, example: torch.Tensor,
+                     groups: Sequence[ChannelGroup]) -> dict[str, tuple[int, ...]]:
+    """Rank each group's channels, most important first (group L1 magnitude, as in OFA
+    and Torch-Pruning's GroupMagnitudeImportance)."""
+    dg = _dependency_graph(model, example)
+    by_name = dict(model.named_modules())
+    imp = tp.importance.GroupMagnitudeImportance(p=1)
+    order = {}
+    for g in groups:
+        root = by_name[g.key]
+        fn = dg.get_pruner_of_module(root).prune_out_channels
+        group = dg.get_pruning_group(root, fn, idxs=list(range(g.size)))
+        with torch.no_grad():
+            scores = imp(group)
+        if scores is None:
+            order[g.key] = tuple(range(g.size))
+        elif g.unit > 1:  # rank whole heads, keep channel order inside a head
+            heads = torch.argsort(scores.view(-1, g.unit).sum(1), descending=True, stable=True)
+            order[g.key] = tuple(int(h) * g.unit + j for h in heads for j in range(g.unit))
+        else:
+            order[g.key] = tuple(int(i) for i in torch.argsort(scores, descending=True, stable=True))
+    return order
+
+
+def kept_channels(group: ChannelGroup, ratio: float, order: Mapping[str, Sequence[int]] | None,
+                  round_to: int = 1) -> list[int]:
+    """Root indices kept at `ratio`: a prefix of the importance order."""
+    ranked = list(order[group.key]) if order and group.key in order else list(range(group.size))
+    return sorted(ranked[: keep_count(group.size, ratio, round_to, group.unit)])
+
+
+def materialize(model: nn.Module, example: torch.Tensor, groups: Sequence[ChannelGroup],
+                ratios: Ratios, order: Mapping[str, Sequence[int]] | None = None,
+                round_to: int = 1) -> nn.Module:
+    """A dense copy of `model` with the channels outside each group's kept prefix removed."""
+    dense = copy.deepcopy(model)
+    for m in dense.modules():  # a deep copy carries hooks along (e.g. a ChannelMasker's)
+        m._forward_hooks.clear()
+        m._forward_pre_hooks.clear()
+    dg = _dependency_graph(dense, example)
+    by_name = dict(dense.named_modules())
+    for g in groups:
+        ratio = _ratio_for(ratios, g.key)
+        if ratio >= 1.0:
+            continue
+        keep = set(kept_channels(g, ratio, order, round_to))
+        drop = [i for i in range(g.size) if i not in keep]
+        if not drop:
+            continue
+        root = by_name[g.key]
+        fn = dg.get_pruner_of_module(root).prune_out_channels
+        group = dg.get_pruning_group(root, fn, idxs=drop)
+        if dg.check_pruning_group(group):
+            group.prune()
+    return dense
+
+
+class ChannelMasker:
+    """Forward hooks that zero the channels outside the current width's prefixes.
+
+    `set_width(r)` (a float for every group, or a mapping key -> ratio) switches
+    the sub-network in place; `set_width(1.0)` is the full network, bit for bit.
+    """
+
+    def __init__(self, model: nn.Module, groups: Sequence[ChannelGroup],
+                 order: Mapping[str, Sequence[int]] | None = None, round_to: int = 1) -> None:
+        self.groups = {g.key: g for g in groups if g.nestable}
+        self.round_to = round_to
+        self.ratios: Ratios = 1.0
+        by_name = dict(model.named_modules())
+        # per layer: (group key, rank of each output channel in its group's order, idxs, dim)
+        self._entries: dict[str, list[tuple[str, torch.Tensor, torch.Tensor, int, int]]] = {}
+        for g in self.groups.values():
+            ranked = list(order[g.key]) if order and g.key in order else list(range(g.size))
+            rank = torch.empty(g.size, dtype=torch.long)
+            rank[torch.tensor(ranked)] = torch.arange(g.size)
+            for m in g.members:
+                width = _output_width(by_name[m.module], m)
+                self._entries.setdefault(m.module, []).append(
+                    (g.key, rank[torch.tensor(m.root_idxs)], torch.tensor(m.idxs), m.channel_dim, width))
+        self._active: dict[str, list[tuple[torch.Tensor, int]]] = {}
+        self._hooks = [by_name[name].register_forward_hook(self._hook(name)) for name in self._entries]
+
+    def _hook(self, name: str):
+        def apply(_module, _inputs, output):
+            for mask, dim in self._active.get(name, ()):
+                shape = [1] * output.dim()
+                shape[dim] = -1
+                output = output * mask.to(output.dtype).view(shape)
+            return output
+
+        return apply
+
+    def set_width(self, ratios: Ratios) -> None:
+        self.ratios = ratios
+        active: dict[str, list[tuple[torch.Tensor, int]]] = {}
+        for name, entries in self._entries.items():
+            for key, ranks, idxs, dim, width in entries:
+                ratio = _ratio_for(ratios, key)
+                if ratio >= 1.0:
+                    continue
+                g = self.groups[key]
+                k = keep_count(g.size, ratio, self.round_to, g.unit)
+                mask = torch.ones(width, dtype=torch.bool)
+                mask[idxs] = ranks < k
+                active.setdefault(name, []).append((mask, dim))
+        self._active = active
+
+    def remove(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+
+def _output_width(module: nn.Module, member: Member) -> int:
+    for attr in ("out_channels", "out_features", "num_features", "embedding_dim"):
+        if hasattr(module, attr):
+            return int(getattr(module, attr))
+    return max(member.idxs) + 1
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, example: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass at the example's batch size."""
+    was_training = model.training
+    model.eval()
+    try:
+        macs, _ = tp.utils.count_ops_and_params(model, example)
+    finally:
+        model.train(was_training)
+    return int(macs)

@@ -1,0 +1,197 @@
+"""Typed records passed between stages. Read this file first.
+
+Every record is a frozen dataclass of names and numbers (never live modules,
+except `Teacher.module`), so it can be written to the manifest and read back.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import torch
+from torch import nn
+
+Stat = Literal["p50", "p90", "p99"]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Shape of ONE sample (no batch dimension) and the number of classes."""
+
+    shape: tuple[int, ...]
+    num_classes: int
+    dtype: str = "float32"
+
+    def example(self, batch: int = 1, seed: int = 0) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        return torch.randn((batch, *self.shape), generator=g)
+
+
+@dataclass
+class Teacher:
+    """A loaded teacher. `module` is an eval-mode `nn.Module` that Torch-Pruning
+    can trace when `prunable` is true (see `compressor.teacher`)."""
+
+    module: nn.Module
+    spec: InputSpec
+    source: str
+    format: Literal["torchscript", "export", "state_dict", "pickle", "module"]
+    sha256: str
+    prunable: bool = True
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    """Deterministic train/validation split of one labelled dataset."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A latency budget in milliseconds, as parsed from e.g. '5ms'."""
+
+    ms: float
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """Datasheet figures used by the roofline predictor for targets we cannot measure."""
+
+    peak_gflops: Mapping[str, float]  # per precision, e.g. {"fp32": 50.0, "fp16": 100.0}
+    memory_bandwidth_gbs: float
+    layer_overhead_us: float
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    """One target, loaded from a file in `profiles/` (see `compressor.hardware.profiles`)."""
+
+    name: str
+    backend: Literal["onnxruntime-cpu", "torch-cuda", "tensorrt"]
+    description: str = ""
+    threads: int = 1  # 0 = all cores
+    batch_size: int = 1
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    warmup_runs: int = 10
+    warmup_seconds: float = 0.2
+    repeats: int = 100
+    min_seconds: float = 0.5
+    stat: Stat = "p50"
+    round_to: int = 8  # channel counts are rounded to this multiple
+    measured: bool = True  # False: a target we can only predict for
+    device: DeviceSpec | None = None
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class LatencyReport:
+    """Latency of one model on one profile; `measured` False means predicted."""
+
+    profile: str
+    stat: Stat
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    std_ms: float
+    cov: float
+    samples: int
+    measured: bool
+    batch_size: int = 1
+    env: Mapping[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+    def value(self, stat: Stat | None = None) -> float:
+        """The statistic a budget applies to (the profile's, unless given)."""
+        return float(getattr(self, f"{stat or self.stat}_ms"))
+
+    @classmethod
+    def predicted(cls, profile: str, stat: Stat, ms: float, env: Mapping[str, Any] | None = None,
+                  batch_size: int = 1) -> "LatencyReport":
+        return cls(profile=profile, stat=stat, p50_ms=ms, p90_ms=ms, p99_ms=ms, mean_ms=ms,
+                   std_ms=0.0, cov=0.0, samples=0, measured=False, batch_size=batch_size,
+                   env=dict(env or {}))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One architecture proposed by the search; `arch` is JSON-serialisable."""
+
+    arch: Mapping[str, Any]
+    proxy_scores: Mapping[str, float]
+    est_latency_ms: float
+    trial_number: int
+    params: int = 0
+    macs: int = 0
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    ta: Candidate
+    pareto: tuple[Candidate, ...]
+    study_name: str
+    storage: str
+    n_trials: int
+    n_failed: int
+
+
+@dataclass(frozen=True)
+class StudentFamily:
+    """One trained network holding several nested widths (Matryoshka prefixes)."""
+
+    arch: Mapping[str, Any]
+    ratios: tuple[float, ...]
+    channel_order: Mapping[str, tuple[int, ...]]
+    weights_path: str
+
+
+@dataclass(frozen=True)
+class ServableModel:
+    """One exported size with its measured figures."""
+
+    name: str
+    ratio: float
+    onnx_path: str
+    params: int
+    macs: int
+    accuracy: float
+    teacher_agreement: float
+    latency: Mapping[str, LatencyReport]
+    meets_budget: bool
+    onnx_max_abs_diff: float
+    files: Mapping[str, str] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Dataclasses, paths, tuples and tensors to plain JSON values."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not isinstance(getattr(obj, f.name), nn.Module)}
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, float) and obj != obj:  # NaN is not valid JSON
+        return None
+    return obj
