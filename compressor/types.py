@@ -143,7 +143,11 @@ class Candidate:
 
 @dataclass(frozen=True)
 class SearchResult:
+    """`student` is the searched architecture that fits the budget; `ta` is that
+    architecture widened (up to the teacher's cost) so the student nests inside it."""
+
     ta: Candidate
+    student: Candidate
     pareto: tuple[Candidate, ...]
     study_name: str
     storage: str
