@@ -1,0 +1,215 @@
+"""`compress`: the command line. `main(argv) -> int` is testable in-process.
+
+    compress --teacher model.pt --budget 5ms            # the main job
+    compress example-teacher --out teacher.pt           # train the built-in example teacher
+    compress profile model.onnx --profile host-cpu-1t   # measure any ONNX file
+    compress profiles                                   # list hardware profiles
+    compress pick runs/x --budget 3ms --profile host-cpu-1t
+
+Errors the user can fix print one line and exit 2 (usage/input) or 3 (no model
+meets the budget); `--debug` shows tracebacks instead.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Sequence
+
+from .errors import EXIT_INTERNAL, EXIT_USAGE, CompressorError
+
+SUBCOMMANDS = ("example-teacher", "profile", "profiles", "pick", "run")
+
+_EPILOG = """\
+examples:
+  compress --teacher teacher.pt --budget 2ms
+  compress --teacher model.pt2 --budget 800us --profile host-cpu --out runs/mine
+  compress --teacher weights.pt --arch mypkg.models:resnet_small --budget 5ms --data data.npz
+  compress --config compress.toml --resume --out runs/mine
+
+other commands (each has --help):
+  compress example-teacher --out teacher.pt    train the built-in example teacher (digits, ~1 min)
+  compress profile model.onnx --profile host-cpu-1t   measure an ONNX file's latency
+  compress profiles                            list hardware profiles (measured / predicted)
+  compress pick RUN_DIR --budget 3ms --profile host-cpu-1t   print the best size for a budget
+
+exit codes: 0 a model meets the budget; 3 none does (the report says how close the best came);
+2 bad input or usage; 1 internal error.
+"""
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="compress",
+        description="Compress a trained PyTorch teacher into several servable sizes that fit a latency budget: "
+                    "search students without training, distil a nested family in one run, prune, export to "
+                    "ONNX and measure every size.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--teacher", metavar="PATH",
+                   help="trained model: TorchScript archive (torch.jit.save), torch.export program (.pt2), "
+                        "state_dict (with --arch) or pickled module (with --trust-pickle). e.g. --teacher teacher.pt")
+    p.add_argument("--budget", metavar="LATENCY",
+                   help="latency budget per batch on the target profile, with a unit: us, ms or s. e.g. --budget 5ms")
+    p.add_argument("--data", metavar="SPEC",
+                   help="'digits' (built in, default), 'mnist1d', a .npz file with x/y arrays, or a folder with "
+                        "one subfolder of images per class. e.g. --data train.npz")
+    p.add_argument("--profile", metavar="NAME|PATH",
+                   help="hardware profile the budget applies to (default host-cpu-1t); see `compress profiles`. "
+                        "e.g. --profile raspberry-pi-5")
+    p.add_argument("--also-profile", dest="extra_profiles", action="append", metavar="NAME|PATH",
+                   help="also report latency on this profile (repeatable). e.g. --also-profile jetson-orin-nano")
+    p.add_argument("--out", metavar="DIR", help="run folder (default: a new folder under runs/). e.g. --out runs/exp1")
+    p.add_argument("--config", metavar="FILE",
+                   help="TOML or JSON file with any of these options (flags override it). e.g. --config compress.toml")
+    p.add_argument("--seed", type=int, help="random seed for data split, search and training (default 0)")
+    p.add_argument("--arch", metavar="MODULE:FACTORY",
+                   help="builds the network for a state_dict teacher. e.g. --arch mypkg.nets:make_cnn")
+    p.add_argument("--trust-pickle", action="store_true", default=None,
+                   help="allow loading a whole pickled nn.Module (unpickling runs arbitrary code)")
+    p.add_argument("--input-shape", metavar="C,H,W",
+                   help="per-sample input shape; default: inferred from the data. e.g. --input-shape 1,32,32")
+    p.add_argument("--image-size", type=int, metavar="N",
+                   help="resize built-in digits / image folders to NxN (default 32)")
+    p.add_argument("--method", choices=("nested", "skeleton"),
+                   help="'nested' (default): architecture search + one nested Teacher->TA->students run; "
+                        "'skeleton': fixed width ratios, one student")
+    p.add_argument("--sizes", metavar="R,R,...",
+                   help="width ratios of the nested sizes (default: 4 chosen from the budget). e.g. --sizes 1,0.5,0.25")
+    p.add_argument("--epochs", type=int, help="distillation epochs (default 12)")
+    p.add_argument("--batch-size", type=int, help="training batch size (default 64)")
+    p.add_argument("--trials", dest="search_trials", type=int, help="architecture search trials (default 24)")
+    p.add_argument("--spaces", dest="search_spaces", metavar="NAME,...",
+                   help="search spaces: teacher_scaled, cnn, transformer (default teacher_scaled,cnn)")
+    p.add_argument("--proxy", help="training-free proxy ranking students (default diswot)")
+    p.add_argument("--sampler", choices=("nsga2", "tpe"), help="Optuna sampler (default nsga2)")
+    p.add_argument("--storage", metavar="URL",
+                   help="Optuna storage shared by search workers: sqlite:///x.db, postgresql://..., or a journal "
+                        "file path (default: SQLite in the run folder)")
+    p.add_argument("--resume", action="store_true", default=None,
+                   help="continue the run in --out: finished stages, trials and epochs are not redone")
+    p.add_argument("--int8", action="store_true", default=None,
+                   help="also write an INT8 ONNX model per size (static quantization, reported next to fp32)")
+    p.add_argument("--tensorrt", action="store_true", default=None,
+                   help="also build TensorRT engines where TensorRT and a GPU are present")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="hide progress bars")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
+    return p
+
+
+def _run(argv: Sequence[str]) -> int:
+    from . import pipeline
+    from .config import load_config_file, resolve_config
+
+    args = _run_parser().parse_args(list(argv))
+    file_values = load_config_file(args.config) if args.config else {}
+    cli = {k: v for k, v in vars(args).items() if k not in ("config", "debug")}
+    if cli.get("extra_profiles"):
+        cli["extra_profiles"] = tuple(cli["extra_profiles"])
+    from .config import _coerce
+
+    for key in ("input_shape", "sizes", "search_spaces"):
+        if cli.get(key) is not None:
+            cli[key] = _coerce(key, cli[key], "command line")
+    cfg = resolve_config(file_values, cli)
+    return pipeline.run(cfg).exit_code
+
+
+def _example_teacher(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="compress example-teacher",
+                                description="Train the built-in example teacher (a ~0.5M-parameter residual CNN) "
+                                            "on digits upsampled to 32x32 and save it as TorchScript.")
+    p.add_argument("--out", default="teacher.pt", help="where to save it (default teacher.pt)")
+    p.add_argument("--epochs", type=int, default=8, help="training epochs (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--image-size", type=int, default=32, help="input size NxN (default 32)")
+    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(list(argv))
+    from .example import train_example_teacher
+    from .progress import Progress
+
+    with Progress() as progress:
+        info = train_example_teacher(Path(args.out), seed=args.seed, epochs=args.epochs,
+                                     image_size=args.image_size, progress=progress)
+    print(f"saved {info['path']}: {info['params']:,} parameters, validation accuracy "
+          f"{info['val_accuracy']:.3f}, {info['seconds']:.0f} s")
+    return 0
+
+
+def _profile(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="compress profile", description="Measure (or predict) an ONNX model's latency.")
+    p.add_argument("onnx", help="ONNX file")
+    p.add_argument("--profile", default="host-cpu-1t", help="hardware profile name or file (default host-cpu-1t)")
+    p.add_argument("--input-shape", metavar="C,H,W", help="per-sample input shape (default: from the model)")
+    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(list(argv))
+    from .config import _coerce
+    from .hardware.cli import cmd_profile
+
+    shape = _coerce("input_shape", args.input_shape, "command line") if args.input_shape else None
+    return cmd_profile(args.onnx, args.profile, shape)
+
+
+def _profiles(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="compress profiles", description="List the hardware profiles.")
+    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    p.parse_args(list(argv))
+    from .hardware.cli import cmd_profiles
+
+    return cmd_profiles()
+
+
+def _pick(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="compress pick",
+                                description="Print the ONNX file of the most accurate size that meets a budget.")
+    p.add_argument("run_dir", help="a finished run folder")
+    p.add_argument("--budget", required=True, help="latency budget with a unit, e.g. 3ms")
+    p.add_argument("--profile", default="host-cpu-1t", help="hardware profile (default host-cpu-1t)")
+    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(list(argv))
+    from .pick import cmd_pick
+
+    return cmd_pick(args.run_dir, args.budget, args.profile)
+
+
+_COMMANDS = {"example-teacher": _example_teacher, "profile": _profile, "profiles": _profiles, "pick": _pick,
+             "run": _run}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not debug:
+        import warnings
+
+        warnings.filterwarnings("ignore")
+        for noisy in ("torch", "torch._export", "torch.export", "torch.onnx", "onnxscript", "torch_pruning"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+    command = _COMMANDS.get(argv[0]) if argv else None
+    rest = argv[1:] if command else argv
+    try:
+        return (command or _run)(rest)
+    except CompressorError as e:
+        if debug:
+            traceback.print_exc()
+        print(f"compress: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except SystemExit as e:  # argparse: --help is 0, usage errors are 2
+        return int(e.code) if isinstance(e.code, int) else EXIT_USAGE
+    except KeyboardInterrupt:
+        print("compress: interrupted; rerun with --resume --out <run folder> to continue", file=sys.stderr)
+        return 130
+    except Exception as e:  # an internal error: still one line unless --debug
+        if debug:
+            traceback.print_exc()
+        else:
+            print(f"compress: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+                  file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def main_entry() -> None:
+    sys.exit(main())

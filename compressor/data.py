@@ -1,0 +1,148 @@
+"""Datasets: built-in digits and mnist1d, `.npz` files, image folders.
+
+Splits are deterministic for a seed (a seeded permutation, stratified by class
+so small classes appear in validation), so a resumed run sees the same data.
+"""
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .errors import DataError
+from .types import DataSplits
+
+BUILTIN = ("digits", "mnist1d")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def load_data(spec: str, seed: int = 0, image_size: int | None = 32, val_fraction: float = 0.2) -> DataSplits:
+    """`spec` is 'digits', 'mnist1d', a `.npz` file (x, y; optional x_val, y_val) or a folder
+    with one subfolder of images per class."""
+    if spec == "digits":
+        x, y, names = _digits(image_size)
+        return _split("digits", x, y, seed, val_fraction, names)
+    if spec == "mnist1d":
+        x, y = _mnist1d(seed)
+        return _split("mnist1d", x, y, seed, val_fraction, 10)
+    path = Path(spec)
+    if not path.exists():
+        raise DataError(f"data {spec!r} not found (expected 'digits', 'mnist1d', a .npz file or an image folder)")
+    if path.is_dir():
+        x, y, n = _image_folder(path, image_size)
+        return _split(path.name, x, y, seed, val_fraction, n)
+    if path.suffix == ".npz":
+        return _npz(path, seed, val_fraction)
+    raise DataError(f"data {spec!r} is neither a .npz file nor an image folder")
+
+
+def _digits(image_size: int | None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0  # 8x8, values 0..16
+    if image_size and image_size != 8:
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    return _standardise(x), torch.tensor(d.target, dtype=torch.long), 10
+
+
+def _mnist1d(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.seed = seed  # generated offline; get_dataset() would download
+    d = make_dataset(args)
+    x = np.concatenate([d["x"], d["x_test"]]).astype(np.float32)
+    y = np.concatenate([d["y"], d["y_test"]]).astype(np.int64)
+    return _standardise(torch.from_numpy(x)), torch.from_numpy(y)
+
+
+def _standardise(x: torch.Tensor) -> torch.Tensor:
+    # one global mean/std keeps the transform trivially reproducible at serving time
+    return (x - x.mean()) / (x.std() + 1e-8)
+
+
+def _npz(path: Path, seed: int, val_fraction: float) -> DataSplits:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise DataError(f"cannot read {path}: {e}") from None
+    for key in ("x", "y"):
+        if key not in arrays:
+            raise DataError(f"{path} has no array {key!r} (found: {', '.join(arrays) or 'none'})")
+    x, y = _check_xy(path, arrays["x"], arrays["y"])
+    n_classes = int(y.max()) + 1
+    if "x_val" in arrays and "y_val" in arrays:
+        xv, yv = _check_xy(path, arrays["x_val"], arrays["y_val"])
+        if xv.shape[1:] != x.shape[1:]:
+            raise DataError(f"{path}: x_val samples have shape {tuple(xv.shape[1:])}, x has {tuple(x.shape[1:])}")
+        return DataSplits(path.stem, x, y, xv, yv, max(n_classes, int(yv.max()) + 1))
+    return _split(path.stem, x, y, seed, val_fraction, n_classes)
+
+
+def _check_xy(path: Path, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    if x.ndim < 2:
+        raise DataError(f"{path}: x must have a sample dimension and at least one feature dimension, got shape {x.shape}")
+    if y.ndim != 1 or len(y) != len(x):
+        raise DataError(f"{path}: y must be one label per sample: x has {len(x)} samples, y has shape {y.shape}")
+    if not np.issubdtype(x.dtype, np.number) or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{path}: x must be numeric and y integer class labels (got {x.dtype}, {y.dtype})")
+    if len(x) == 0:
+        raise DataError(f"{path}: no samples")
+    if y.min() < 0:
+        raise DataError(f"{path}: labels must be 0..K-1, found {y.min()}")
+    return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.int64))
+
+
+def _image_folder(path: Path, image_size: int | None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    from PIL import Image, UnidentifiedImageError
+
+    classes = sorted(p for p in path.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"image folder {path} has no class subfolders (expected one folder of images per class)")
+    xs, ys, mode, size = [], [], None, None
+    for label, cls in enumerate(classes):
+        for f in sorted(cls.iterdir()):
+            if f.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                img = Image.open(f)
+                img.load()
+            except (UnidentifiedImageError, OSError) as e:
+                raise DataError(f"cannot read image {f}: {e}") from None
+            mode = mode or ("L" if img.mode in ("L", "1", "P", "I", "I;16") else "RGB")
+            size = size or ((image_size, image_size) if image_size else img.size)
+            img = img.convert(mode).resize(size)
+            arr = np.asarray(img, dtype=np.float32) / 255.0
+            xs.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
+            ys.append(label)
+    if not xs:
+        raise DataError(f"image folder {path} contains no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    x = torch.from_numpy(np.stack(xs))
+    return _standardise(x), torch.tensor(ys, dtype=torch.long), len(classes)
+
+
+def _split(name: str, x: torch.Tensor, y: torch.Tensor, seed: int, val_fraction: float,
+           num_classes: int) -> DataSplits:
+    if len(x) < 2:
+        raise DataError(f"{name}: need at least 2 samples to split into train and validation, got {len(x)}")
+    rng = np.random.default_rng(seed)
+    val_idx, train_idx = [], []
+    for c in np.unique(y.numpy()):
+        idx = np.flatnonzero(y.numpy() == c)
+        rng.shuffle(idx)
+        n_val = int(round(len(idx) * val_fraction)) if len(idx) > 1 else 0
+        val_idx.extend(idx[:n_val])
+        train_idx.extend(idx[n_val:])
+    if not val_idx:
+        val_idx, train_idx = train_idx[-1:], train_idx[:-1]
+    train = torch.tensor(sorted(train_idx))
+    val = torch.tensor(sorted(val_idx))
+    # shuffle the order within each split once, deterministically
+    train = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))]
+    return DataSplits(name, x[train].contiguous(), y[train].contiguous(), x[val].contiguous(),
+                      y[val].contiguous(), int(num_classes))

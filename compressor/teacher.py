@@ -1,0 +1,219 @@
+"""Load a teacher safely and turn it into a prunable module.
+
+Accepted: a TorchScript archive (`torch.jit.save`), a `torch.export` program
+(`.pt2`), a state_dict plus `--arch package.module:factory` (loaded with
+`weights_only=True`), and a whole pickled `nn.Module` only with
+`trust_pickle=True` (unpickling runs arbitrary code).
+
+Opaque teachers (TorchScript, `.pt2`) have no `nn.Conv2d` for Torch-Pruning to
+cut, so they are converted to an ExportedProgram and *lifted*
+(`compressor.lift`). The lifted module is checked against the original on real
+data; where conversion or lifting fails the teacher is still usable for
+distillation (its outputs are all the students need) but not prunable.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .errors import TeacherLoadError
+from .lift import lift_exported
+from .types import InputSpec, Teacher
+
+log = logging.getLogger(__name__)
+LIFT_ATOL = 1e-4
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _zip_names(path: Path) -> list[str]:
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return []
+
+
+def detect_format(path: Path) -> str:
+    """'torchscript', 'export' or 'pickle' (a torch.save file: state_dict or module)."""
+    names = _zip_names(path)
+    if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+        return "torchscript"
+    if path.suffix == ".pt2" or any(n.endswith("archive_format") or "/models/" in n for n in names):
+        return "export"
+    if names and any(n.endswith("data.pkl") for n in names):
+        return "pickle"
+    head = path.read_bytes()[:2]
+    if head and head[0] == 0x80:  # legacy (non-zip) torch.save pickle protocol marker
+        return "pickle"
+    raise TeacherLoadError(
+        f"teacher {path} is not a TorchScript archive, a torch.export .pt2 program or a torch.save file"
+    )
+
+
+def _import_factory(ref: str) -> Callable[[], nn.Module]:
+    mod_name, _, attr = ref.partition(":")
+    if not mod_name or not attr:
+        raise TeacherLoadError(f"--arch must look like package.module:factory, got {ref!r}")
+    try:
+        module = importlib.import_module(mod_name)
+    except Exception as e:  # an import error in user code is still one line
+        raise TeacherLoadError(f"cannot import {mod_name!r} for --arch: {e}") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise TeacherLoadError(f"--arch: module {mod_name!r} has no attribute {attr!r}") from None
+
+
+def _load_raw(path: Path, arch: str | None, trust_pickle: bool) -> tuple[object, str]:
+    fmt = detect_format(path)
+    try:
+        if fmt == "torchscript":
+            return torch.jit.load(str(path), map_location="cpu"), fmt
+        if fmt == "export":
+            return torch.export.load(str(path)), fmt
+    except Exception as e:
+        raise TeacherLoadError(f"teacher {path} looks like a {fmt} file but cannot be loaded: {_first_line(e)}") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        if "weights_only" in str(e) or "Unsupported global" in str(e) or "GLOBAL" in str(e):
+            if not trust_pickle:
+                raise TeacherLoadError(
+                    f"teacher {path} is a pickled Python object; loading it runs arbitrary code. "
+                    "Pass --trust-pickle if you trust its source, or save it with torch.jit.save, "
+                    "torch.export.save, or as a state_dict with --arch package.module:factory"
+                ) from None
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=False)
+            except Exception as e2:
+                raise TeacherLoadError(f"teacher {path} cannot be unpickled: {_first_line(e2)}") from None
+        else:
+            raise TeacherLoadError(f"teacher {path} is corrupt or not a torch file: {_first_line(e)}") from None
+    if isinstance(obj, nn.Module):
+        if not trust_pickle:  # only reachable if weights_only allowed it; stay conservative
+            raise TeacherLoadError(f"teacher {path} is a pickled module; pass --trust-pickle to load it")
+        return obj, "pickle"
+    if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        if "state_dict" in obj and isinstance(obj["state_dict"], dict):
+            obj = obj["state_dict"]
+        if not arch:
+            raise TeacherLoadError(
+                f"teacher {path} is a state_dict; pass --arch package.module:factory to build the network"
+            )
+        model = _import_factory(arch)()
+        if not isinstance(model, nn.Module):
+            raise TeacherLoadError(f"--arch {arch} returned {type(model).__name__}, not an nn.Module")
+        try:
+            model.load_state_dict(obj, strict=True)
+        except RuntimeError as e:
+            raise TeacherLoadError(f"state_dict {path} does not fit --arch {arch}: {_first_line(e)}") from None
+        return model, "state_dict"
+    raise TeacherLoadError(f"teacher {path} holds a {type(obj).__name__}, not a model or a state_dict")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def _export(raw: object, fmt: str, example: torch.Tensor) -> torch.export.ExportedProgram:
+    if fmt == "export":
+        return raw  # type: ignore[return-value]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if fmt == "torchscript":
+            from torch._export.converter import TS2EPConverter
+
+            return TS2EPConverter(raw, (example,)).convert()
+        batch = torch.export.Dim("batch", min=1)
+        return torch.export.export(raw, (example,), dynamic_shapes=({0: batch},), strict=False)
+
+
+def _callable(raw: object, fmt: str) -> nn.Module:
+    if fmt == "export":
+        return raw.module()  # type: ignore[union-attr]
+    return raw  # type: ignore[return-value]
+
+
+def load_teacher(path: str | Path, sample: torch.Tensor, num_classes: int, *, arch: str | None = None,
+                 trust_pickle: bool = False, input_shape: tuple[int, ...] | None = None) -> Teacher:
+    """Load, check against the data, and lift. `sample` is a real data batch (>= 2 samples)."""
+    path = Path(path)
+    if not path.exists():
+        raise TeacherLoadError(f"teacher {path} does not exist")
+    if not path.is_file():
+        raise TeacherLoadError(f"teacher {path} is not a file")
+    raw, fmt = _load_raw(path, arch, trust_pickle)
+    shape = tuple(input_shape) if input_shape else tuple(sample.shape[1:])
+    if tuple(sample.shape[1:]) != shape:
+        raise TeacherLoadError(f"--input-shape {shape} does not match the data's sample shape {tuple(sample.shape[1:])}")
+    module = _callable(raw, fmt)
+    if isinstance(module, nn.Module):
+        module.eval()
+    expected = _expected_input(raw, fmt)
+    with torch.no_grad():
+        try:
+            out = module(sample)
+        except Exception as e:
+            want = f" (the teacher was exported for input {expected})" if expected else ""
+            raise TeacherLoadError(
+                f"teacher does not accept the data: data samples have shape {shape}{want}: {_first_line(e)}"
+            ) from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != num_classes:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise TeacherLoadError(
+            f"teacher output {got} does not fit the data: expected (batch, {num_classes}) class scores "
+            f"for input of shape {shape}"
+        )
+    spec = InputSpec(shape=shape, num_classes=num_classes)
+    lifted, prunable = _lift(raw, fmt, module, sample)
+    return Teacher(module=lifted, spec=spec, source=str(path), format=fmt, sha256=sha256_of(path),
+                   prunable=prunable)
+
+
+def _expected_input(raw: object, fmt: str) -> tuple[int, ...] | None:
+    if fmt != "export":
+        return None
+    for node in raw.graph.nodes:  # type: ignore[union-attr]
+        if node.op == "placeholder" and node.name in getattr(raw.graph_signature, "user_inputs", ()):
+            val = node.meta.get("val")
+            if isinstance(val, torch.Tensor):
+                return tuple(int(s) if str(s).isdigit() else "batch" for s in val.shape)  # type: ignore[misc]
+    return None
+
+
+def _lift(raw: object, fmt: str, module: nn.Module, sample: torch.Tensor) -> tuple[nn.Module, bool]:
+    """Lifted graph if it reproduces the teacher on `sample`; else the original, unprunable."""
+    example = sample[:4] if len(sample) >= 2 else sample.repeat(2, *[1] * (sample.dim() - 1))
+    try:
+        ep = _export(raw, fmt, example)
+        lifted, unlifted = lift_exported(ep.module())
+        with torch.no_grad():
+            ref = module(sample)
+            got = lifted(sample)
+        diff = float((ref - got).abs().max())
+        if diff > LIFT_ATOL:
+            log.warning("lifted teacher differs from the original by %.2e; pruning disabled", diff)
+            return module, False
+        if unlifted:
+            log.info("%d ops with weights were not lifted; their channels are not pruned", unlifted)
+        return lifted, True
+    except Exception as e:  # any failure here only costs the teacher-derived space
+        log.warning("teacher cannot be lifted into prunable layers (%s); using family students only",
+                    _first_line(e))
+        return module, False
