@@ -144,9 +144,25 @@ def _export(raw: object, fmt: str, example: torch.Tensor) -> torch.export.Export
         return torch.export.export(raw, (example,), dynamic_shapes=({0: batch},), strict=False)
 
 
+class InferenceOnly(nn.Module):
+    """Wraps a module that refuses train()/eval() (an unlifted exported program):
+    it is an inference graph already, so mode switches are no-ops."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+    def train(self, mode: bool = True) -> "InferenceOnly":
+        self.training = mode
+        return self
+
+
 def _callable(raw: object, fmt: str) -> nn.Module:
     if fmt == "export":
-        return raw.module()  # type: ignore[union-attr]
+        return InferenceOnly(raw.module())  # type: ignore[union-attr]
     return raw  # type: ignore[return-value]
 
 
@@ -202,7 +218,8 @@ def _lift(raw: object, fmt: str, module: nn.Module, sample: torch.Tensor) -> tup
     example = sample[:4] if len(sample) >= 2 else sample.repeat(2, *[1] * (sample.dim() - 1))
     try:
         ep = _export(raw, fmt, example)
-        lifted, unlifted = lift_exported(ep.module())
+        gm = ep.module()
+        lifted, unlifted = lift_exported(gm)
         with torch.no_grad():
             ref = module(sample)
             got = lifted(sample)

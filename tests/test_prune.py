@@ -1,0 +1,64 @@
+import pytest
+import torch
+
+from compressor import prune as P
+from compressor.families import build_family
+from compressor.lift import lift_exported
+from tiny_models import TinyResidual, randomise_bn
+
+
+def _lifted(model, x):
+    return lift_exported(torch.export.export(model.eval(), (x,)).module())[0]
+
+
+def _nets():
+    torch.manual_seed(0)
+    x = torch.randn(6, 1, 8, 8)
+    yield "module", randomise_bn(TinyResidual()), x
+    yield "lifted", _lifted(randomise_bn(TinyResidual()), x), x
+    yield "cnn", build_family({"family": "cnn", "widths": [16, 32], "depths": [2, 2]}, (1, 8, 8), 10), x
+    yield "cnn1d", build_family({"family": "cnn", "widths": [16, 24], "depths": [1, 2]}, (40,), 10), torch.randn(6, 40)
+    yield "transformer", build_family({"family": "transformer", "depth": 2, "dim": 32, "heads": 4,
+                                       "mlp_ratio": 2, "patch": 4}, (1, 8, 8), 10), x
+
+
+@pytest.mark.parametrize("name,model,x", list(_nets()), ids=lambda v: v if isinstance(v, str) else "")
+def test_mask_equals_cut_at_every_width(name, model, x):
+    groups = P.channel_groups(model, x[:2])
+    order = P.importance_order(model, x[:2], groups)
+    masker = P.ChannelMasker(model, groups, order, round_to=4)
+    model.eval()
+    with torch.no_grad():
+        full = model(x)
+    masker.set_width(1.0)
+    with torch.no_grad():
+        assert torch.equal(model(x), full)  # width 1.0 is the unmasked network, bit for bit
+    nestable = [g for g in groups if g.nestable]
+    for r in (0.75, 0.5, 0.25):
+        masker.set_width(r)
+        with torch.no_grad():
+            masked = model(x)
+        dense = P.materialize(model, x[:2], nestable, r, order, round_to=4)
+        assert P.count_params(dense) < P.count_params(model)
+        with torch.no_grad():
+            assert (dense(x) - masked).abs().max() <= 1e-5
+    masker.remove()
+
+
+def test_keep_count_rounds_to_multiple():
+    assert P.keep_count(160, 0.5, 8) == 80
+    assert P.keep_count(160, 0.33, 8) == 56
+    assert P.keep_count(6, 0.5, 8) == 6  # too small to cut at this multiple
+    assert P.keep_count(64, 0.01, 8) == 8
+    assert P.keep_count(32, 0.5, 1, unit=8) == 16  # whole heads
+    with pytest.raises(ValueError):
+        P.keep_count(8, 0.0)
+
+
+def test_attention_groups_cut_whole_heads():
+    m = build_family({"family": "transformer", "depth": 1, "dim": 32, "heads": 4, "patch": 4}, (1, 8, 8), 10)
+    groups = P.channel_groups(m, torch.randn(2, 1, 8, 8))
+    attn = [g for g in groups if "attn" in g.key]
+    assert attn and all(g.unit == 8 for g in attn)
+    emb = [g for g in groups if not g.nestable]
+    assert emb  # the embedding width passes through layer norms: not nested
