@@ -1,0 +1,28 @@
+"""Merge benchmarks/results/*.md into BENCHMARKS.md (each result file holds its own command)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ORDER = ["latency_predictor", "measure_stability", "proxy_correlation", "proxy_cost", "nested",
+         "export_speed", "int8"]
+
+HEADER = """# Benchmarks
+
+Figures produced by the scripts in `benchmarks/`; each section names the command that made it.
+Machine: the development host (2 CPU cores, no GPU) unless a section says otherwise. Regenerate a
+section by running its command, then `python benchmarks/collect.py`.
+"""
+
+
+def main() -> None:
+    results = ROOT / "benchmarks" / "results"
+    files = {p.stem: p for p in results.glob("*.md")}
+    names = [n for n in ORDER if n in files] + sorted(set(files) - set(ORDER))
+    body = [HEADER] + [files[n].read_text().strip() + "\n" for n in names]
+    (ROOT / "BENCHMARKS.md").write_text("\n".join(body))
+    print(f"BENCHMARKS.md: {len(names)} sections ({', '.join(names)})")
+
+
+if __name__ == "__main__":
+    main()
