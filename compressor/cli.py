@@ -89,6 +89,9 @@ def _run_parser() -> argparse.ArgumentParser:
                         "file path (default: SQLite in the run folder)")
     p.add_argument("--resume", action="store_true", default=None,
                    help="continue the run in --out: finished stages, trials and epochs are not redone")
+    p.add_argument("--calibration-models", type=int, metavar="N",
+                   help="models timed (once per machine, then cached) to fit the host latency predictor "
+                        "(default 40)")
     p.add_argument("--int8", action="store_true", default=None,
                    help="also write an INT8 ONNX model per size (static quantization, reported next to fp32)")
     p.add_argument("--tensorrt", action="store_true", default=None,

@@ -61,6 +61,7 @@ class CompressConfig:
     int8: bool = False
     tensorrt: bool = False
     progress: bool = True
+    calibration_models: int = 40  # models timed once per machine to fit the host latency predictor
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

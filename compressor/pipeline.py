@@ -173,7 +173,7 @@ def stage_nested(teacher: Teacher, data: DataSplits, profile: HardwareProfile, b
     from .distill import DistillConfig, choose_sizes, train_family
     from .search import SearchConfig, build_arch, run_search
 
-    latency_fn = _latency_fn(profile, teacher.spec.shape, run_dir, progress)
+    latency_fn = _latency_fn(profile, teacher.spec.shape, cfg.calibration_models)
     search_cfg = SearchConfig(spaces=tuple(s for s in cfg.search_spaces
                                            if s != "teacher_scaled" or teacher.prunable),
                               proxy=cfg.proxy, n_trials=cfg.search_trials, sampler=cfg.sampler, seed=cfg.seed)
@@ -211,15 +211,19 @@ def _candidate_json(c) -> dict[str, Any]:
             "trial_number": c.trial_number, "params": c.params, "macs": c.macs}
 
 
-def _latency_fn(profile: HardwareProfile, shape: tuple[int, ...], run_dir: Path,
-                progress: Progress) -> Callable[[nn.Module], float]:
+def _latency_fn(profile: HardwareProfile, shape: tuple[int, ...],
+                calibration_models: int) -> Callable[[nn.Module], float]:
     """Predicted latency (ms) of a module on the profile: host-calibrated where measurable, roofline otherwise."""
-    from .hardware import LatencyPredictor, is_measurable, predict_latency
+    model = _predictor(profile, shape, calibration_models)
+    return lambda m: model.predict_ms(m, shape)
 
-    if not is_measurable(profile):
-        return lambda m: predict_latency(m, shape, profile).value()
-    predictor = LatencyPredictor.for_profile(profile, shape, cache_dir=run_dir / "latency", progress=progress)
-    return lambda m: predictor.predict_ms(m, shape)
+
+def _predictor(profile: HardwareProfile, shape: tuple[int, ...], calibration_models: int):
+    """Host-fitted cost model where the profile is measurable here (calibrated once per
+    machine and input shape, then cached), else the datasheet roofline."""
+    from .hardware import predictor_for
+
+    return predictor_for(profile, shape, n_models=calibration_models)
 
 
 def stage_export(servables: list[Servable], teacher: Teacher, data: DataSplits, budget: Budget,
@@ -227,7 +231,9 @@ def stage_export(servables: list[Servable], teacher: Teacher, data: DataSplits, 
                  progress: Progress) -> list[dict[str, Any]]:
     """ONNX (+ parity), TorchScript, optional INT8 per size; accuracy; latency on every profile."""
     from .export import export_onnx, export_torchscript, onnx_predict, quantize_int8, sha256_file
-    from .hardware import is_measurable, measure_onnx, predict_latency
+    from .hardware import is_measurable, latency_report, measure_onnx
+
+    predictors = {p.name: _predictor(p, teacher.spec.shape, cfg.calibration_models) for p in profiles}
 
     teacher_logits = predict_logits(teacher.module, data.x_val)
     out = []
@@ -250,10 +256,12 @@ def stage_export(servables: list[Servable], teacher: Teacher, data: DataSplits, 
             "latency": {}, "predicted_latency_ms": {},
         }
         for prof in profiles:
-            predicted = predict_latency(s.module, teacher.spec.shape, prof)
-            entry["predicted_latency_ms"][prof.name] = predicted.value()
-            entry["latency"][prof.name] = (measure_onnx(onnx.path, prof, teacher.spec.shape)
-                                           if is_measurable(prof) else predicted)
+            # measured where this machine can, predicted otherwise; the prediction is kept beside
+            # a measurement so the report can show both
+            rep = latency_report(prof, teacher.spec.shape, onnx_path=onnx.path, module=s.module,
+                                 predictor=predictors[prof.name], budget_ms=budget.ms)
+            entry["latency"][prof.name] = rep
+            entry["predicted_latency_ms"][prof.name] = rep.env.get("predicted_ms", rep.value())
         if cfg.int8:
             q = quantize_int8(onnx.path, data.x_train[:256], folder / "model.int8.onnx")
             q_logits = torch.from_numpy(onnx_predict(q, data.x_val))
