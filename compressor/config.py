@@ -8,7 +8,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -24,6 +27,8 @@ def parse_budget(text: str | float | int) -> Budget:
     """'5ms' -> Budget(5.0). Units: us, ms, s. A bare number is rejected: units matter."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         raise ConfigError(f"budget {text!r} has no unit; write e.g. '{text}ms' (units: us, ms, s)")
+    if re.fullmatch(r"\s*[0-9]*\.?[0-9]+\s*", str(text)):
+        raise ConfigError(f"budget {text!r} has no unit; write e.g. '{str(text).strip()}ms' (units: us, ms, s)")
     m = _BUDGET_RE.match(str(text))
     if not m:
         raise ConfigError(f"cannot parse budget {text!r}; write a number with a unit, e.g. 5ms, 800us, 0.01s")

@@ -1,0 +1,126 @@
+"""The CLI in-process, end to end, on a tiny teacher; and every bad input as one line."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from compressor.cli import main
+from compressor.errors import EXIT_BUDGET_NOT_MET, EXIT_USAGE
+from compressor.manifest import read_manifest
+
+FAST = ["--image-size", "8", "--epochs", "1", "--calibration-models", "6", "--no-progress"]
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    # latency calibrations go to a per-session cache, not the user's
+    monkeypatch.setenv("COMPRESSOR_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def _one_line_error(capsys, code, expected_code, match):
+    err = capsys.readouterr().err.strip()
+    assert code == expected_code, err
+    assert err.startswith("compress: error:") and match in err, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_skeleton_run_end_to_end(tmp_path, tiny_teacher_files, capsys):
+    out = tmp_path / "run"
+    code = main(["--teacher", str(tiny_teacher_files["torchscript"]), "--budget", "10s", "--method", "skeleton",
+                 "--out", str(out), *FAST])
+    assert code == 0, capsys.readouterr().err
+    m = read_manifest(out)
+    assert m["selected"] and m["budget_met"]
+    sel = next(x for x in m["models"] if x["name"] == m["selected"])
+    assert sel["meets_budget"] and sel["onnx_max_abs_diff"] <= 1e-4 and sel["latency"]["host-cpu-1t"]["measured"]
+    assert (out / sel["files"]["onnx"]).is_file()
+    assert m["teacher"]["sha256"] and m["versions"]["torch"] and m["config"]["budget"] == "10s"
+    assert (out / "report.html").is_file()
+
+
+def test_budget_not_met_exit_code_and_report(tmp_path, tiny_teacher_files, capsys):
+    out = tmp_path / "run"
+    code = main(["--teacher", str(tiny_teacher_files["torchscript"]), "--budget", "1us", "--method", "skeleton",
+                 "--sizes", "0.5", "--out", str(out), *FAST])
+    assert code == EXIT_BUDGET_NOT_MET
+    m = read_manifest(out)
+    assert m["selected"] is None and not m["budget_met"] and m["closest"]["over_budget_ms"] > 0
+    assert "no size meets" in capsys.readouterr().err
+
+
+def test_existing_run_is_never_overwritten(tmp_path, tiny_teacher_files, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "manifest.json").write_text('{"precious": true}')
+    code = main(["--teacher", str(tiny_teacher_files["torchscript"]), "--budget", "1ms", "--out", str(out), *FAST])
+    _one_line_error(capsys, code, EXIT_USAGE, "already holds a finished run")
+    assert json.loads((out / "manifest.json").read_text()) == {"precious": True}
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--budget", "5"], "has no unit"),
+    (["--budget", "5 parsecs"], "cannot parse budget"),
+    (["--teacher", "MISSING"], "does not exist"),
+    (["--teacher", "JUNK"], "not a TorchScript"),
+    (["--teacher", "PICKLE"], "--trust-pickle"),
+    (["--data", "NPZ3"], "does not accept the data"),
+    (["--data", "EMPTYDIR"], "no class subfolders"),
+    (["--profile", "no-such-profile"], "no-such-profile"),
+    (["--out", "UNWRITABLE"], "cannot write"),
+    (["--config", "BADCONFIG"], "unknown key"),
+])
+def test_bad_input_is_one_line(args, match, tmp_path, tiny_teacher_files, capsys):
+    import numpy as np
+
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"nothing useful")
+    npz = tmp_path / "rgb.npz"
+    np.savez(npz, x=np.zeros((20, 3, 8, 8), np.float32), y=np.arange(20) % 10)
+    (tmp_path / "empty").mkdir()
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("budgett = '1ms'\n")
+    subst = {"MISSING": str(tmp_path / "missing.pt"), "JUNK": str(junk),
+             "PICKLE": str(tiny_teacher_files["pickle"]), "NPZ3": str(npz), "EMPTYDIR": str(tmp_path / "empty"),
+             "UNWRITABLE": str(blocker / "sub"), "BADCONFIG": str(cfg)}
+    args = [subst.get(a, a) for a in args]
+    base = {"--teacher": str(tiny_teacher_files["torchscript"]), "--budget": "1ms", "--out": str(tmp_path / "o")}
+    for k, v in base.items():
+        if k not in args:
+            args += [k, v]
+    code = main([*args, *FAST])
+    _one_line_error(capsys, code, EXIT_USAGE, match)
+
+
+def test_debug_shows_traceback(tmp_path, capsys):
+    code = main(["--teacher", str(tmp_path / "missing.pt"), "--budget", "1ms", "--debug"])
+    assert code == EXIT_USAGE
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_help_lists_options_with_examples(capsys):
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for opt in ("--teacher", "--budget", "--data", "--profile", "--out", "--seed", "--config", "--debug",
+                "--resume", "--storage", "e.g."):
+        assert opt in text
+
+
+def test_profiles_command_lists_builtins(capsys):
+    assert main(["profiles"]) == 0
+    out = capsys.readouterr().out
+    assert "host-cpu-1t" in out and "raspberry-pi-5" in out and "predicted" in out
+
+
+def test_unwritable_dir_permissions(tmp_path, tiny_teacher_files, capsys):
+    if os.geteuid() == 0:
+        pytest.skip("root can write anywhere")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    code = main(["--teacher", str(tiny_teacher_files["torchscript"]), "--budget", "1ms",
+                 "--out", str(ro / "run"), *FAST])
+    _one_line_error(capsys, code, EXIT_USAGE, "cannot write")
