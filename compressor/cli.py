@@ -167,8 +167,8 @@ def _pick(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="compress pick",
                                 description="Print the ONNX file of the most accurate size that meets a budget.")
     p.add_argument("run_dir", help="a finished run folder")
-    p.add_argument("--budget", required=True, help="latency budget with a unit, e.g. 3ms")
-    p.add_argument("--profile", default="host-cpu-1t", help="hardware profile (default host-cpu-1t)")
+    p.add_argument("--budget", help="latency budget with a unit, e.g. 3ms (default: the run's budget)")
+    p.add_argument("--profile", help="hardware profile (default: the run's profile)")
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(list(argv))
     from .pick import cmd_pick

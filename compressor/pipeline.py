@@ -400,12 +400,13 @@ def _finish(run_dir: Path, manifest: dict) -> None:
 
 
 def _onnx_metadata(manifest: dict, m: dict) -> dict[str, str]:
-    lat = {p: round(r.value(), 4) if isinstance(r, LatencyReport) else r for p, r in m["latency"].items()}
-    return {"size_name": m["name"], "width_ratio": json.dumps(m["ratio"]),
-            "accuracy": f"{m['accuracy']:.4f}", "teacher_agreement": f"{m['teacher_agreement']:.4f}",
-            "latency_ms": json.dumps(lat), "budget": manifest["budget"]["text"],
-            "budget_profile": manifest["budget"]["profile"], "teacher_sha256": manifest["teacher"]["sha256"],
-            "compressor_version": __version__}
+    from .export import onnx_metadata
+
+    return onnx_metadata(name=m["name"], ratio=m["ratio"], accuracy=m["accuracy"],
+                         teacher_agreement=m["teacher_agreement"], latency=m["latency"],
+                         budget=f"{manifest['budget']['text']} {manifest['budget']['stat']} on "
+                                f"{manifest['budget']['profile']}",
+                         teacher_sha256=manifest["teacher"]["sha256"])
 
 
 def _summary(console: Console, manifest: dict, profile: HardwareProfile, budget: Budget, run_dir: Path) -> None:

@@ -38,6 +38,14 @@ def test_skeleton_run_end_to_end(tmp_path, tiny_teacher_files, capsys):
     assert (out / sel["files"]["onnx"]).is_file()
     assert m["teacher"]["sha256"] and m["versions"]["torch"] and m["config"]["budget"] == "10s"
     assert (out / "report.html").is_file()
+    capsys.readouterr()
+    assert main(["pick", str(out), "--budget", "10s"]) == 0
+    picked = capsys.readouterr().out.strip()
+    assert picked.endswith("model.onnx") and os.path.isfile(picked)
+    from compressor.export import read_onnx_metadata
+
+    meta = read_onnx_metadata(picked)
+    assert meta["size"] == m["selected"] and "host-cpu-1t" in meta["latency"] and meta["teacher_sha256"]
 
 
 def test_budget_not_met_exit_code_and_report(tmp_path, tiny_teacher_files, capsys):

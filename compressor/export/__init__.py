@@ -1,0 +1,38 @@
+"""Deployment artefacts for each servable size.
+
+ONNX (single file, dynamic batch, parity-checked, metadata), INT8 ONNX (ORT static
+QDQ), TensorRT engines (where TensorRT and a GPU exist), and TorchScript / `.pt2`
+files for PyTorch serving. Every writer is atomic: a file either appears complete
+or not at all.
+"""
+from ._io import sha256_file
+from .onnx_export import (
+    DEFAULT_OPSET,
+    OnnxExport,
+    export_onnx,
+    onnx_metadata,
+    onnx_predict,
+    read_onnx_metadata,
+    set_onnx_metadata,
+)
+from .quantize import TensorCalibrationReader, quantize_int8
+from .tensorrt import TRT_UNAVAILABLE, build_tensorrt_engine, tensorrt_available
+from .torchscript import export_pt2, export_torchscript
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "TRT_UNAVAILABLE",
+    "OnnxExport",
+    "TensorCalibrationReader",
+    "build_tensorrt_engine",
+    "export_onnx",
+    "export_pt2",
+    "export_torchscript",
+    "onnx_metadata",
+    "onnx_predict",
+    "quantize_int8",
+    "read_onnx_metadata",
+    "set_onnx_metadata",
+    "sha256_file",
+    "tensorrt_available",
+]

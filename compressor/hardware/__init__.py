@@ -1,0 +1,72 @@
+"""Hardware: profiles (which target, how to time it), measured and predicted latency, budgets.
+
+- `profiles`: one validated TOML file per target in ``profiles/`` (`load_profile`,
+  `list_profiles`, `round_channels`);
+- `measure`: timing on this machine (ONNX Runtime CPU; PyTorch CUDA and TensorRT
+  where present) with one shared warm-up / repeat / noise policy (`timing`);
+- `layers` + `predict`: per-layer costs, a cost model fitted on this host, and a
+  datasheet roofline for targets we cannot reach;
+- `budget`: measured-or-predicted reports and the budget rule.
+
+Search and distillation both need latency, so this package sits below the
+stages and imports none of them.
+"""
+from __future__ import annotations
+
+from .backends import cpu_model, onnx_input_shape
+from .budget import budget_margin, latency_report, meets_budget, with_prediction
+from .candidates import build_candidate, sample_arch, sample_candidates
+from .display import profile_report_lines, profiles_table, report_table
+from .layers import LayerCost, layer_costs
+from .measure import is_measurable, measure_module_cuda, measure_onnx, unavailable_reason
+from .predict import (
+    LatencyModel,
+    LatencyPredictor,
+    RooflinePredictor,
+    predict_latency,
+    predictor_for,
+    roofline_ms,
+)
+from .profiles import (
+    DEFAULT_PROFILE,
+    list_profiles,
+    load_profile,
+    override_profile,
+    profiles_dir,
+    round_channels,
+)
+from .timing import measure_timed_run
+
+__all__ = [
+    "DEFAULT_PROFILE",
+    "LatencyModel",
+    "LatencyPredictor",
+    "LayerCost",
+    "RooflinePredictor",
+    "budget_margin",
+    "build_candidate",
+    "cpu_model",
+    "is_measurable",
+    "latency_report",
+    "layer_costs",
+    "list_profiles",
+    "load_profile",
+    "measure_module_cuda",
+    "measure_onnx",
+    "measure_timed_run",
+    "meets_budget",
+    "onnx_input_shape",
+    "override_profile",
+    "predict_latency",
+    "predictor_for",
+    "profile_report_lines",
+    "profiles_dir",
+    "profiles_table",
+    "report_table",
+    "roofline_ms",
+    "round_channels",
+    "sample_arch",
+    "sample_candidates",
+    "unavailable_reason",
+    "with_prediction",
+]

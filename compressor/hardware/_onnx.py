@@ -1,0 +1,57 @@
+"""A minimal ONNX export for timing candidates during predictor calibration.
+
+The pipeline's own exporter (`compressor.export`) adds parity checks, external
+data and quantisation; calibration only needs a graph ONNX Runtime will run the
+way it runs the final artefacts. We use the same exporter (torch.export based,
+the default in torch >= 2.9, which also folds batch norm) so calibration and
+final measurement see the same kind of graph. `hardware` sits below the stages,
+so it does not import `compressor.export`.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import ExportError
+
+__all__ = ["export_for_timing"]
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The exporter logs warnings (missing torchvision ops, deprecations) that are
+    not the user's concern while we time a candidate."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch._export", "torch.export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def export_for_timing(module: nn.Module, input_shape: Sequence[int], path: str | Path) -> Path:
+    """Export `module` (eval mode) to `path` with a dynamic batch dimension."""
+    path = Path(path)
+    module = module.eval()
+    # an example batch of 2, not 1: torch.export specialises size-1 dimensions
+    x = torch.randn((2, *input_shape))
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    try:
+        with _quiet(), torch.no_grad():
+            torch.onnx.export(module, (x,), str(path), input_names=["input"], output_names=["output"],
+                              dynamic_shapes=({0: batch},), external_data=False, verbose=False)
+    except Exception as e:  # the exporter raises many types; all mean "cannot time this candidate"
+        raise ExportError(f"cannot export {type(module).__name__} to ONNX for timing: "
+                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    return path

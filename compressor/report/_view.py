@@ -1,0 +1,202 @@
+"""Manifest -> display values, shared by the Markdown, HTML and model-card writers.
+
+Formatting lives here once so the three outputs never disagree about a figure
+(e.g. one printing a predicted latency without saying it was predicted).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+PREDICTED = "predicted"
+
+
+def profiles(manifest: Mapping[str, Any]) -> list[str]:
+    """Every profile with a latency figure: the budget's profile first, then first-seen order."""
+    seen: dict[str, None] = {manifest["budget"]["profile"]: None}
+    for entry in (manifest["teacher"], *manifest["models"]):
+        for name in entry.get("latency", {}):
+            seen.setdefault(name, None)
+    return [p for p in seen if _has_latency(manifest, p)]
+
+
+def _has_latency(manifest: Mapping[str, Any], profile: str) -> bool:
+    return any(profile in e.get("latency", {}) for e in (manifest["teacher"], *manifest["models"]))
+
+
+def latency_ms(report: Mapping[str, Any] | None) -> float | None:
+    """The figure a budget is compared with: the report's own statistic."""
+    if not report:
+        return None
+    value = report.get(f"{report.get('stat', 'p50')}_ms")
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def is_measured(report: Mapping[str, Any] | None) -> bool:
+    return bool(report and report.get("measured"))
+
+
+def fmt_latency(report: Mapping[str, Any] | None) -> str:
+    ms = latency_ms(report)
+    if ms is None:
+        return "—"
+    text = f"{ms:.3g} ms" if ms < 100 else f"{ms:.0f} ms"
+    return text if is_measured(report) else f"{text} ({PREDICTED})"
+
+
+def fmt_pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def fmt_count(n: int | None) -> str:
+    """1_234_567 -> '1.23M' (params and MACs span five orders of magnitude)."""
+    if n is None:
+        return "—"
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{suffix}"
+    return str(n)
+
+
+def fmt_diff(diff: float | None) -> str:
+    return "could not run" if diff is None else f"{diff:.1e}"
+
+
+def mean_ratio(r: float | Mapping[str, float] | None) -> float | None:
+    """A size's width ratio: one number, or the mean of per-group ratios."""
+    if isinstance(r, Mapping):
+        values = [float(v) for v in r.values() if isinstance(v, (int, float))]
+        return sum(values) / len(values) if values else None
+    return None if r is None else float(r)
+
+
+def fmt_ratio(r: float | Mapping[str, float] | None, *, long: bool = False) -> str:
+    """'0.5'; per-group ratios as their mean, marked so (with the group count when `long`)."""
+    mean = mean_ratio(r)
+    if mean is None:
+        return "—"
+    if not isinstance(r, Mapping):
+        return f"{mean:g}"
+    return f"{mean:.3g} (mean of {len(r)} channel groups)" if long else f"{mean:.3g} (mean)"
+
+
+def stat_of(manifest: Mapping[str, Any], profile: str) -> str:
+    for entry in (*manifest["models"], manifest["teacher"]):
+        report = entry.get("latency", {}).get(profile)
+        if report:
+            return str(report.get("stat", "p50"))
+    return str(manifest["budget"]["stat"])
+
+
+def all_predicted(manifest: Mapping[str, Any], profile: str) -> bool:
+    reports = [e["latency"][profile] for e in (manifest["teacher"], *manifest["models"])
+               if profile in e.get("latency", {})]
+    return bool(reports) and not any(is_measured(r) for r in reports)
+
+
+def safe_name(name: str) -> str:
+    """A size or profile name made safe for a file name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model"
+
+
+def tensorrt_line(manifest: Mapping[str, Any]) -> str:
+    trt = manifest["tensorrt"]
+    if trt["available"]:
+        return f"TensorRT: available ({trt['reason']})" if trt.get("reason") else "TensorRT: available"
+    return str(trt["reason"]) or "TensorRT: not available on this machine"
+
+
+@dataclass(frozen=True)
+class Table:
+    """A summary table as plain strings; each renderer adds its own markup."""
+
+    header: Sequence[str]
+    rows: Sequence[Sequence[str]]
+    kinds: Sequence[str]  # per row: "teacher", "selected", "flagged" or "size"
+
+
+def summary_table(manifest: Mapping[str, Any]) -> Table:
+    profs = profiles(manifest)
+    budget_profile = manifest["budget"]["profile"]
+    has_int8 = any("int8" in m for m in manifest["models"])
+    header = ["Size", "Width", "Params", "MACs", "Accuracy", "Teacher agreement"]
+    header += [f"Latency {p} ({stat_of(manifest, p)})" for p in profs]
+    if has_int8:
+        header += ["INT8 accuracy", f"INT8 latency {budget_profile}"]
+    header += ["ONNX parity (max abs diff)", f"Meets {manifest['budget']['text']}"]
+
+    t = manifest["teacher"]
+    rows = [["teacher", "—", fmt_count(t.get("params")), fmt_count(t.get("macs")), fmt_pct(t.get("accuracy")),
+             "—", *[fmt_latency(t["latency"].get(p)) for p in profs],
+             *(["—", "—"] if has_int8 else []), "—", "—"]]
+    kinds = ["teacher"]
+    for m in manifest["models"]:
+        int8 = m.get("int8")
+        row = [m["name"], fmt_ratio(m["ratio"]), fmt_count(m["params"]), fmt_count(m["macs"]),
+               fmt_pct(m["accuracy"]), fmt_pct(m["teacher_agreement"]),
+               *[fmt_latency(m["latency"].get(p)) for p in profs]]
+        if has_int8:
+            row += [fmt_pct(int8["accuracy"]) if int8 else "—",
+                    fmt_latency(int8["latency"].get(budget_profile)) if int8 else "—"]
+        parity = fmt_diff(m["onnx_max_abs_diff"]) + ("" if m["parity_ok"] else " FLAGGED")
+        row += [parity, "yes" if m["meets_budget"] else "no"]
+        rows.append(row)
+        kinds.append("flagged" if not m["parity_ok"] else "selected" if m["name"] == manifest["selected"] else "size")
+    return Table(header=header, rows=rows, kinds=kinds)
+
+
+def headline(manifest: Mapping[str, Any]) -> str:
+    """One sentence: what fits the budget, or that nothing does."""
+    b = manifest["budget"]
+    where = f"{b['text']} ({b['stat']}) on {b['profile']}"
+    selected = manifest["selected"]
+    if selected is None or not manifest["budget_met"]:
+        return f"No size meets the budget of {where}."
+    m = next(x for x in manifest["models"] if x["name"] == selected)
+    lat = fmt_latency(m["latency"].get(b["profile"]))
+    return (f"Selected {selected} for the budget of {where}: accuracy {fmt_pct(m['accuracy'])}, "
+            f"latency {lat}.")
+
+
+def flags(manifest: Mapping[str, Any]) -> list[str]:
+    """Everything a reader must not miss: parity failures and their reasons, latency warnings."""
+    out: list[str] = []
+    for m in manifest["models"]:
+        if not m["parity_ok"]:
+            reasons = "; ".join(m.get("notes", [])) or f"max abs diff {fmt_diff(m['onnx_max_abs_diff'])}"
+            out.append(f"{m['name']}: ONNX file flagged, its outputs differ from PyTorch: {reasons}")
+        for profile, report in m["latency"].items():
+            for w in report.get("warnings", []):
+                out.append(f"{m['name']} on {profile}: {w}")
+    return out
+
+
+def files_of(model: Mapping[str, Any]) -> list[tuple[str, str, str | None]]:
+    """(role, path, sha256 or None) per file; hashes are keyed by role (or, older, by path)."""
+    hashes = model.get("sha256", {})
+    return [(role, str(path), hashes.get(role) or hashes.get(path)) for role, path in model["files"].items()]
+
+
+def link(stored: str, run_dir: Path | None = None) -> str:
+    """A link from a file at the top of the run folder (report, card) to a stored manifest path."""
+    p = Path(stored)
+    if not p.is_absolute():
+        return p.as_posix()
+    if run_dir is not None and p.is_relative_to(run_dir.resolve()):
+        return p.relative_to(run_dir.resolve()).as_posix()
+    return p.as_uri()
+
+
+def model_card_filename(name: str) -> str:
+    """`model_card_<name>.md`, with the name made safe for a file system."""
+    return f"model_card_{safe_name(name)}.md"
+
+
+def files_with_card(model: Mapping[str, Any]) -> list[tuple[str, str, str | None]]:
+    """`files_of`, plus the model card where the manifest does not list it (it is always written)."""
+    entries = files_of(model)
+    if "model_card" not in model["files"]:
+        entries.append(("model_card", model_card_filename(model["name"]), None))
+    return entries

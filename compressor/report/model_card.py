@@ -1,0 +1,154 @@
+"""One model card per servable size (`model_card_<name>.md`).
+
+A card travels with its ONNX file to whoever serves it, often without the rest
+of the run folder, so it restates what a consumer must know on its own: where
+the model came from, the figures it was picked on and whether each was measured
+or predicted, what it is for, and where it falls short.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..errors import ConfigError
+from ._view import (
+    PREDICTED,
+    files_of,
+    fmt_count,
+    fmt_diff,
+    fmt_latency,
+    fmt_pct,
+    fmt_ratio,
+    is_measured,
+    latency_ms,
+    link,
+    mean_ratio,
+    model_card_filename,
+)
+
+__all__ = ["model_card_filename", "render_model_card", "write_model_card"]
+
+_METHODS = {
+    "nested": ("nested (Matryoshka) knowledge distillation: one student network is trained from the teacher's "
+               "outputs so that each width prefix works on its own; this size keeps the first {pct} of the "
+               "channels of every coupled channel group (channels ordered by importance) and was then cut "
+               "physically into a smaller dense network with Torch-Pruning"),
+}
+
+
+def render_model_card(manifest: Mapping[str, Any], name: str) -> str:
+    """Markdown text of the card for size `name`."""
+    model = next((m for m in manifest["models"] if m["name"] == name), None)
+    if model is None:
+        raise ConfigError(f"no size {name!r} in the manifest; sizes: {[m['name'] for m in manifest['models']]}")
+    teacher, budget, config = manifest["teacher"], manifest["budget"], manifest.get("config", {})
+    ratio, ratio_text = mean_ratio(model["ratio"]) or 0.0, fmt_ratio(model["ratio"], long=True)
+    method = str(config.get("method", "nested"))
+    how = _METHODS.get(method, f"method {method!r} (see the run's resolved configuration)").format(
+        pct=f"{100 * ratio:.3g}%")
+    data = config.get("data")
+
+    lines = [
+        f"# Model card: {name}",
+        "",
+        "## What it is",
+        "",
+        f"A compressed copy of the teacher `{teacher['path']}` at width ratio {ratio_text} "
+        f"({fmt_count(model['params'])} parameters, {fmt_count(model['macs'])} MACs per sample; the teacher has "
+        f"{fmt_count(teacher['params'])} and {fmt_count(teacher['macs'])}). It maps one input to class logits, "
+        "like the teacher, and is served as a single ONNX file with a dynamic batch dimension.",
+        "",
+        "## How it was made",
+        "",
+        f"- Teacher: `{teacher['path']}` ({teacher['format']}), sha256 `{teacher['sha256']}`, "
+        f"accuracy {fmt_pct(teacher.get('accuracy'))}.",
+        f"- Method: {how}.",
+        f"- Width ratio: {ratio_text}.",
+    ]
+    if data is not None:
+        lines.append(f"- Data: `{data if isinstance(data, str) else json.dumps(data)}` "
+                     "(accuracy below is on its validation split).")
+    lines += [
+        f"- Exported to ONNX and checked against PyTorch on validation inputs: max abs diff "
+        f"{fmt_diff(model['onnx_max_abs_diff'])} ({'within tolerance' if model['parity_ok'] else 'FLAGGED'}).",
+        f"- Produced by compressor {manifest['compressor_version']} on {manifest['created']}.",
+        "",
+        "## Measured figures",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| accuracy (validation) | {fmt_pct(model['accuracy'])} |",
+        f"| agreement with the teacher's top-1 | {fmt_pct(model['teacher_agreement'])} |",
+        f"| meets the run's budget ({budget['text']} {budget['stat']} on {budget['profile']}) | "
+        f"{'yes' if model['meets_budget'] else 'no'} |",
+        "",
+        "| profile | p50 | p90 | p99 | batch | samples | source |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for profile, r in model["latency"].items():
+        lines.append(f"| {profile} | {r['p50_ms']:.3g} ms | {r['p90_ms']:.3g} ms | {r['p99_ms']:.3g} ms | "
+                     f"{r.get('batch_size', 1)} | {r['samples']} | "
+                     f"{'measured' if r['measured'] else PREDICTED} |")
+    int8 = model.get("int8")
+    if int8:
+        lines += ["", f"INT8 copy (`{int8['file']}`): accuracy {fmt_pct(int8['accuracy'])} "
+                      f"(fp32 {fmt_pct(model['accuracy'])}); latency "
+                  + ", ".join(f"{p} {fmt_latency(r)}" for p, r in int8["latency"].items()) + "."]
+
+    lines += ["", "## Files", "", "| file | sha256 |", "|---|---|"]
+    for role, path, digest in files_of(model):
+        if role != "model_card":
+            lines.append(f"| [{path}]({link(path)}) ({role}) | {f'`{digest}`' if digest else '—'} |")
+
+    lines += [
+        "",
+        "## Intended use",
+        "",
+        "Serving the teacher's task where the teacher is too slow: on inputs from the same distribution as the "
+        f"training data, under a latency budget on one of the profiles above. To choose a size at serving time, "
+        f"use `compress pick <run folder> --budget {budget['text']} --profile {budget['profile']}` or "
+        "`compressor.pick.load_session`.",
+        "",
+        "## Limitations",
+        "",
+    ]
+    lines += [f"- {item}" for item in _limitations(manifest, model)]
+    return "\n".join(lines) + "\n"
+
+
+def _limitations(manifest: Mapping[str, Any], model: Mapping[str, Any]) -> list[str]:
+    out = [
+        f"Accuracy was measured on a validation split only ({fmt_pct(model['accuracy'])}); expect lower "
+        "accuracy on data unlike the training data. The model inherits the teacher's errors and biases, and "
+        f"disagrees with the teacher on {fmt_pct(1 - model['teacher_agreement'])} of validation inputs.",
+    ]
+    predicted = [p for p, r in model["latency"].items() if not is_measured(r)]
+    measured = [p for p, r in model["latency"].items() if is_measured(r)]
+    if measured:
+        out.append(f"Measured latencies ({', '.join(measured)}) hold for that profile's batch size, thread count "
+                   "and runtime; other hardware or settings will differ.")
+    if predicted:
+        out.append(f"Latencies on {', '.join(predicted)} are {PREDICTED} by a model of the hardware, not "
+                   "measured: measure on the device before relying on them.")
+    if not model["parity_ok"]:
+        out.append("The ONNX file's outputs differ from PyTorch beyond tolerance "
+                   f"({'; '.join(model.get('notes', [])) or 'see the report'}): validate before serving.")
+    if not model["meets_budget"]:
+        ms = latency_ms(model["latency"].get(manifest["budget"]["profile"]))
+        got = f" (takes {ms:.3g} ms)" if ms is not None else ""
+        out.append(f"Does not meet the run's budget of {manifest['budget']['text']} on "
+                   f"{manifest['budget']['profile']}{got}.")
+    if model.get("int8"):
+        drop = model["accuracy"] - model["int8"]["accuracy"]
+        out.append(f"The INT8 copy loses {100 * drop:.1f} accuracy points against fp32; it is an option, "
+                   "not a replacement.")
+    return out
+
+
+def write_model_card(run_dir: Path, manifest: Mapping[str, Any], name: str) -> Path:
+    from ._write import write_text
+
+    path = Path(run_dir) / model_card_filename(name)
+    write_text(path, render_model_card(manifest, name))
+    return path

@@ -1,0 +1,246 @@
+"""Measurement: the shared timing policy (with fake timings), ONNX Runtime on this CPU,
+unavailable backends, and budgets judged on measured or predicted latency.
+
+No test asserts how fast anything runs: only orderings, counts and the rules.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from compressor.errors import BackendUnavailableError, ConfigError
+from compressor.hardware import (
+    budget_margin,
+    is_measurable,
+    latency_report,
+    load_profile,
+    measure_module_cuda,
+    measure_onnx,
+    measure_timed_run,
+    meets_budget,
+    onnx_input_shape,
+    override_profile,
+    profile_report_lines,
+)
+from compressor.hardware.backends import TensorRTBackend, cpu_model
+from compressor.hardware.testing import FixedTimingsBackend, tiny_onnx
+from compressor.types import HardwareProfile
+
+HAS_CUDA = torch.cuda.is_available()
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+
+
+def quick(name: str = "host-cpu-1t", **changes: object) -> HardwareProfile:
+    """A profile that measures in milliseconds: few runs, no minimum time."""
+    settings = dict(warmup_runs=2, warmup_seconds=0.0, repeats=20, min_seconds=0.0)
+    return override_profile(load_profile(name), **{**settings, **changes})
+
+
+@pytest.fixture(scope="module")
+def onnx_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_onnx(tmp_path_factory.mktemp("onnx") / "tiny.onnx")
+
+
+# ----------------------------------------------------------------------------- timing policy
+
+
+def test_fixed_timings_give_exact_statistics() -> None:
+    times = itertools.cycle([1e-3, 2e-3, 3e-3, 4e-3])
+    report = measure_timed_run(lambda: next(times), quick(repeats=400), noisy_cov=10.0)
+    assert report.samples == 400 and report.measured
+    assert report.p50_ms == pytest.approx(2.5)
+    assert report.mean_ms == pytest.approx(2.5)
+    assert report.p50_ms <= report.p90_ms <= report.p99_ms <= 4.0
+    assert report.cov == pytest.approx(report.std_ms / report.mean_ms)
+    assert report.env["warmup_runs"] == 2 and not report.warnings
+
+
+def test_quiet_series_is_measured_once() -> None:
+    calls = []
+    report = measure_timed_run(lambda: calls.append(1) or 1e-3, quick(repeats=50))
+    assert len(calls) == 2 + 50 and report.cov == 0.0 and "remeasured" not in report.env
+
+
+def test_outliers_trigger_one_remeasure_and_an_explaining_warning() -> None:
+    # one run in 20 is 50x slower: a huge CoV, but the median is untouched
+    times = itertools.cycle([1e-3] * 19 + [50e-3])
+    report = measure_timed_run(lambda: next(times), quick(repeats=40))
+    assert report.env["remeasured"] is True
+    assert report.p50_ms == pytest.approx(1.0)
+    assert report.samples in (40, 80)
+    (warning,) = report.warnings
+    assert "re-measured with 80 runs" in warning and "outliers" in warning and "p50 is unaffected" in warning
+
+
+def test_a_busy_machine_is_reported_as_such() -> None:
+    times = itertools.cycle([1e-3, 2e-3, 3e-3])  # the whole distribution is spread
+    report = measure_timed_run(lambda: next(times), quick(repeats=30, stat="p90"))
+    (warning,) = report.warnings
+    assert "noisy machine" in warning and "p90 is unreliable" in warning
+
+
+def test_warmup_by_count_and_time() -> None:
+    calls = []
+    profile = quick(warmup_runs=3, warmup_seconds=0.02, repeats=1)
+    measure_timed_run(lambda: calls.append(1) or 1e-3, profile)
+    assert len(calls) > 3 + 1  # 20 ms of wall clock is more than three no-op runs
+
+
+# ----------------------------------------------------------------------------- ONNX Runtime
+
+
+def test_host_cpu_is_measurable_and_predicted_targets_are_not() -> None:
+    assert is_measurable(load_profile("host-cpu-1t")) and is_measurable(load_profile("host-cpu"))
+    assert not is_measurable(load_profile("jetson-orin-nano"))
+    assert is_measurable(load_profile("cuda-gpu")) == HAS_CUDA
+
+
+def test_real_ort_measurement_of_a_tiny_model(onnx_file: Path) -> None:
+    report = measure_onnx(onnx_file, quick(), (1, 8, 8))
+    assert report.measured and report.profile == "host-cpu-1t" and report.stat == "p50"
+    assert 0 < report.p50_ms <= report.p90_ms <= report.p99_ms
+    assert report.samples >= 20
+    assert report.mean_ms > 0 and report.std_ms >= 0 and report.cov >= 0
+    env = report.env
+    assert env["intra_op_threads"] == 1 and env["inter_op_threads"] == 1
+    assert env["execution_mode"] == "sequential"
+    assert env["ort_version"] and env["cpu_model"] == cpu_model() and env["batch_size"] == 1
+    lines = profile_report_lines(report, budget_ms=1e3)
+    assert lines[0].startswith("host-cpu-1t: measured") and any("meets budget" in ln for ln in lines)
+
+
+def test_all_cores_and_profile_batch(onnx_file: Path) -> None:
+    report = measure_onnx(onnx_file, quick("host-cpu", batch_size=3), (1, 8, 8))
+    assert report.batch_size == 3 and report.env["batch_size"] == 3
+    assert report.env["intra_op_threads"] == report.env["usable_cores"] >= 1
+
+
+def test_fixed_batch_model_refuses_another_batch(tmp_path: Path) -> None:
+    path = tiny_onnx(tmp_path / "fixed.onnx", batch=1)
+    assert measure_onnx(path, quick(repeats=2), (1, 8, 8)).samples >= 2
+    with pytest.raises(ConfigError, match="fixed batch of 1 but profile 'host-cpu-1t' times batch 4"):
+        measure_onnx(path, quick(batch_size=4), (1, 8, 8))
+
+
+def test_wrong_input_shape_and_missing_file(onnx_file: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="dimension 2 = 8 but the input shape gives 9"):
+        measure_onnx(onnx_file, quick(), (1, 9, 8))
+    with pytest.raises(ConfigError, match="rank"):
+        measure_onnx(onnx_file, quick(), (8, 8))
+    with pytest.raises(ConfigError, match="ONNX file not found"):
+        measure_onnx(tmp_path / "missing.onnx", quick(), (1, 8, 8))
+
+
+def test_input_shape_is_read_from_the_onnx_file(onnx_file: Path, tmp_path: Path) -> None:
+    assert onnx_input_shape(onnx_file) == (1, 8, 8)
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ConfigError, match="not a readable ONNX model"):
+        onnx_input_shape(bad)
+
+
+def test_predicted_profile_cannot_be_measured(onnx_file: Path) -> None:
+    with pytest.raises(BackendUnavailableError, match="predicted only"):
+        measure_onnx(onnx_file, load_profile("t4-tensorrt-fp16"), (1, 8, 8))
+
+
+# ----------------------------------------------------------------------------- GPU backends
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="checks the error raised without a GPU")
+def test_cuda_backend_raises_without_gpu() -> None:
+    with pytest.raises(BackendUnavailableError, match="no CUDA GPU"):
+        measure_module_cuda(nn.Linear(4, 2), load_profile("cuda-gpu"), (4,))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+def test_cuda_backend_measures_a_module() -> None:
+    module = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    report = measure_module_cuda(module, quick("cuda-gpu"), (16,))
+    assert report.measured and 0 < report.p50_ms <= report.p90_ms <= report.p99_ms
+    assert next(module.parameters()).device.type == "cpu"  # the caller's module is not moved
+
+
+def test_measure_module_cuda_rejects_cpu_profiles() -> None:
+    with pytest.raises(ConfigError, match="not torch-cuda"):
+        measure_module_cuda(nn.Linear(4, 2), load_profile("host-cpu-1t"), (4,))
+
+
+@pytest.mark.skipif(HAS_TRT, reason="checks the error raised without TensorRT")
+def test_tensorrt_backend_unavailable(onnx_file: Path) -> None:
+    assert TensorRTBackend().unavailable_reason() == "TensorRT: not available on this machine"
+    with pytest.raises(BackendUnavailableError, match="TensorRT: not available on this machine"):
+        TensorRTBackend().measure(onnx_file, load_profile("t4-tensorrt-fp16"), (1, 8, 8))
+
+
+# ----------------------------------------------------------------------------- budgets
+
+
+def fixed_report(times_ms: list[float], stat: str = "p50", repeats: int = 100):
+    return latency_report(quick(stat=stat, repeats=repeats), (1, 8, 8), onnx_path="unused.onnx",
+                          backend=FixedTimingsBackend(times_ms))
+
+
+def test_budget_applies_to_the_profiles_statistic() -> None:
+    report = fixed_report([2.0])
+    assert report.measured and report.p50_ms == pytest.approx(2.0)
+    assert meets_budget(report, 2.0)  # at the budget is within it
+    assert not meets_budget(report, 1.99)
+    assert budget_margin(report, 4.0) == pytest.approx(0.5)
+    assert budget_margin(report, 1.0) == pytest.approx(-1.0)
+
+    tail = fixed_report([1.0] * 8 + [10.0] * 2, stat="p90")  # p50 = 1 ms, p90 = 10 ms
+    assert tail.stat == "p90" and tail.p50_ms == pytest.approx(1.0) and tail.p90_ms == pytest.approx(10.0)
+    assert not meets_budget(tail, 5.0) and meets_budget(tail, 10.0)
+    assert meets_budget(dataclasses.replace(tail, stat="p50"), 5.0)
+
+
+def test_budget_margin_recorded_in_report() -> None:
+    report = latency_report(quick(), (1, 8, 8), onnx_path="x.onnx", budget_ms=4.0,
+                            backend=FixedTimingsBackend([1.0]))
+    assert report.env["meets_budget"] is True and report.env["budget_margin"] == pytest.approx(0.75)
+
+
+def test_bad_budget_is_rejected() -> None:
+    with pytest.raises(ValueError, match="budget_ms must be positive"):
+        meets_budget(fixed_report([1.0]), 0.0)
+
+
+def test_measurable_profile_is_measured_and_prediction_sits_beside_it() -> None:
+    class Half:
+        method = "fixed"
+
+        def predict_ms(self, module: nn.Module, input_shape: tuple[int, ...]) -> float:
+            return 0.5
+
+    report = latency_report(quick(), (4,), onnx_path="x.onnx", module=nn.Linear(4, 2), predictor=Half(),
+                            backend=FixedTimingsBackend([1.0]))
+    assert report.measured and report.value() == pytest.approx(1.0)
+    assert report.env["predicted_ms"] == 0.5 and report.env["prediction_error"] == pytest.approx(-0.5)
+    assert any("predicted (fixed) 0.5 ms" in ln for ln in profile_report_lines(report))
+
+
+def test_unmeasurable_profile_is_predicted_with_margin() -> None:
+    module = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 64, 10))
+    report = latency_report(load_profile("jetson-orin-nano"), (1, 8, 8), module=module, budget_ms=5.0)
+    assert not report.measured and report.samples == 0 and report.env["method"] == "roofline"
+    assert "predicted only" in report.env["not_measured_because"]
+    assert report.env["budget_margin"] == pytest.approx(budget_margin(report, 5.0))
+    assert any("(predicted)" in ln for ln in profile_report_lines(report, budget_ms=5.0))
+    with pytest.raises(ValueError, match="judge the budget on a measured latency"):
+        meets_budget(report, 5.0, require_measured=True)
+
+
+def test_unmeasurable_without_module_or_figures() -> None:
+    with pytest.raises(BackendUnavailableError, match="pass the PyTorch module"):
+        latency_report(load_profile("raspberry-pi-5"), (1, 8, 8), onnx_path="x.onnx")
+    if not HAS_CUDA:
+        with pytest.raises(BackendUnavailableError, match="no \\[device\\] datasheet figures"):
+            latency_report(load_profile("cuda-gpu"), (4,), module=nn.Linear(4, 2))

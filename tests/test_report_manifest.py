@@ -1,0 +1,172 @@
+"""Manifest: atomic round trip, one-line validation errors, the documented example is valid."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from compressor.errors import ConfigError
+from compressor.manifest import (
+    MANIFEST_NAME,
+    SCHEMA_VERSION,
+    example_manifest,
+    now_iso,
+    read_manifest,
+    relative_path,
+    resolve_path,
+    runtime_versions,
+    validate_manifest,
+    write_manifest,
+)
+from compressor.types import LatencyReport
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    m = example_manifest()
+    path = write_manifest(tmp_path, m)
+    assert path == tmp_path / MANIFEST_NAME
+    assert read_manifest(tmp_path) == m
+    assert read_manifest(path) == m  # the file itself works too
+    assert [p.name for p in tmp_path.iterdir()] == [MANIFEST_NAME]  # no temp file left behind
+
+
+def test_records_and_non_finite_numbers_are_written_as_json(tmp_path: Path) -> None:
+    m = example_manifest()
+    m["models"][0]["latency"]["host-cpu-1t"] = LatencyReport.predicted("host-cpu-1t", "p50", 1.9)
+    m["models"][0]["onnx_max_abs_diff"] = float("inf")  # ORT could not run it
+    m["models"][0]["parity_ok"] = False
+    write_manifest(tmp_path, m)
+    text = (tmp_path / MANIFEST_NAME).read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    back = read_manifest(tmp_path)
+    assert back["models"][0]["onnx_max_abs_diff"] is None
+    assert back["models"][0]["latency"]["host-cpu-1t"]["measured"] is False
+
+
+def _broken(path: str, value: object = ..., delete: bool = False) -> dict:
+    m = copy.deepcopy(example_manifest())
+    *parents, last = path.split(".")
+    node = m
+    for key in parents:
+        node = node[int(key)] if isinstance(node, list) else node[key]
+    if delete:
+        del node[last]
+    else:
+        node[last] = value
+    return m
+
+
+@pytest.mark.parametrize(("path", "value", "delete", "message"), [
+    ("teacher", None, True, "missing required key 'teacher'"),
+    ("models.1.accuracy", "high", False, "models[1].accuracy: must be a number, got 'high'"),
+    ("models.0.parity_ok", 1, False, "models[0].parity_ok: must be true or false"),
+    ("models.0.params", True, False, "models[0].params: must be an integer, got True"),
+    ("budget.stat", "p75", False, "budget.stat: must be one of p50, p90, p99"),
+    ("models.2.files", None, True, "models[2]: missing required key 'files'"),
+    ("selected", "s999", False, "selected: 's999' is not one of the models"),
+    ("budget.ms", -1, False, "budget.ms: must be positive"),
+    ("tensorrt.available", "no", False, "tensorrt.available: must be true or false"),
+    ("search.pareto.0.est_latency_ms", "slow", False, "search.pareto[0].est_latency_ms: must be a number"),
+])
+def test_validation_errors_name_the_key_in_one_line(path: str, value: object, delete: bool, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        validate_manifest(_broken(path, value, delete))
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_cross_checks() -> None:
+    m = example_manifest()
+    m["models"][1]["name"] = "s100"
+    m["selected"] = "s100"
+    with pytest.raises(ConfigError, match="duplicate size names"):
+        validate_manifest(m)
+    m = example_manifest()
+    m["selected"] = None
+    with pytest.raises(ConfigError, match="budget_met: is true but no model is selected"):
+        validate_manifest(m)
+    m = example_manifest()
+    m["models"][0]["latency"]["host-cpu-1t"]["profile"] = "other"
+    with pytest.raises(ConfigError, match="expected 'host-cpu-1t'"):
+        validate_manifest(m)
+
+
+def test_unknown_keys_are_allowed_for_forward_compatibility() -> None:
+    m = example_manifest()
+    m["future_section"] = {"x": 1}
+    m["models"][0]["files"]["coreml"] = "s100.mlpackage"
+    validate_manifest(m)
+
+
+def test_optional_sections_may_be_absent(tmp_path: Path) -> None:
+    m = example_manifest()
+    del m["search"], m["training"], m["models"][1]["int8"]
+    write_manifest(tmp_path, m)
+    assert "search" not in read_manifest(tmp_path)
+
+
+def test_invalid_manifest_is_not_written(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        write_manifest(tmp_path, _broken("models", None, delete=True))
+    assert not any(tmp_path.iterdir())
+
+
+def test_read_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no manifest"):
+        read_manifest(tmp_path)
+    (tmp_path / MANIFEST_NAME).write_text("{not json")
+    with pytest.raises(ConfigError, match="unreadable"):
+        read_manifest(tmp_path)
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps({**example_manifest(), "schema_version": SCHEMA_VERSION + 1}))
+    with pytest.raises(ConfigError, match="schema_version"):
+        read_manifest(tmp_path)
+    with pytest.raises(ConfigError, match="schema_version"):
+        write_manifest(tmp_path, {**example_manifest(), "schema_version": 99})
+
+
+def test_helpers_for_writers() -> None:
+    versions = runtime_versions()
+    assert {"python", "torch", "onnx", "onnxruntime", "optuna", "torch_pruning"} <= set(versions)
+    assert versions["torch"]
+    assert now_iso().endswith("Z") and "T" in now_iso()
+
+
+def test_run_relative_paths(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    (run / "models").mkdir(parents=True)
+    assert relative_path(run, run / "models" / "s50.onnx") == "models/s50.onnx"
+    assert resolve_path(run, "models/s50.onnx") == run / "models" / "s50.onnx"
+    assert resolve_path(run, str(tmp_path / "x.onnx")) == tmp_path / "x.onnx"
+    with pytest.raises(ConfigError, match="outside the run folder"):
+        relative_path(run, tmp_path / "x.onnx")
+
+
+def test_history_accepts_one_accuracy_per_epoch() -> None:
+    m = example_manifest()
+    m["training"]["history"] = [{"epoch": 1, "loss": 0.5, "val_acc": 0.9}]
+    validate_manifest(m)
+    m["training"]["history"][0]["val_acc"] = "high"
+    with pytest.raises(ConfigError, match="must be a number or a mapping"):
+        validate_manifest(m)
+
+
+def test_paths_written_from_the_working_directory_become_run_relative(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    run = Path("runs/x")
+    (run / "models" / "s50").mkdir(parents=True)
+    (run / "models" / "s50" / "model.onnx").write_bytes(b"")
+    (run / "s25.onnx").write_bytes(b"")
+    m = example_manifest()
+    m["models"][1]["files"]["onnx"] = "runs/x/models/s50/model.onnx"  # relative to the working directory
+    m["models"][1]["int8"]["file"] = str(tmp_path / "runs/x/models/s50/model.onnx")  # absolute
+    m["models"][2]["files"]["onnx"] = "s25.onnx"  # already run-relative
+    m["models"][0]["files"]["onnx"] = "/elsewhere/s100.onnx"  # outside the run folder: kept
+    write_manifest(run, m)
+    back = read_manifest(run)["models"]
+    assert back[1]["files"]["onnx"] == "models/s50/model.onnx"
+    assert back[1]["int8"]["file"] == "models/s50/model.onnx"
+    assert back[2]["files"]["onnx"] == "s25.onnx"
+    assert back[0]["files"]["onnx"] == "/elsewhere/s100.onnx"
