@@ -183,8 +183,9 @@ _COMMANDS = {"example-teacher": _example_teacher, "profile": _profile, "profiles
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # --debug is about this package's decisions, not matplotlib's font search
+    logging.getLogger("compressor").setLevel(logging.DEBUG if debug else logging.WARNING)
     if not debug:
         import warnings
 
