@@ -126,7 +126,7 @@ class Block(nn.Module):
 
 
 class TransformerFamily(nn.Module):
-    """arch: {"family": "transformer", "depth", "dim", "heads", "mlp_ratio", "patch"}"""
+    """arch: {"family": "transformer", "depth", "dim", "heads", "mlp_ratio", "patch"[, "head_dim"]}"""
 
     def __init__(self, arch: Mapping[str, Any], in_shape: tuple[int, ...], num_classes: int) -> None:
         super().__init__()
@@ -135,7 +135,10 @@ class TransformerFamily(nn.Module):
         cin = 1 if len(self.in_shape) == 1 else self.in_shape[0]
         dim, heads = int(arch["dim"]), int(arch["heads"])
         patch = int(arch.get("patch", 4))
-        if dim % heads:
+        # optional "head_dim": a wider (more heads) version of a network keeps its head width,
+        # so the narrower one nests inside it as a prefix of whole heads
+        head_dim = int(arch.get("head_dim", 0)) or dim // heads
+        if "head_dim" not in arch and dim % heads:
             raise ConfigError(f"transformer dim {dim} is not divisible by heads {heads}")
         conv = nn.Conv1d if dims == 1 else nn.Conv2d
         self.embed = conv(cin, dim, patch, stride=patch)
@@ -144,7 +147,7 @@ class TransformerFamily(nn.Module):
             raise ConfigError(f"patch {patch} is larger than the input {self.in_shape}")
         self.pos = nn.Parameter(torch.zeros(1, n_tokens, dim))
         hidden = int(round(dim * float(arch.get("mlp_ratio", 2.0))))
-        self.blocks = nn.Sequential(*[Block(dim, heads, dim // heads, hidden)
+        self.blocks = nn.Sequential(*[Block(dim, heads, head_dim, hidden)
                                       for _ in range(int(arch["depth"]))])
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)

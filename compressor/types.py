@@ -153,6 +153,7 @@ class SearchResult:
     storage: str
     n_trials: int
     n_failed: int
+    feasible: bool = True  # False: no candidate met the budget; `student` is the fastest one found
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,8 @@ class StudentFamily:
     ratios: tuple[float, ...]
     channel_order: Mapping[str, tuple[int, ...]]
     weights_path: str
+    # size name -> its width: a float, or {group key: float} for per-group widths
+    sizes: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from torch.nn import functional as F
 from ..evaluate import accuracy, predict_logits
 from ..progress import Progress
 from ..types import DataSplits
+from .losses import kd_kl
 
 
 @dataclass(frozen=True)
@@ -24,9 +25,7 @@ class KDConfig:
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor, t: float, alpha: float) -> torch.Tensor:
-    # the t^2 factor keeps soft-target gradients on the scale of the hard ones (Hinton 2015)
-    soft = F.kl_div(F.log_softmax(student / t, 1), F.softmax(teacher / t, 1), reduction="batchmean") * t * t
-    return alpha * soft + (1 - alpha) * F.cross_entropy(student, y)
+    return alpha * kd_kl(student, teacher, t) + (1 - alpha) * F.cross_entropy(student, y)
 
 
 def distill_single(student: nn.Module, teacher: nn.Module, data: DataSplits, cfg: KDConfig,
@@ -52,7 +51,7 @@ def distill_single(student: nn.Module, teacher: nn.Module, data: DataSplits, cfg
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss)
+            total += loss.item()
             n += 1
             if progress:
                 progress.advance(task)

@@ -1,0 +1,109 @@
+"""The MatTA teacher assistant: the chosen student, widened, with the student nested inside.
+
+MatTA trains a higher-capacity assistant and extracts the student as its prefix
+sub-network (the first k channels of every layer). For that to be *exact*, the
+student must be what `prune.materialize` cuts out of the assistant at the
+recorded ratio, with the assistant's own channel groups and the same rounding.
+`nested_ratio` derives that ratio from the two built networks and proves it by
+materialising; a widening that does not nest exactly is rejected, never patched.
+
+The assistant is capped by the teacher's predicted latency: a TA slower than the
+teacher would be a worse teacher, not a bridge (Mirzadeh et al. 2020).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .. import prune as P
+from ..types import Teacher
+from .spaces import Arch, SearchSpace
+
+log = logging.getLogger(__name__)
+
+
+class NotNestedError(ValueError):
+    """The student is not a prefix sub-network of the assistant."""
+
+
+@dataclass(frozen=True)
+class Assistant:
+    arch: Arch  # includes "student_ratio" and "expansion"
+    model: nn.Module
+    latency_ms: float
+
+
+def _out_width(module: nn.Module) -> int:
+    for attr in ("out_channels", "out_features"):
+        if hasattr(module, attr):
+            return int(getattr(module, attr))
+    raise NotNestedError(f"{type(module).__name__} has no output width")
+
+
+def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def nested_ratio(ta: nn.Module, student: nn.Module, example: torch.Tensor,
+                 round_to: int) -> float | dict[str, float]:
+    """The width ratio (one float, or one per group of the assistant) that cuts `student` out of `ta`.
+
+    Each group's ratio is (student width of its root layer) / (assistant width); it
+    is exact under `prune.keep_count` because student widths are multiples of
+    `round_to` (or whole heads). Raises `NotNestedError` if materialising the
+    assistant at that ratio does not give the student's exact tensor shapes.
+    """
+    groups = P.channel_groups(ta, example)
+    mods = dict(student.named_modules())
+    ratios: dict[str, float] = {}
+    for g in groups:
+        if g.key not in mods:
+            raise NotNestedError(f"the student has no layer {g.key!r}")
+        kept = _out_width(mods[g.key])
+        if kept > g.size:
+            raise NotNestedError(f"the student's {g.key} is wider than the assistant's ({kept} > {g.size})")
+        if kept != g.size and not g.nestable:
+            raise NotNestedError(f"group {g.key} passes through a normalisation and cannot be nested")
+        ratios[g.key] = kept / g.size
+        if P.keep_count(g.size, ratios[g.key], round_to, g.unit) != kept:
+            raise NotNestedError(f"{kept} of {g.size} channels of {g.key} is not a rounded prefix")
+    if any(r < 1.0 for r in ratios.values()):
+        cut = P.materialize(ta, example, groups, ratios, None, round_to)
+        if _shapes(cut) != _shapes(student):
+            raise NotNestedError("the assistant cut at the student's ratios has other tensor shapes than the student")
+    elif _shapes(ta) != _shapes(student):
+        raise NotNestedError("the assistant has other tensor shapes than the student")
+    values = set(ratios.values())
+    return values.pop() if len(values) == 1 else (1.0 if not values else ratios)
+
+
+def widen_to_assistant(space: SearchSpace, student_arch: Mapping[str, Any], teacher: Teacher, *,
+                       latency_fn: Callable[[nn.Module], float], max_latency_ms: float,
+                       factors: Sequence[float], example: torch.Tensor, round_to: int,
+                       student_latency_ms: float | None = None) -> Assistant:
+    """The widest of `factors` whose assistant is no slower than `max_latency_ms` and nests the student.
+
+    Falls back to the student itself (factor 1, ratio 1.0) when no widening qualifies,
+    including when a wider network cannot be built or timed.
+    """
+    student = space.build(student_arch, teacher)
+    for factor in sorted((f for f in factors if f > 1.0), reverse=True):
+        arch = space.widen(student_arch, factor)
+        try:
+            ta = space.build(arch, teacher)
+            latency = float(latency_fn(ta))
+            if latency > max_latency_ms:
+                log.info("assistant x%.2f predicted %.3f ms > teacher %.3f ms; trying narrower",
+                         factor, latency, max_latency_ms)
+                continue
+            ratio = nested_ratio(ta, student, example, round_to)
+        except Exception as e:  # NotNestedError, or a wider network the predictor cannot time
+            log.info("assistant x%.2f rejected (%s: %s); trying narrower", factor, type(e).__name__, e)
+            continue
+        return Assistant({**arch, "student_ratio": ratio, "expansion": factor}, ta, latency)
+    latency = student_latency_ms if student_latency_ms is not None else float(latency_fn(student))
+    return Assistant({**dict(student_arch), "student_ratio": 1.0, "expansion": 1.0}, student, latency)

@@ -1,0 +1,336 @@
+"""Search spaces: where student architectures come from.
+
+A space turns sampler choices into a JSON architecture and the architecture into
+a network. Every space obeys one contract (`SearchSpace`):
+
+- ``suggest(trial) -> arch``: a JSON-serialisable dict with a ``"space"`` key;
+- ``build(arch, teacher) -> nn.Module``: deterministic, so the manifest can rebuild it;
+- ``widen(arch, factor) -> arch``: a wider network of the same depth in which
+  ``arch`` is a prefix sub-network (the MatTA teacher assistant, see `assistant`).
+
+Built-ins:
+
+- ``teacher_scaled``: the teacher itself, thinner (a width ratio per coupled channel
+  group of `prune.channel_groups`) and shallower (identity-shaped residual blocks
+  removed, see `blocks`). It keeps the teacher's weights, which the distillation
+  stage exploits: the assistant starts from the teacher, not from scratch.
+- ``cnn`` and ``transformer``: the student families of `compressor.families`, so a
+  student can differ in kind from its teacher (DisWOT's point).
+
+Channel counts are multiples of ``round_to`` (the hardware profile's multiple, 8 on
+most targets): odd counts run slower, and a student of width w nests exactly in an
+assistant of width 2w only when the rounding of both agrees.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Mapping, Protocol, Sequence
+
+import torch
+from torch import fx, nn
+
+from .. import prune as P
+from ..errors import ConfigError
+from ..families import build_family
+from ..registry import Registry
+from ..types import Teacher
+from .blocks import ResidualBlock, drop_blocks, find_residual_blocks, head_units
+
+Arch = dict[str, Any]
+
+
+class Trial(Protocol):
+    """The part of `optuna.trial.Trial` a space uses (spaces never import Optuna)."""
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any: ...
+
+
+class SearchSpace(ABC):
+    """Bound to one teacher: its input shape, classes and (for `teacher_scaled`) its graph."""
+
+    name: ClassVar[str]
+
+    def __init__(self, teacher: Teacher, round_to: int = 8) -> None:
+        if round_to < 1:
+            raise ValueError(f"round_to must be at least 1 but got {round_to}.")
+        self.teacher = teacher
+        self.round_to = int(round_to)
+        self.example = teacher.spec.example(batch=2)
+
+    @abstractmethod
+    def suggest(self, trial: Trial) -> Arch:
+        """Sample one architecture; parameter names are prefixed by the space."""
+
+    @abstractmethod
+    def build(self, arch: Mapping[str, Any], teacher: Teacher) -> nn.Module:
+        """The network of `arch`, in eval mode."""
+
+    @abstractmethod
+    def widen(self, arch: Mapping[str, Any], factor: float) -> Arch:
+        """`arch` with every nestable width multiplied by `factor` (depth unchanged)."""
+
+    def anchors(self) -> list[dict[str, Any]]:
+        """Sampler parameters of networks worth evaluating first (the smallest of the space),
+        so that a tight budget has at least one feasible candidate early."""
+        return []
+
+
+SPACES: Registry[type[SearchSpace]] = Registry("search space")
+
+
+def register_space(cls: type[SearchSpace]) -> type[SearchSpace]:
+    SPACES.add(cls.name, cls)
+    return cls
+
+
+def build_arch(arch: Mapping[str, Any], teacher: Teacher) -> nn.Module:
+    """Rebuild any searched architecture (student or assistant) from its JSON record."""
+    if "space" not in arch:
+        raise ConfigError(f"architecture has no 'space' key: {dict(arch)}")
+    space = SPACES.get(str(arch["space"]))(teacher, round_to=int(arch.get("round_to", 8)))
+    return space.build(arch, teacher)
+
+
+def round_up(x: float, multiple: int) -> int:
+    return int(multiple * math.ceil(x / multiple - 1e-9))
+
+
+def _ties(items: Sequence[Any], n: int) -> list[list[Any]]:
+    """Split `items` (in execution order) into at most `n` contiguous chunks of near-equal size:
+    many groups then share few choices, stage by stage, which keeps the sampler's space small."""
+    k = min(n, len(items))
+    bounds = [round(i * len(items) / k) for i in range(k + 1)] if k else []
+    return [list(items[a:b]) for a, b in zip(bounds, bounds[1:])]
+
+
+def _execution_order(model: nn.Module, example: torch.Tensor) -> list[str]:
+    order: list[str] = []
+    hooks = [m.register_forward_hook(lambda *_a, n=n: order.append(n))
+             for n, m in model.named_modules() if n]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return order
+
+
+def _seeded_build(fn, *args: Any) -> nn.Module:
+    # family weights come from the global RNG: pin it so an arch always rebuilds the same network
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return fn(*args).eval()
+
+
+def _with_head_units(model: nn.Module, groups: list[P.ChannelGroup]) -> list[P.ChannelGroup]:
+    """Groups of attention projections in a lifted graph are cut in whole heads (see `head_units`)."""
+    if not isinstance(model, fx.GraphModule):
+        return groups
+    units = head_units(model)
+    out = []
+    for g in groups:
+        unit = max([units.get(name, 1) for name in g.layers] + [g.unit])
+        out.append(dataclasses.replace(g, unit=unit) if unit != g.unit and g.size % unit == 0 else g)
+    return out
+
+
+@register_space
+class TeacherScaledSpace(SearchSpace):
+    """The teacher with fewer channels per coupled group and fewer residual blocks.
+
+    arch: ``{"space": "teacher_scaled", "ratios": {group_key: r}, "drop": [add_node, ...],
+    "round_to": 8}``. Group keys are the teacher's; after blocks are dropped, groups can
+    split (a residual chain loses a member) and each part keeps its original group's ratio.
+    Depth is searched only on `fx.GraphModule` teachers (what `compressor.teacher` produces
+    by lifting); a plain module is searched in width only.
+    """
+
+    name = "teacher_scaled"
+    ratios: ClassVar[tuple[float, ...]] = (0.25, 0.375, 0.5, 0.625, 0.75, 1.0)
+    max_width_choices: ClassVar[int] = 8
+    max_depth_choices: ClassVar[int] = 8
+    cached_depths: ClassVar[int] = 16
+
+    def __init__(self, teacher: Teacher, round_to: int = 8) -> None:
+        super().__init__(teacher, round_to)
+        if not teacher.prunable:
+            raise ConfigError("the teacher_scaled space needs a prunable teacher (its layers could not be lifted)")
+        self.base = teacher.module
+        self.groups = _with_head_units(self.base, P.channel_groups(self.base, self.example))
+        order = _execution_order(self.base, self.example)
+        rank = {n: i for i, n in enumerate(order)}
+        self.groups.sort(key=lambda g: rank.get(g.key, len(rank)))
+        self._group_of_layer = {m.module: g.key for g in self.groups for m in g.members}
+        self._nestable = {g.key: g.nestable for g in self.groups}
+        self.blocks: list[ResidualBlock] = (find_residual_blocks(self.base, self.example)
+                                            if isinstance(self.base, fx.GraphModule) else [])
+        self._width_ties = _ties([g.key for g in self.groups], self.max_width_choices)
+        self._depth_ties = _ties([b.add for b in self.blocks], self.max_depth_choices)
+        self._reduced: dict[tuple[str, ...], tuple[nn.Module, list[P.ChannelGroup], dict]] = {}
+
+    def suggest(self, trial: Trial) -> Arch:
+        ratios: dict[str, float] = {}
+        for i, keys in enumerate(self._width_ties):
+            r = float(trial.suggest_categorical(f"ts.width{i}", self.ratios))
+            ratios.update({k: r for k in keys})
+        drop = []
+        for i, adds in enumerate(self._depth_ties):
+            if not trial.suggest_categorical(f"ts.keep{i}", (True, False)):
+                drop.extend(adds)
+        return self.canonical({"space": self.name, "ratios": ratios, "drop": drop, "round_to": self.round_to})
+
+    def canonical(self, arch: Mapping[str, Any]) -> Arch:
+        """One spelling per network: blocks inside dropped blocks and the ratios of groups
+        that no longer exist are left out (so equal networks have equal records)."""
+        blocks = {b.add: b for b in self.blocks}
+        drop = [a for a in (b.add for b in self.blocks) if a in set(arch.get("drop", ()))]
+        gone = {m for a in drop for m in blocks[a].layers}
+        drop = [a for a in drop if not any(a != o and blocks[a].layers and set(blocks[a].layers) <= set(blocks[o].layers)
+                                           for o in drop)]
+        ratios = {g.key: float(arch["ratios"].get(g.key, 1.0)) for g in self.groups
+                  if not all(m.module in gone for m in g.members)}
+        return {"space": self.name, "ratios": ratios, "drop": drop, "round_to": int(arch.get("round_to", self.round_to))}
+
+    def _reduce(self, drop: Sequence[str]) -> tuple[nn.Module, list[P.ChannelGroup], dict]:
+        """The teacher without the `drop` blocks, its groups and channel order (kept for the
+        last few depth choices: tracing costs more than cutting, and a study revisits them)."""
+        key = tuple(drop)
+        if key in self._reduced:
+            self._reduced[key] = self._reduced.pop(key)  # most recently used last
+        else:
+            model = drop_blocks(self.base, drop, self.example) if drop else self.base
+            groups = _with_head_units(model, P.channel_groups(model, self.example))
+            self._reduced[key] = (model, groups, P.importance_order(model, self.example, groups))
+            while len(self._reduced) > self.cached_depths:
+                self._reduced.pop(next(iter(self._reduced)))
+        return self._reduced[key]
+
+    def _ratio_of(self, group: P.ChannelGroup, ratios: Mapping[str, float]) -> float:
+        if group.key in ratios:
+            return float(ratios[group.key])
+        for m in group.members:  # a part of a teacher group split by block removal
+            if self._group_of_layer.get(m.module) in ratios:
+                return float(ratios[self._group_of_layer[m.module]])
+        return 1.0
+
+    def build(self, arch: Mapping[str, Any], teacher: Teacher) -> nn.Module:
+        if teacher.module is not self.base:
+            return type(self)(teacher, int(arch.get("round_to", self.round_to))).build(arch, teacher)
+        model, groups, order = self._reduce(list(arch.get("drop", ())))
+        ratios = {g.key: self._ratio_of(g, arch.get("ratios", {})) for g in groups}
+        if all(r >= 1.0 for r in ratios.values()):
+            return copy.deepcopy(model).eval()
+        # the most important teacher channels (L1, as OFA) are kept: the network starts close to the teacher
+        return P.materialize(model, self.example, groups, ratios, order,
+                             int(arch.get("round_to", self.round_to))).eval()
+
+    def widen(self, arch: Mapping[str, Any], factor: float) -> Arch:
+        # groups behind a layer norm are not nestable (a mask is not a cut there): they keep their width
+        ratios = {k: (min(1.0, r * factor) if self._nestable.get(k, False) else r) for k, r in arch["ratios"].items()}
+        return {**self.canonical(arch), "ratios": ratios}
+
+    def anchors(self) -> list[dict[str, Any]]:
+        smallest = {f"ts.width{i}": self.ratios[0] for i in range(len(self._width_ties))}
+        return [{**smallest, **{f"ts.keep{i}": False for i in range(len(self._depth_ties))}}]
+
+
+def _spatial(shape: Sequence[int]) -> tuple[int, ...]:
+    return tuple(shape) if len(shape) == 1 else tuple(shape[1:])
+
+
+@register_space
+class CNNSpace(SearchSpace):
+    """`families.CNNFamily`: stages x width x depth, one kernel size.
+
+    arch: ``{"space": "cnn", "family": "cnn", "widths": [...], "depths": [...], "kernel": k,
+    "round_to": 8}``. Each stage after the first halves the resolution, so the number
+    of stages is capped where the feature map would drop below 2.
+    """
+
+    name = "cnn"
+    widths: ClassVar[tuple[int, ...]] = (8, 16, 24, 32, 48, 64, 96, 128)
+    depths: ClassVar[tuple[int, ...]] = (1, 2, 3)
+    max_stages: ClassVar[int] = 4
+
+    def __init__(self, teacher: Teacher, round_to: int = 8) -> None:
+        super().__init__(teacher, round_to)
+        spatial = _spatial(teacher.spec.shape)
+        most = 1 + int(math.log2(max(1, min(spatial) // 2)))
+        self.stages = tuple(range(min(2, most), min(self.max_stages, most) + 1)) or (1,)
+        self.width_choices = tuple(sorted({round_up(w, self.round_to) for w in self.widths}))
+        self.kernels = (3, 5, 7) if len(spatial) == 1 else (3, 5)
+
+    def suggest(self, trial: Trial) -> Arch:
+        n = int(trial.suggest_categorical("cnn.stages", self.stages))
+        widths = [int(trial.suggest_categorical(f"cnn.width{i}", self.width_choices)) for i in range(n)]
+        depths = [int(trial.suggest_categorical(f"cnn.depth{i}", self.depths)) for i in range(n)]
+        kernel = int(trial.suggest_categorical("cnn.kernel", self.kernels))
+        return {"space": self.name, "family": "cnn", "widths": widths, "depths": depths, "kernel": kernel,
+                "round_to": self.round_to}
+
+    def build(self, arch: Mapping[str, Any], teacher: Teacher) -> nn.Module:
+        return _seeded_build(build_family, arch, teacher.spec.shape, teacher.spec.num_classes)
+
+    def widen(self, arch: Mapping[str, Any], factor: float) -> Arch:
+        return {**arch, "widths": [round_up(w * factor, self.round_to) for w in arch["widths"]]}
+
+    def anchors(self) -> list[dict[str, Any]]:
+        n = self.stages[0]
+        return [{"cnn.stages": n, **{f"cnn.width{i}": self.width_choices[0] for i in range(n)},
+                 **{f"cnn.depth{i}": 1 for i in range(n)}, "cnn.kernel": 3}]
+
+
+@register_space
+class TransformerSpace(SearchSpace):
+    """`families.TransformerFamily`: depth, embedding width, heads, MLP ratio, patch size.
+
+    arch: ``{"space": "transformer", "family": "transformer", "depth", "dim", "heads",
+    "head_dim", "mlp_ratio", "patch", "round_to"}``. Patch sizes are those giving 8 to 64
+    tokens for the teacher's input. Widening adds heads of the same `head_dim` and MLP
+    neurons; the embedding width passes through layer norms and is not nested.
+    """
+
+    name = "transformer"
+    depths: ClassVar[tuple[int, ...]] = (1, 2, 3, 4)
+    dims: ClassVar[tuple[int, ...]] = (32, 48, 64, 96, 128)
+    heads: ClassVar[tuple[int, ...]] = (2, 4)
+    mlp_ratios: ClassVar[tuple[float, ...]] = (1.0, 2.0, 4.0)
+
+    def __init__(self, teacher: Teacher, round_to: int = 8) -> None:
+        super().__init__(teacher, round_to)
+        spatial = _spatial(teacher.spec.shape)
+        tokens = {p: math.prod(s // p for s in spatial) for p in (2, 4, 8, 16) if p <= min(spatial)}
+        fit = tuple(p for p, t in tokens.items() if 8 <= t <= 64)
+        if not fit:  # a tiny input: the patch closest to 16 tokens, or pixels as tokens
+            fit = (min(tokens, key=lambda p: abs(tokens[p] - 16)),) if tokens else (1,)
+        self.patches = fit
+        self.dim_choices = tuple(sorted({round_up(d, self.round_to) for d in self.dims}))
+
+    def suggest(self, trial: Trial) -> Arch:
+        dim = int(trial.suggest_categorical("vit.dim", self.dim_choices))
+        heads = int(trial.suggest_categorical("vit.heads", self.heads))
+        return {"space": self.name, "family": "transformer",
+                "depth": int(trial.suggest_categorical("vit.depth", self.depths)),
+                "dim": dim, "heads": heads, "head_dim": max(1, dim // heads),
+                "mlp_ratio": float(trial.suggest_categorical("vit.mlp_ratio", self.mlp_ratios)),
+                "patch": int(trial.suggest_categorical("vit.patch", self.patches)), "round_to": self.round_to}
+
+    def build(self, arch: Mapping[str, Any], teacher: Teacher) -> nn.Module:
+        return _seeded_build(build_family, arch, teacher.spec.shape, teacher.spec.num_classes)
+
+    def widen(self, arch: Mapping[str, Any], factor: float) -> Arch:
+        dim = int(arch["dim"])
+        hidden = int(round(dim * float(arch["mlp_ratio"])))
+        return {**arch, "heads": max(int(arch["heads"]), int(round(int(arch["heads"]) * factor))),
+                "mlp_ratio": round_up(hidden * factor, self.round_to) / dim}
+
+    def anchors(self) -> list[dict[str, Any]]:
+        return [{"vit.dim": self.dim_choices[0], "vit.heads": self.heads[0], "vit.depth": self.depths[0],
+                 "vit.mlp_ratio": self.mlp_ratios[0], "vit.patch": max(self.patches)}]

@@ -1,0 +1,407 @@
+"""The student search as an Optuna study (the one module that imports Optuna).
+
+Two objectives, proxy score (up) and predicted latency (down), with the budget as
+a constraint (``latency - budget <= 0``, set on each trial with
+`Trial.set_constraint`, which Optuna 5's NSGA-II and TPE samplers read): the
+samplers prefer feasible trials, and the study's Pareto front is the trade-off a
+user can inspect in optuna-dashboard. The chosen student is the best-scoring
+feasible trial; if none is feasible, the fastest one, marked infeasible.
+
+Storage is a SQLite file in the run folder unless another Optuna URL or a journal
+file (``*.log``/``*.journal``) is given, so several `compress` workers on other
+machines can share one study. Anything that must agree between workers or across
+a resume (the proxy's reference pool, the configuration) is stored in the study.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from torch import nn
+
+from .. import prune as P
+from ..errors import CompressorError, ConfigError
+from ..progress import Progress
+from ..types import Candidate, DataSplits, SearchResult, Teacher
+from .assistant import widen_to_assistant
+from .context import Batch, NormMode, Reference, TeacherContext, labelled_batch
+from .diswot import teacher_context
+from .proxies import PROXIES, Proxy, get_proxy
+from .spaces import SPACES, SearchSpace
+
+log = logging.getLogger(__name__)
+
+_JOURNAL_SUFFIXES = (".log", ".journal")
+
+
+class SearchError(CompressorError):
+    """No candidate could be built and scored."""
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """How the student search runs. Every field has a working default.
+
+    `ta_factors` are the assistant's width expansions, tried widest first until the
+    assistant's predicted latency is at most the teacher's (MatTA). `round_to` must be
+    the hardware profile's channel multiple, the one distillation materialises with,
+    or the student's nesting ratio will not be exact. `reference_pool` random
+    candidates fix the scale on which a multi-term proxy's terms are added.
+    """
+
+    spaces: tuple[str, ...] = ("teacher_scaled", "cnn")
+    proxy: str = "ensemble"  # DisWOT + SNIP + params; see benchmarks/results/proxy_correlation.md
+    n_trials: int = 40
+    sampler: Literal["nsga2", "tpe"] = "nsga2"
+    seed: int = 0
+    batch_size: int = 64
+    study_name: str = "student-search"
+    record: tuple[str, ...] = ("params", "macs")
+    normalisation: NormMode = "rank"
+    reference_pool: int = 8
+    ta_factors: tuple[float, ...] = (2.0, 1.5, 1.25)
+    round_to: int = 8
+    population_size: int | None = None  # NSGA-II; default: n_trials // 4, between 4 and 36
+    fallback_proxy: str = "snip+params"  # when the teacher has no layers DisWOT can read: best teacher-free pair
+
+    def __post_init__(self) -> None:
+        if not self.spaces:
+            raise ConfigError("search needs at least one space")
+        for name in self.spaces:
+            SPACES.get(name)
+        for name in (self.proxy, self.fallback_proxy):
+            get_proxy(name)
+        for name in self.record:
+            PROXIES.get(name)
+        if self.n_trials < 1:
+            raise ConfigError(f"n_trials must be at least 1 but got {self.n_trials}.")
+        if self.sampler not in ("nsga2", "tpe"):
+            raise ConfigError(f"sampler must be 'nsga2' or 'tpe' but got {self.sampler!r}.")
+        if self.batch_size < 4:
+            raise ConfigError(f"batch_size must be at least 4 but got {self.batch_size}.")
+        if self.normalisation not in ("rank", "minmax"):
+            raise ConfigError(f"normalisation must be 'rank' or 'minmax' but got {self.normalisation!r}.")
+        if self.reference_pool < 2:
+            raise ConfigError(f"reference_pool must be at least 2 but got {self.reference_pool}.")
+        if self.round_to < 1:
+            raise ConfigError(f"round_to must be at least 1 but got {self.round_to}.")
+        if any(f < 1.0 for f in self.ta_factors):
+            raise ConfigError(f"ta_factors must be at least 1 but got {self.ta_factors}.")
+
+
+class _CandidateFailed(Exception):
+    """A candidate could not be built, timed or scored: its trial fails, the search goes on."""
+
+
+# ---------------------------------------------------------------- storage
+
+
+def _rdb(url: str) -> optuna.storages.RDBStorage:
+    # heartbeats let a worker fail the trials of a worker that died, instead of waiting on them forever
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+
+
+def open_storage(storage: str | None, run_dir: Path) -> tuple[optuna.storages.BaseStorage, str]:
+    """(what `create_study` takes, the location to report). A path ending in .log/.journal is a
+    journal file (works on shared file systems without a database server)."""
+    if storage is None:
+        url = f"sqlite:///{(run_dir / 'search.db').resolve()}"
+        return _rdb(url), url
+    if "://" not in storage:
+        if not storage.endswith(_JOURNAL_SUFFIXES):
+            raise ConfigError(f"storage {storage!r} is neither an Optuna URL (sqlite:///, postgresql://, "
+                              f"mysql://) nor a journal file ending in {' or '.join(_JOURNAL_SUFFIXES)}")
+        path = Path(storage).expanduser().resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        backend = optuna.storages.journal.JournalFileBackend(str(path))
+        return optuna.storages.JournalStorage(backend), str(path)
+    return _rdb(storage), storage
+
+
+def _sampler(cfg: SearchConfig, offset: int) -> optuna.samplers.BaseSampler:
+    # offset (trials already in the study) gives a resumed run or a joining worker its own draws
+    seed = cfg.seed + offset
+    if cfg.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(4, cfg.n_trials // 4))
+    population = cfg.population_size or min(36, max(4, cfg.n_trials // 4))
+    return optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
+
+
+def _finished(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """Trials that count toward n_trials: scored ones, and ones whose candidate failed.
+    A trial cut short by an interrupt or a dead worker has no reason and is redone."""
+    return [t for t in trials if t.state == TrialState.COMPLETE
+            or (t.state == TrialState.FAIL and "fail_reason" in t.user_attrs)]
+
+
+# ---------------------------------------------------------------- the objective
+
+
+def _arch_key(arch: Mapping[str, Any]) -> str:
+    return json.dumps(arch, sort_keys=True)
+
+
+@dataclass
+class _Scorer:
+    """Everything a trial needs to turn an architecture into recorded figures."""
+
+    teacher: Teacher
+    spaces: dict[str, SearchSpace]
+    proxy: Proxy
+    record: tuple[Proxy, ...]
+    batch: Batch
+    ctx: TeacherContext
+    latency_fn: Callable[[nn.Module], float]
+
+    def terms(self, model: nn.Module) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for p in {p.measure: p for p in (self.proxy, *self.record)}.values():
+            out.update(p.measure(model, self.batch, self.ctx))
+        return out
+
+    def evaluate(self, arch: Mapping[str, Any]) -> dict[str, Any]:
+        stage = "build"
+        try:
+            model = self.spaces[arch["space"]].build(arch, self.teacher)
+            stage = "latency"
+            latency = float(self.latency_fn(model))
+            if not math.isfinite(latency) or latency < 0:
+                raise ValueError(f"predicted latency {latency} ms")
+            stage = "proxy"
+            terms = self.terms(model)
+            scores = {p.name: p.score(terms, self.ctx.reference) for p in (self.proxy, *self.record)}
+            bad = {k: v for k, v in {**terms, **scores}.items() if not math.isfinite(v)}
+            if bad:
+                raise ValueError(f"non-finite proxy values {bad}")
+            stage = "count"
+            figures = {"params": P.count_params(model), "macs": P.count_macs(model, self.batch[0][:1])}
+        except Exception as e:
+            raise _CandidateFailed(f"{stage}: {type(e).__name__}: {e}"[:500]) from e
+        return {"latency_ms": latency, "proxy_terms": terms, "proxy_scores": scores, **figures}
+
+
+def _objective(scorer: _Scorer, budget_ms: float, cache: dict[str, dict[str, Any]]):
+    names = list(scorer.spaces)
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        name = trial.suggest_categorical("space", names)
+        arch = scorer.spaces[name].suggest(trial)
+        trial.set_user_attr("arch", arch)
+        key = _arch_key(arch)
+        start = time.perf_counter()
+        try:
+            figures = cache.get(key) or scorer.evaluate(arch)
+        except _CandidateFailed as e:
+            trial.set_user_attr("fail_reason", str(e))
+            log.info("trial %d failed: %s", trial.number, e)
+            raise
+        cache[key] = figures  # a sampler re-proposing a network costs nothing the second time
+        for k, v in figures.items():
+            trial.set_user_attr(k, v)
+        trial.set_user_attr("seconds", time.perf_counter() - start)
+        trial.set_constraint("latency", figures["latency_ms"] - budget_ms)
+        return figures["proxy_scores"][scorer.proxy.name], figures["latency_ms"]
+
+    return objective
+
+
+# ---------------------------------------------------------------- study set-up
+
+
+def _signature(teacher: Teacher, cfg: SearchConfig, proxy: str, budget_ms: float) -> dict[str, Any]:
+    return {"teacher_sha256": teacher.sha256, "spaces": list(cfg.spaces), "proxy": proxy,
+            "budget_ms": budget_ms, "seed": cfg.seed, "batch_size": cfg.batch_size, "round_to": cfg.round_to,
+            "normalisation": cfg.normalisation}
+
+
+def _open_study(storage: Any, location: str, cfg: SearchConfig, default_storage: bool, resume: bool,
+                signature: Mapping[str, Any]) -> optuna.Study:
+    if default_storage and not resume:
+        try:  # a fresh run in the same folder starts a fresh study
+            optuna.delete_study(study_name=cfg.study_name, storage=storage)
+        except KeyError:
+            pass
+    probe = optuna.create_study(storage=storage, study_name=cfg.study_name, load_if_exists=True,
+                                directions=["maximize", "minimize"])
+    stored = probe.user_attrs.get("signature")
+    if stored is None:
+        probe.set_user_attr("signature", dict(signature))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            probe.set_metric_names(["proxy_score", "latency_ms"])  # labels in optuna-dashboard
+    elif stored != dict(signature):
+        diff = {k: (stored.get(k), v) for k, v in signature.items() if stored.get(k) != v}
+        raise ConfigError(f"study {cfg.study_name!r} in {location} was run with other settings "
+                          f"(stored, now): {diff}; use another study name or output folder")
+    offset = len(probe.get_trials(deepcopy=False))
+    return optuna.load_study(study_name=cfg.study_name, storage=storage, sampler=_sampler(cfg, offset))
+
+
+def _reference(study: optuna.Study, scorer: _Scorer, cfg: SearchConfig) -> Reference | None:
+    """The proxy's reference pool: measured once, stored in the study, reused by every worker."""
+    if len(scorer.proxy.weights) < 2:
+        return None
+    stored = study.user_attrs.get("proxy_reference")
+    if stored is not None:
+        return Reference.from_json(stored)
+    pool_study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=cfg.seed + 7919))
+    names = list(scorer.spaces)
+    pool: list[dict[str, float]] = []
+    for _ in range(4 * cfg.reference_pool):
+        if len(pool) == cfg.reference_pool:
+            break
+        trial = pool_study.ask()
+        name = trial.suggest_categorical("space", names)
+        try:
+            pool.append(dict(scorer.proxy.measure(scorer.spaces[name].build(scorer.spaces[name].suggest(trial),
+                                                                             scorer.teacher),
+                                                  scorer.batch, scorer.ctx)))
+        except Exception as e:  # a candidate that fails here fails as a trial too; skip it
+            log.info("reference candidate skipped: %s", e)
+        pool_study.tell(trial, 0.0)
+    if len(pool) < 2:
+        raise SearchError("fewer than 2 random candidates could be scored to normalise the proxy's terms")
+    reference = Reference.from_terms(pool, cfg.normalisation)
+    study.set_user_attr("proxy_reference", reference.to_json())
+    return reference
+
+
+def _context(teacher: Teacher, batch: Batch, cfg: SearchConfig) -> tuple[Proxy, TeacherContext]:
+    proxy = get_proxy(cfg.proxy)
+    if not proxy.needs_teacher:
+        return proxy, TeacherContext(seed=cfg.seed, batch_size=len(batch[0]))
+    try:
+        return proxy, teacher_context(teacher.module, batch, cfg.seed)
+    except Exception as e:
+        log.warning("proxy %s cannot read the teacher (%s); ranking students with %s instead",
+                    cfg.proxy, e, cfg.fallback_proxy)
+        return get_proxy(cfg.fallback_proxy), TeacherContext(seed=cfg.seed, batch_size=len(batch[0]))
+
+
+def _spaces(teacher: Teacher, cfg: SearchConfig) -> dict[str, SearchSpace]:
+    spaces: dict[str, SearchSpace] = {}
+    for name in cfg.spaces:
+        try:
+            spaces[name] = SPACES.get(name)(teacher, round_to=cfg.round_to)
+        except ConfigError as e:
+            log.warning("search space %s is unavailable: %s", name, e)
+    if not spaces:
+        raise ConfigError(f"none of the search spaces {', '.join(cfg.spaces)} is available for this teacher")
+    return spaces
+
+
+# ---------------------------------------------------------------- results
+
+
+def _candidate(t: FrozenTrial) -> Candidate:
+    ua = t.user_attrs
+    return Candidate(arch=ua["arch"], proxy_scores={**ua["proxy_terms"], **ua["proxy_scores"]},
+                     est_latency_ms=float(ua["latency_ms"]), trial_number=t.number,
+                     params=int(ua["params"]), macs=int(ua["macs"]))
+
+
+def _pareto(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """Non-dominated trials in (score up, latency down), fastest first."""
+    def dominates(a: FrozenTrial, b: FrozenTrial) -> bool:
+        (sa, la), (sb, lb) = a.values, b.values
+        return sa >= sb and la <= lb and (sa > sb or la < lb)
+
+    front = [t for t in trials if not any(dominates(o, t) for o in trials)]
+    return sorted(front, key=lambda t: (t.values[1], -t.values[0], t.number))
+
+
+def run_search(teacher: Teacher, data: DataSplits, *, latency_fn: Callable[[nn.Module], float], budget_ms: float,
+               teacher_latency_ms: float, config: SearchConfig = SearchConfig(), run_dir: Path,
+               storage: str | None = None, resume: bool = False, progress: Progress | None = None) -> SearchResult:
+    """Search a student under `budget_ms`, then widen it into the MatTA assistant.
+
+    `latency_fn` predicts a built network's latency in ms on the target. With the
+    default storage a run without `resume` starts a fresh study; with a shared
+    `storage` a worker always joins the study of that name. Trials already finished
+    (scored, or failed with a recorded reason) count toward `config.n_trials`.
+    """
+    if budget_ms <= 0:
+        raise ConfigError(f"budget_ms must be positive but got {budget_ms}.")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spaces = _spaces(teacher, config)
+    batch = labelled_batch(data.x_train, data.y_train, config.batch_size, config.seed)
+    proxy, ctx = _context(teacher, batch, config)
+    store, location = open_storage(storage, run_dir)
+    study = _open_study(store, location, config, storage is None, resume,
+                        _signature(teacher, config, proxy.name, budget_ms))
+    scorer = _Scorer(teacher, spaces, proxy, tuple(PROXIES.get(n) for n in config.record if n != proxy.name),
+                     batch, ctx, latency_fn)
+    scorer.ctx = ctx.with_reference(_reference(study, scorer, config))
+
+    trials = study.get_trials(deepcopy=False)
+    done = len(_finished(trials))
+    if not trials:
+        for space in spaces.values():
+            for params in space.anchors():
+                study.enqueue_trial({"space": space.name, **params}, skip_if_exists=True)
+    cache = {_arch_key(t.user_attrs["arch"]): {k: t.user_attrs[k] for k in
+                                               ("latency_ms", "proxy_terms", "proxy_scores", "params", "macs")}
+             for t in trials if t.state == TrialState.COMPLETE}
+    task = progress.add("search students", total=config.n_trials) if progress else None
+    if progress:
+        progress.advance(task, done)
+
+    def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+        if progress:
+            progress.advance(task)
+        if len(_finished(study.get_trials(deepcopy=False))) >= config.n_trials:
+            study.stop()  # other workers may have finished the rest
+
+    if done < config.n_trials:
+        study.optimize(_objective(scorer, budget_ms, cache), n_trials=config.n_trials - done,
+                       catch=(_CandidateFailed,), callbacks=[after_trial])
+    return _result(study, scorer, location, budget_ms, teacher_latency_ms, config)
+
+
+def _result(study: optuna.Study, scorer: _Scorer, location: str, budget_ms: float,
+            teacher_latency_ms: float, cfg: SearchConfig) -> SearchResult:
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    failed = [t for t in trials if t.state == TrialState.FAIL and "fail_reason" in t.user_attrs]
+    if not complete:
+        reason = failed[0].user_attrs["fail_reason"] if failed else "no trial ran"
+        raise SearchError(f"no student candidate could be built and scored (first failure: {reason})")
+    feasible = [t for t in complete if t.user_attrs["latency_ms"] <= budget_ms]
+    if feasible:
+        best = max(feasible, key=lambda t: (t.values[0], -t.values[1], -t.number))
+    else:
+        best = min(complete, key=lambda t: (t.values[1], -t.values[0], t.number))
+        log.warning("no searched student meets the %.3f ms budget; the fastest predicts %.3f ms",
+                    budget_ms, best.values[1])
+    student = _candidate(best)
+    space = scorer.spaces[student.arch["space"]]
+    ta = widen_to_assistant(space, student.arch, scorer.teacher, latency_fn=scorer.latency_fn,
+                            max_latency_ms=max(teacher_latency_ms, student.est_latency_ms),
+                            factors=cfg.ta_factors, example=scorer.batch[0][:2], round_to=cfg.round_to,
+                            student_latency_ms=student.est_latency_ms)
+    ta_candidate = Candidate(arch=ta.arch, proxy_scores={}, est_latency_ms=ta.latency_ms,
+                             trial_number=best.number, params=P.count_params(ta.model),
+                             macs=P.count_macs(ta.model, scorer.batch[0][:1]))
+    study.set_user_attr("result", {"student_trial": best.number, "feasible": bool(feasible),
+                                   "ta_arch": ta.arch, "proxy": scorer.proxy.name})
+    return SearchResult(ta=ta_candidate, student=student,
+                        pareto=tuple(_candidate(t) for t in _pareto(feasible or complete)),
+                        study_name=cfg.study_name, storage=location, n_trials=len(complete) + len(failed),
+                        n_failed=len(failed), feasible=bool(feasible))
+
+
+def config_dict(cfg: SearchConfig) -> dict[str, Any]:
+    """The configuration as JSON values (for the manifest)."""
+    return asdict(cfg)

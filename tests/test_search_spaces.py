@@ -1,0 +1,205 @@
+"""Search spaces: teacher-derived (residual, concat, depthwise teachers, block removal) and families."""
+import json
+import random
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from compressor import prune as P
+from compressor.errors import ConfigError
+from compressor.lift import lift_exported
+from compressor.search import SPACES, build_arch, drop_blocks, find_residual_blocks, nested_ratio, widen_to_assistant
+from compressor.types import InputSpec, Teacher
+from tiny_models import TinyResidual, randomise_bn
+
+
+class BlockNet(nn.Module):
+    """Two nested identity residual blocks (one depthwise), a strided projection block, a concat."""
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.stem, self.bn0 = nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.b1 = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                                nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16))
+        self.b2 = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False), nn.BatchNorm2d(16),
+                                nn.ReLU(), nn.Conv2d(16, 16, 1, bias=False), nn.BatchNorm2d(16))
+        self.b3 = nn.Sequential(nn.Conv2d(16, 24, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(24))
+        self.proj = nn.Conv2d(16, 24, 1, stride=2, bias=False)
+        self.side = nn.Conv2d(24, 8, 1)
+        self.fc = nn.Linear(32, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn0(self.stem(x)))
+        inner = F.relu(x + self.b1(x))
+        x = x + self.b2(inner)  # outer block: its branch contains the inner one
+        x = F.relu(self.b3(x) + self.proj(x))  # shapes change on the skip: not removable
+        x = torch.cat([x, self.side(x)], 1)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def lifted_teacher(model: nn.Module, shape=(1, 8, 8)) -> Teacher:
+    torch.manual_seed(0)
+    model = randomise_bn(model).eval()
+    x = torch.randn(2, *shape)
+    ep = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    gm, _ = lift_exported(ep.module())
+    return Teacher(gm, InputSpec(shape, 10), "test", "module", "sha")
+
+
+class Pick:
+    """A trial that picks by a rule: first, last, or seeded random choices."""
+
+    def __init__(self, rule: str = "random", seed: int = 0, fixed: dict | None = None) -> None:
+        self.rule, self.rng, self.fixed = rule, random.Random(seed), fixed or {}
+
+    def suggest_categorical(self, name, choices):
+        if name in self.fixed:
+            return self.fixed[name]
+        return {"first": choices[0], "last": choices[-1]}.get(self.rule, self.rng.choice(list(choices)))
+
+
+@pytest.fixture(scope="module")
+def block_teacher():
+    return lifted_teacher(BlockNet())
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher():
+    return lifted_teacher(TinyResidual())
+
+
+@pytest.fixture(scope="module")
+def vit_teacher():
+    from compressor.families import build_family
+
+    torch.manual_seed(0)
+    return lifted_teacher(build_family({"family": "transformer", "depth": 2, "dim": 32, "heads": 4, "mlp_ratio": 2,
+                                        "patch": 2}, (1, 8, 8), 10))
+
+
+def test_lifted_attention_is_cut_in_whole_heads(vit_teacher):
+    space = SPACES.get("teacher_scaled")(vit_teacher, round_to=4)
+    attn = [g for g in space.groups if "attn" in g.key]
+    assert attn and all(g.unit == 8 for g in attn)  # read from the graph's (..., heads, 8) reshapes
+    assert len(space.blocks) == 4  # two attention and two MLP residuals
+
+
+def test_residual_blocks_found_on_identity_skips_only(block_teacher):
+    blocks = find_residual_blocks(block_teacher.module, block_teacher.spec.example(2))
+    assert len(blocks) == 2  # inner and outer; the projection block changes shape on its skip
+    inner, outer = blocks
+    assert set(inner.layers) < set(outer.layers)
+
+
+@pytest.mark.parametrize("drop", [[0], [1], [0, 1]])
+def test_block_removal_keeps_the_model_runnable(block_teacher, drop):
+    gm, x = block_teacher.module, block_teacher.spec.example(4)
+    blocks = find_residual_blocks(gm, x)
+    reduced = drop_blocks(gm, [blocks[i].add for i in drop], x)
+    assert reduced(x).shape == gm(x).shape
+    assert P.count_params(reduced) < P.count_params(gm)
+    assert P.count_params(gm) == P.count_params(lifted_teacher(BlockNet()).module)  # the teacher is untouched
+    P.channel_groups(reduced, x[:2])  # still prunable
+
+
+@pytest.mark.parametrize("teacher_name", ["block_teacher", "tiny_teacher", "vit_teacher"])
+@pytest.mark.parametrize("rule", ["first", "last", "random"])
+def test_teacher_scaled_builds_thinner_runnable_networks(teacher_name, rule, request):
+    teacher = request.getfixturevalue(teacher_name)
+    space = SPACES.get("teacher_scaled")(teacher, round_to=4)
+    arch = space.suggest(Pick(rule, seed=3))
+    assert json.loads(json.dumps(arch)) == arch and arch["space"] == "teacher_scaled"
+    model = space.build(arch, teacher)
+    x = teacher.spec.example(3)
+    assert model(x).shape == (3, 10)
+    assert P.count_params(model) <= P.count_params(teacher.module)
+    if rule == "first":
+        assert P.count_params(model) < P.count_params(teacher.module)
+    for m in model.modules():  # depthwise convolutions stay depthwise after cutting
+        if isinstance(m, nn.Conv2d) and m.groups > 1:
+            assert m.groups == m.in_channels == m.out_channels
+
+
+def test_teacher_scaled_keeps_teacher_weights_and_rebuilds_identically(block_teacher):
+    space = SPACES.get("teacher_scaled")(block_teacher, round_to=4)
+    arch = space.suggest(Pick("random", seed=1))
+    a = space.build(arch, block_teacher)
+    b = build_arch(json.loads(json.dumps(arch)), block_teacher)  # a fresh space from the record alone
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    full = space.build({**arch, "ratios": {}, "drop": []}, block_teacher)
+    x = block_teacher.spec.example(2)
+    assert torch.allclose(full(x), block_teacher.module(x))
+
+
+def test_dropping_the_outer_block_drops_the_inner_one_in_the_record(block_teacher):
+    space = SPACES.get("teacher_scaled")(block_teacher, round_to=4)
+    inner, outer = space.blocks
+    arch = space.canonical({"ratios": {}, "drop": [inner.add, outer.add]})
+    assert arch["drop"] == [outer.add]
+    inside = {g.key for g in space.groups if all(m.module in outer.layers for m in g.members)}
+    assert inside and not inside & set(arch["ratios"])  # groups that vanish with the block have no ratio
+    assert len(arch["ratios"]) == len(space.groups) - len(inside)  # the stem's chain survives, keyed as before
+
+
+def test_teacher_scaled_needs_a_prunable_teacher(tiny_teacher):
+    opaque = Teacher(tiny_teacher.module, tiny_teacher.spec, "x", "export", "sha", prunable=False)
+    with pytest.raises(ConfigError):
+        SPACES.get("teacher_scaled")(opaque)
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (40,)], ids=["2d", "1d"])
+@pytest.mark.parametrize("name", ["cnn", "transformer"])
+def test_family_spaces_build_deterministically(name, shape, tiny_teacher):
+    teacher = Teacher(tiny_teacher.module, InputSpec(shape, 10), "x", "module", "sha")
+    space = SPACES.get(name)(teacher)
+    for seed in range(3):
+        arch = space.suggest(Pick("random", seed=seed))
+        a, b = space.build(arch, teacher), build_arch(json.loads(json.dumps(arch)), teacher)
+        assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+        assert a(teacher.spec.example(2)).shape == (2, 10)
+        for m in a.modules():  # channel counts are multiples of the hardware's
+            if isinstance(m, (nn.Conv1d, nn.Conv2d)) and m.out_channels > 10:
+                assert m.out_channels % 8 == 0
+
+
+@pytest.mark.parametrize("name", SPACES.names())  # the contract binds every registered space
+def test_assistant_nests_the_student_exactly(name, block_teacher):
+    round_to = 4 if name == "teacher_scaled" else 8
+    space = SPACES.get(name)(block_teacher, round_to=round_to)
+    x = block_teacher.spec.example(2)
+    for seed in range(2):
+        arch = space.suggest(Pick("random", seed=seed, fixed={"ts.width0": 0.5}))
+        student = space.build(arch, block_teacher)
+        ta = widen_to_assistant(space, arch, block_teacher, latency_fn=P.count_params, max_latency_ms=float("inf"),
+                                factors=(2.0,), example=x, round_to=round_to)
+        assert ta.arch["expansion"] == 2.0
+        assert P.count_params(ta.model) > P.count_params(student)
+        ratio = ta.arch["student_ratio"]
+        groups = P.channel_groups(ta.model, x)
+        cut = P.materialize(ta.model, x, groups, ratio, None, round_to)
+        assert {k: v.shape for k, v in cut.state_dict().items()} == \
+               {k: v.shape for k, v in student.state_dict().items()}
+        if name == "cnn":
+            assert ratio == 0.5
+
+
+def test_assistant_is_capped_by_the_teacher_latency(block_teacher):
+    space = SPACES.get("cnn")(block_teacher)
+    arch = space.suggest(Pick("first"))
+    student = space.build(arch, block_teacher)
+    cap = P.count_params(student) * 1.5  # latency stand-in: x2 and x1.5 widenings are too slow
+    ta = widen_to_assistant(space, arch, block_teacher, latency_fn=P.count_params, max_latency_ms=cap,
+                            factors=(2.0, 1.5), example=block_teacher.spec.example(2), round_to=8)
+    assert ta.arch["expansion"] == 1.0 and ta.arch["student_ratio"] == 1.0
+
+
+def test_nested_ratio_rejects_a_student_that_does_not_nest(tiny_teacher):
+    space = SPACES.get("cnn")(tiny_teacher)
+    a = space.build({"space": "cnn", "family": "cnn", "widths": [16, 32], "depths": [1, 1], "kernel": 3}, tiny_teacher)
+    b = space.build({"space": "cnn", "family": "cnn", "widths": [24, 16], "depths": [1, 1], "kernel": 3}, tiny_teacher)
+    from compressor.search import NotNestedError
+
+    with pytest.raises(NotNestedError):
+        nested_ratio(a, b, tiny_teacher.spec.example(2), 8)

@@ -1,0 +1,134 @@
+"""The Optuna study: budget constraint, Pareto front, failures, resume, shared storage."""
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from compressor import prune as P
+from compressor.errors import ConfigError
+from compressor.lift import lift_exported
+from compressor.search import SearchConfig, build_arch, run_search
+from compressor.types import InputSpec, Teacher
+from tiny_models import TinyResidual, randomise_bn
+
+FAST = dict(spaces=("cnn",), n_trials=6, batch_size=16, reference_pool=3, population_size=4)
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    torch.manual_seed(0)
+    model = randomise_bn(TinyResidual()).eval()
+    ep = torch.export.export(model, (torch.randn(2, 1, 8, 8),),
+                             dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    return Teacher(lift_exported(ep.module())[0], InputSpec((1, 8, 8), 10), "test", "module", "sha")
+
+
+class MacsLatency:
+    """A stand-in for the hardware predictor: 1 ms per 100k MACs; counts its calls."""
+
+    def __init__(self, fail_every: int = 0, interrupt_at: int = 0) -> None:
+        self.calls, self.fail_every, self.interrupt_at = 0, fail_every, interrupt_at
+
+    def __call__(self, model) -> float:
+        self.calls += 1
+        if self.interrupt_at and self.calls == self.interrupt_at:
+            raise KeyboardInterrupt  # the user stops the search
+        if self.fail_every and self.calls % self.fail_every == 0:
+            raise RuntimeError("cannot time this network")
+        return P.count_macs(model, torch.zeros(1, 1, 8, 8)) / 1e5
+
+
+def _search(teacher, data, tmp_path, budget=2.0, latency=None, storage=None, resume=False, **cfg):
+    return run_search(teacher, data, latency_fn=latency or MacsLatency(), budget_ms=budget, teacher_latency_ms=10.0,
+                      config=SearchConfig(**{**FAST, **cfg}), run_dir=tmp_path, storage=storage, resume=resume)
+
+
+def _load(result):
+    return optuna.load_study(study_name=result.study_name, storage=result.storage)
+
+
+def test_search_picks_a_feasible_student_and_a_nesting_assistant(teacher, digits8, tmp_path):
+    res = _search(teacher, digits8, tmp_path, spaces=("teacher_scaled", "cnn"), n_trials=8)
+    assert res.feasible and res.student.est_latency_ms <= 2.0
+    assert res.n_trials == 8 and (tmp_path / "search.db").exists()
+    assert res.ta.arch["student_ratio"] and res.ta.est_latency_ms <= 10.0
+    assert res.pareto and all(c.est_latency_ms <= 2.0 for c in res.pareto)
+    assert res.student.trial_number in {c.trial_number for c in res.pareto}
+    ta = build_arch(res.ta.arch, teacher)
+    assert ta(digits8.x_val[:2]).shape == (2, 10)
+    trial = _load(res).trials[res.student.trial_number]
+    assert set(trial.user_attrs) >= {"arch", "proxy_terms", "proxy_scores", "latency_ms", "params", "macs"}
+    assert {"ensemble", "diswot_sem", "diswot_rel", "snip", "params", "macs"} <= set(res.student.proxy_scores)
+    assert "proxy_reference" in _load(res).user_attrs  # the scale every worker and resume normalises with
+    assert trial.constraints == {"latency": pytest.approx(trial.user_attrs["latency_ms"] - 2.0)}
+
+
+def test_an_impossible_budget_returns_the_fastest_student_marked_infeasible(teacher, digits8, tmp_path):
+    res = _search(teacher, digits8, tmp_path, budget=1e-6, n_trials=4)
+    assert not res.feasible
+    fastest = min(t.user_attrs["latency_ms"] for t in _load(res).trials if t.state == TrialState.COMPLETE)
+    assert res.student.est_latency_ms == fastest
+
+
+@pytest.mark.parametrize("sampler", ["nsga2", "tpe"])
+def test_failing_candidates_do_not_end_the_search(teacher, digits8, tmp_path, sampler):
+    res = _search(teacher, digits8, tmp_path, latency=MacsLatency(fail_every=2), sampler=sampler)
+    study = _load(res)
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert failed and res.n_failed == len(failed) and res.n_trials == 6
+    assert all(t.user_attrs["fail_reason"].startswith("latency: RuntimeError") for t in failed)
+    assert res.student.trial_number not in {t.number for t in failed}
+
+
+def test_a_stopped_search_resumes_without_redoing_finished_trials(teacher, digits8, tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        _search(teacher, digits8, tmp_path, latency=MacsLatency(interrupt_at=4))
+    study = optuna.load_study(study_name="student-search", storage=f"sqlite:///{tmp_path / 'search.db'}")
+    before = {t.number: t.values for t in study.trials if t.state == TrialState.COMPLETE}
+    assert len(before) == 3
+    res = _search(teacher, digits8, tmp_path, resume=True)
+    after = _load(res).trials
+    assert {t.number: t.values for t in after if t.number in before} == before  # not redone
+    assert res.n_trials == 6  # the interrupted trial does not count; three more ran
+    assert len([t for t in after if t.state == TrialState.COMPLETE]) == 6
+
+
+def test_resume_checks_the_study_was_run_with_the_same_settings(teacher, digits8, tmp_path):
+    _search(teacher, digits8, tmp_path, n_trials=2)
+    with pytest.raises(ConfigError, match="budget_ms"):
+        _search(teacher, digits8, tmp_path, budget=3.0, n_trials=3, resume=True)
+
+
+def test_journal_storage_is_shared_by_workers(teacher, digits8, tmp_path):
+    journal = tmp_path / "shared" / "study.journal"
+    first = _search(teacher, digits8, tmp_path / "a", storage=str(journal), n_trials=4)
+    assert journal.exists() and first.storage == str(journal)
+    latency = MacsLatency()
+    second = _search(teacher, digits8, tmp_path / "b", storage=str(journal), n_trials=5, latency=latency)
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    assert len(optuna.load_study(study_name="student-search", storage=storage).trials) == 5
+    assert second.n_trials == 5  # the second worker ran only the one trial left
+
+
+def test_config_is_validated():
+    with pytest.raises(ConfigError):
+        SearchConfig(proxy="nope")
+    with pytest.raises(ConfigError):
+        SearchConfig(spaces=("resnet",))
+    with pytest.raises(ConfigError):
+        SearchConfig(n_trials=0)
+
+
+def test_bad_storage_is_a_config_error(teacher, digits8, tmp_path):
+    with pytest.raises(ConfigError):
+        _search(teacher, digits8, tmp_path, storage="study.txt")
+
+
+def test_an_opaque_teacher_falls_back_to_a_teacher_free_proxy(teacher, digits8, tmp_path):
+    from compressor.teacher import InferenceOnly
+
+    # a TorchScript teacher that could not be lifted: no Conv/Linear modules for DisWOT to read
+    opaque = Teacher(InferenceOnly(torch.jit.trace(teacher.module, torch.zeros(2, 1, 8, 8))), teacher.spec,
+                     "x", "torchscript", "sha", prunable=False)
+    res = _search(opaque, digits8, tmp_path, n_trials=3)
+    assert "snip+params" in res.student.proxy_scores and "ensemble" not in res.student.proxy_scores
