@@ -82,7 +82,7 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", dest="search_trials", type=int, help="architecture search trials (default 24)")
     p.add_argument("--spaces", dest="search_spaces", metavar="NAME,...",
                    help="search spaces: teacher_scaled, cnn, transformer (default teacher_scaled,cnn)")
-    p.add_argument("--proxy", help="training-free proxy ranking students (default diswot)")
+    p.add_argument("--proxy", help="training-free proxy ranking students: ensemble (default: DisWOT+SNIP+params), diswot, snip, synflow, naswot, params, ... or a+b")
     p.add_argument("--sampler", choices=("nsga2", "tpe"), help="Optuna sampler (default nsga2)")
     p.add_argument("--storage", metavar="URL",
                    help="Optuna storage shared by search workers: sqlite:///x.db, postgresql://..., or a journal "

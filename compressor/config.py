@@ -59,7 +59,7 @@ class CompressConfig:
     batch_size: int = 64
     search_trials: int = 24
     search_spaces: tuple[str, ...] = ("teacher_scaled", "cnn")
-    proxy: str = "diswot"
+    proxy: str = "ensemble"  # rank-average of DisWOT, SNIP and params: see BENCHMARKS.md
     sampler: str = "nsga2"
     storage: str | None = None
     resume: bool = False

@@ -176,7 +176,8 @@ def stage_nested(teacher: Teacher, data: DataSplits, profile: HardwareProfile, b
     latency_fn = _latency_fn(profile, teacher.spec.shape, cfg.calibration_models)
     search_cfg = SearchConfig(spaces=tuple(s for s in cfg.search_spaces
                                            if s != "teacher_scaled" or teacher.prunable),
-                              proxy=cfg.proxy, n_trials=cfg.search_trials, sampler=cfg.sampler, seed=cfg.seed)
+                              proxy=cfg.proxy, n_trials=cfg.search_trials, sampler=cfg.sampler, seed=cfg.seed,
+                              round_to=profile.round_to)
     result = run_search(teacher, data, latency_fn=latency_fn, budget_ms=budget.ms,
                         teacher_latency_ms=teacher_latency_ms, config=search_cfg, run_dir=run_dir / "search",
                         storage=cfg.storage, resume=cfg.resume, progress=progress)
