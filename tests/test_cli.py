@@ -132,3 +132,36 @@ def test_unwritable_dir_permissions(tmp_path, tiny_teacher_files, capsys):
     code = main(["--teacher", str(tiny_teacher_files["torchscript"]), "--budget", "1ms",
                  "--out", str(ro / "run"), *FAST])
     _one_line_error(capsys, code, EXIT_USAGE, "cannot write")
+
+
+def test_nested_run_end_to_end_and_resume(tmp_path, tiny_teacher_files, capsys):
+    """Search + one nested training run yields several sizes; --resume redoes nothing finished."""
+    out = tmp_path / "run"
+    args = ["--teacher", str(tiny_teacher_files["export"]), "--budget", "10s", "--trials", "4",
+            "--sizes", "1,0.5,0.25", "--out", str(out), *FAST]
+    assert main(args) == 0, capsys.readouterr().err
+    m = read_manifest(out)
+    names = [x["name"] for x in m["models"]]
+    assert len(names) == 3 and m["selected"] in names
+    assert all(x["parity_ok"] and x["onnx_max_abs_diff"] <= 1e-4 for x in m["models"])
+    params = sorted(x["params"] for x in m["models"])
+    assert params[0] < params[-1]  # nested sizes really are smaller dense models
+    assert m["search"]["n_trials"] >= 4 and m["search"]["pareto"]
+    assert m["training"]["history"]
+    first = (out / "manifest.json").read_text()
+    # a second invocation without --resume refuses; with --resume it completes from what is there
+    assert main(args) == EXIT_USAGE
+    assert main([*args, "--resume"]) == 0
+    m2 = read_manifest(out)
+    assert m2["search"]["n_trials"] == m["search"]["n_trials"]  # no trial was redone
+    assert len(m2["training"]["history"]) == len(m["training"]["history"])  # no epoch was redone
+    assert json.loads(first)["teacher"]["sha256"] == m2["teacher"]["sha256"]
+
+
+def test_resume_with_changed_settings_is_refused(tmp_path, tiny_teacher_files, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"teacher": "other.pt", "epochs": 1}))
+    code = main(["--teacher", str(tiny_teacher_files["export"]), "--budget", "10s", "--out", str(out),
+                 "--resume", *FAST])
+    _one_line_error(capsys, code, EXIT_USAGE, "cannot resume")
