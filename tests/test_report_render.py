@@ -130,3 +130,20 @@ def test_per_group_width_ratios(tmp_path: Path, no_plots: None) -> None:
     write_report(tmp_path, m)
     assert "| 0.375 (mean) |" in (tmp_path / "report.md").read_text()
     assert "width ratio 0.375 (mean of 2 channel groups)" in (tmp_path / "model_card_s50.md").read_text()
+
+
+def test_predicted_latency_shown_beside_measured():
+    import copy
+
+    from compressor.manifest import example_manifest
+    from compressor.report._view import summary_table
+
+    m = copy.deepcopy(example_manifest())
+    prof = m["budget"]["profile"]
+    for model in m["models"]:
+        rep = model["latency"][prof]
+        rep["measured"] = True
+        rep["env"] = {**(rep.get("env") or {}), "predicted_ms": 1.25, "prediction_error": 0.1}
+    table = summary_table(m)
+    col = table.header.index(f"Predicted {prof}")
+    assert all(row[col] == "1.250 ms (+10%)" for row in table.rows[1:])

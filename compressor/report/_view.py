@@ -123,20 +123,26 @@ def summary_table(manifest: Mapping[str, Any]) -> Table:
     has_int8 = any("int8" in m for m in manifest["models"])
     header = ["Size", "Width", "Params", "MACs", "Accuracy", "Teacher agreement"]
     header += [f"Latency {p} ({stat_of(manifest, p)})" for p in profs]
+    # where a profile was measured, the predictor's figure stands beside it so its error is visible
+    predicted_cols = [p for p in profs if any(is_measured(m["latency"].get(p)) and
+                                              "predicted_ms" in (m["latency"][p].get("env") or {})
+                                              for m in manifest["models"])]
+    header += [f"Predicted {p}" for p in predicted_cols]
     if has_int8:
         header += ["INT8 accuracy", f"INT8 latency {budget_profile}"]
     header += ["ONNX parity (max abs diff)", f"Meets {manifest['budget']['text']}"]
 
     t = manifest["teacher"]
     rows = [["teacher", "—", fmt_count(t.get("params")), fmt_count(t.get("macs")), fmt_pct(t.get("accuracy")),
-             "—", *[fmt_latency(t["latency"].get(p)) for p in profs],
+             "—", *[fmt_latency(t["latency"].get(p)) for p in profs], *["—" for _ in predicted_cols],
              *(["—", "—"] if has_int8 else []), "—", "—"]]
     kinds = ["teacher"]
     for m in manifest["models"]:
         int8 = m.get("int8")
         row = [m["name"], fmt_ratio(m["ratio"]), fmt_count(m["params"]), fmt_count(m["macs"]),
                fmt_pct(m["accuracy"]), fmt_pct(m["teacher_agreement"]),
-               *[fmt_latency(m["latency"].get(p)) for p in profs]]
+               *[fmt_latency(m["latency"].get(p)) for p in profs],
+               *[_fmt_predicted(m["latency"].get(p)) for p in predicted_cols]]
         if has_int8:
             row += [fmt_pct(int8["accuracy"]) if int8 else "—",
                     fmt_latency(int8["latency"].get(budget_profile)) if int8 else "—"]
@@ -145,6 +151,14 @@ def summary_table(manifest: Mapping[str, Any]) -> Table:
         rows.append(row)
         kinds.append("flagged" if not m["parity_ok"] else "selected" if m["name"] == manifest["selected"] else "size")
     return Table(header=header, rows=rows, kinds=kinds)
+
+
+def _fmt_predicted(report: Mapping[str, Any] | None) -> str:
+    env = (report or {}).get("env") or {}
+    if "predicted_ms" not in env:
+        return "—"
+    err = env.get("prediction_error")
+    return f"{env['predicted_ms']:.3f} ms" + (f" ({err:+.0%})" if isinstance(err, (int, float)) else "")
 
 
 def headline(manifest: Mapping[str, Any]) -> str:
