@@ -84,6 +84,25 @@ def test_sliced_masked_and_extracted_agree_at_every_size(family):
             assert P.count_params(dense) < P.count_params(fam.module)
 
 
+def test_sliced_equals_masked_in_train_mode_with_batch_statistics(bn_family):
+    """The family was built in eval mode (like a lifted teacher); training must still use batch stats."""
+    fam, x = bn_family
+    saved = {k: v.clone() for k, v in fam.module.state_dict().items()}
+    for name in fam.names:
+        fam.subnet(name)  # skeletons copied while the TA is in eval mode
+    fam.train()
+    for name, ratio in fam.ratios.items():
+        with torch.no_grad():
+            fam.set_width(ratio)
+            masked = fam.module(x)
+            fam.set_width(1.0)
+            sliced = fam.forward(name, x)
+        assert fam.subnet(name).skeleton.training
+        assert (sliced - masked).abs().max() <= 1e-5
+    fam.train(False)
+    fam.module.load_state_dict(saved)
+
+
 def test_sizes_are_prefixes_of_one_importance_order(family):
     fam, _ = family
     counts = [fam.keep_counts(r) for _, r in SIZES]

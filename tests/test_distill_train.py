@@ -75,6 +75,7 @@ def test_one_run_trains_every_size_and_counts_compute(small, tmp_path):
     per_sample = P.count_macs(teacher, x1) + 3 * (r.macs["w100"] + r.macs["w050"] + r.macs["w025"])
     assert r.train_flops == steps * 64 * per_sample
     assert r.family.sizes == dict(SIZES) and r.family.arch == TA_ARCH and r.train_seconds > 0
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in teacher.modules())  # taps removed
 
 
 def test_family_weights_restore_the_extracted_sizes(small, tmp_path):

@@ -194,9 +194,22 @@ class NestedFamily:
         return self._subnets[name]
 
     def forward(self, name: str, x: Tensor) -> Tensor:
-        """Run size `name` sliced, on the TA's current tensors (differentiable)."""
+        """Run size `name` sliced, on the TA's current tensors (differentiable), in the TA's mode."""
         sub = self.subnet(name)
+        sub.skeleton.train(self.module.training)
         return torch.func.functional_call(sub.skeleton, sub.tensors(named_tensors(self.module)), (x,))
+
+    def train(self, mode: bool = True) -> "NestedFamily":
+        """Set the TA and every built size to train/eval mode together.
+
+        A skeleton is a copy made when its size is first built, so it keeps the
+        mode the TA had then; a TA built in eval mode (a lifted or pruned teacher)
+        would otherwise train its sizes on the TA's full-width BatchNorm running
+        statistics instead of batch statistics."""
+        self.module.train(mode)
+        for sub in self._subnets.values():
+            sub.skeleton.train(mode)
+        return self
 
     # ----------------------------------------------------------------- masked
     def set_width(self, ratio: Ratio) -> None:

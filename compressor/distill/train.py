@@ -142,10 +142,13 @@ def train_family(teacher: nn.Module, ta: nn.Module, data: DataSplits, *, sizes: 
         order = ckpt["family"]["channel_order"]
     family = NestedFamily(ta, data.x_train[:2], sizes, groups=groups, order=order, round_to=config.round_to)
     trainer = _Trainer(teacher, family, data, config)
-    if ckpt is not None:
-        trainer.load_state(ckpt)
-    trainer.fit(ckpt_path, progress)
-    models, val_acc = trainer.last_models or trainer.evaluate()
+    try:
+        if ckpt is not None:
+            trainer.load_state(ckpt)
+        trainer.fit(ckpt_path, progress)
+        models, val_acc = trainer.last_models or trainer.evaluate()
+    finally:
+        trainer.close()  # feature hooks off the caller's teacher
     weights = save_atomic({"ta": ta.state_dict(), **family.state()}, run_dir / FAMILY_WEIGHTS)
     student_family = StudentFamily(
         arch=dict(arch or {}), ratios=tuple(_mean_ratio(family.ratios[n]) for n in family.names),
@@ -228,6 +231,11 @@ class _Trainer:
                                            for name, _ in self.cfg.extra_losses})
         return losses
 
+    def close(self) -> None:
+        for tap in [self.teacher_tap, *self.taps.values()]:
+            if tap is not None:
+                tap.remove()
+
     # ---------------------------------------------------------------- state
     def state(self) -> dict[str, Any]:
         return {"format": _FORMAT, "run": _run_identity(self.cfg, list(self.family.ratios.items())),
@@ -256,7 +264,7 @@ class _Trainer:
             progress.advance(task, self.epoch * self.steps_per_epoch)
         while self.epoch < cfg.epochs:
             start = time.perf_counter()
-            self.ta.train()
+            self.family.train()  # the TA and the students' skeletons: batch statistics in BatchNorm
             perm = torch.randperm(len(self.data.x_train), generator=self.generator)
             total = 0.0
             for i in range(self.steps_per_epoch):
@@ -274,7 +282,7 @@ class _Trainer:
             if progress:
                 accs = " ".join(f"{n} {a:.3f}" for n, a in acc.items())
                 progress.update(task, description=f"nested distil e{self.epoch}/{cfg.epochs} | {accs}")
-        self.ta.eval()
+        self.family.train(False)
 
     def _step(self, x: Tensor, y: Tensor) -> float:
         cfg, tau = self.cfg, self.cfg.temperature
