@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from ._version import __version__
 __all__ = ["__version__", "compress", "pick", "load_session", "load_teacher", "load_data", "load_profile",
            "list_profiles", "read_manifest", "CompressConfig", "CompressorError"]
 

@@ -18,6 +18,7 @@ import traceback
 from pathlib import Path
 from typing import Sequence
 
+from ._version import __version__
 from .errors import EXIT_INTERNAL, EXIT_USAGE, CompressorError
 
 SUBCOMMANDS = ("example-teacher", "profile", "profiles", "pick", "run")
@@ -26,6 +27,7 @@ _EPILOG = """\
 examples:
   compress --teacher teacher.pt --budget 2ms
   compress --teacher model.pt2 --budget 800us --profile host-cpu --out runs/mine
+  compress --teacher teacher.pt --budget 0.5x     # half the teacher's own latency on the profile
   compress --teacher weights.pt --arch mypkg.models:resnet_small --budget 5ms --data data.npz
   compress --config compress.toml --resume --out runs/mine
 
@@ -51,14 +53,15 @@ def _run_parser() -> argparse.ArgumentParser:
                    help="trained model: TorchScript archive (torch.jit.save), torch.export program (.pt2), "
                         "state_dict (with --arch) or pickled module (with --trust-pickle). e.g. --teacher teacher.pt")
     p.add_argument("--budget", metavar="LATENCY",
-                   help="latency budget per batch on the target profile, with a unit: us, ms or s. e.g. --budget 5ms")
+                   help="latency budget per batch on the target profile: a latency with a unit (us, ms, s), "
+                        "e.g. --budget 5ms, or a fraction of the teacher's latency there, e.g. --budget 0.5x")
     p.add_argument("--data", metavar="SPEC",
                    help="'digits' (built in, default), 'mnist1d', a .npz file with x/y arrays, or a folder with "
                         "one subfolder of images per class. e.g. --data train.npz")
     p.add_argument("--profile", metavar="NAME|PATH",
                    help="hardware profile the budget applies to (default host-cpu-1t); see `compress profiles`. "
                         "e.g. --profile raspberry-pi-5")
-    p.add_argument("--also-profile", dest="extra_profiles", action="append", metavar="NAME|PATH",
+    p.add_argument("--also-profile", dest="also_profile", action="append", metavar="NAME|PATH",
                    help="also report latency on this profile (repeatable). e.g. --also-profile jetson-orin-nano")
     p.add_argument("--out", metavar="DIR", help="run folder (default: a new folder under runs/). e.g. --out runs/exp1")
     p.add_argument("--config", metavar="FILE",
@@ -79,11 +82,14 @@ def _run_parser() -> argparse.ArgumentParser:
                    help="width ratios of the nested sizes (default: 4 chosen from the budget). e.g. --sizes 1,0.5,0.25")
     p.add_argument("--epochs", type=int, help="distillation epochs (default 12)")
     p.add_argument("--batch-size", type=int, help="training batch size (default 64)")
-    p.add_argument("--trials", dest="search_trials", type=int, help="architecture search trials (default 24)")
-    p.add_argument("--spaces", dest="search_spaces", metavar="NAME,...",
+    p.add_argument("--trials", type=int, help="architecture search trials (default 24)")
+    p.add_argument("--spaces", metavar="NAME,...",
                    help="search spaces: teacher_scaled, cnn, transformer (default teacher_scaled,cnn)")
     p.add_argument("--proxy", help="training-free proxy ranking students: ensemble (default: DisWOT+SNIP+params), diswot, snip, synflow, naswot, params, ... or a+b")
-    p.add_argument("--sampler", choices=("nsga2", "tpe"), help="Optuna sampler (default nsga2)")
+    p.add_argument("--sampler", help="Optuna sampler: nsga2 (default) or tpe")
+    p.add_argument("--losses", metavar="NAME[:W],...",
+                   help="extra distillation losses on the student-teacher term, from the loss zoo: kd, dkd, ttm, "
+                        "fitnets, sp, rkd, diswot_semantic; optional weight after ':'. e.g. --losses dkd:0.5,rkd")
     p.add_argument("--storage", metavar="URL",
                    help="Optuna storage shared by search workers: sqlite:///x.db, postgresql://..., or a journal "
                         "file path (default: SQLite in the run folder)")
@@ -95,27 +101,26 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8", action="store_true", default=None,
                    help="also write an INT8 ONNX model per size (static quantization, reported next to fp32)")
     p.add_argument("--tensorrt", action="store_true", default=None,
-                   help="also build TensorRT engines where TensorRT and a GPU are present")
+                   help="also build an fp16 TensorRT engine per size where TensorRT and a CUDA GPU are present "
+                        "(elsewhere the manifest says why none was built)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="hide progress bars")
     p.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
+    p.add_argument("--version", action="version", version=f"compress {__version__}")
     return p
 
 
 def _run(argv: Sequence[str]) -> int:
-    from . import pipeline
-    from .config import load_config_file, resolve_config
+    from .config import coerce, load_config_file, resolve_config
 
     args = _run_parser().parse_args(list(argv))
     file_values = load_config_file(args.config) if args.config else {}
-    cli = {k: v for k, v in vars(args).items() if k not in ("config", "debug")}
-    if cli.get("extra_profiles"):
-        cli["extra_profiles"] = tuple(cli["extra_profiles"])
-    from .config import _coerce
-
-    for key in ("input_shape", "sizes", "search_spaces"):
-        if cli.get(key) is not None:
-            cli[key] = _coerce(key, cli[key], "command line")
+    cli = {k: v for k, v in vars(args).items() if k not in ("config", "debug") and v is not None}
+    for key in ("input_shape", "sizes", "spaces", "also_profile", "losses", "budget"):
+        if key in cli:
+            cli[key] = coerce(key, cli[key], "command line")
     cfg = resolve_config(file_values, cli)
+    from . import pipeline  # heavy (torch, onnxruntime, optuna): only once the options are known good
+
     return pipeline.run(cfg).exit_code
 
 
@@ -145,13 +150,14 @@ def _profile(argv: Sequence[str]) -> int:
     p.add_argument("onnx", help="ONNX file")
     p.add_argument("--profile", default="host-cpu-1t", help="hardware profile name or file (default host-cpu-1t)")
     p.add_argument("--input-shape", metavar="C,H,W", help="per-sample input shape (default: from the model)")
+    p.add_argument("--budget", help="also judge the figure against this latency, e.g. 2ms")
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(list(argv))
-    from .config import _coerce
+    from .config import coerce
     from .hardware.cli import cmd_profile
 
-    shape = _coerce("input_shape", args.input_shape, "command line") if args.input_shape else None
-    return cmd_profile(args.onnx, args.profile, shape)
+    shape = coerce("input_shape", args.input_shape, "command line") if args.input_shape else None
+    return cmd_profile(args.onnx, args.profile, shape, budget=args.budget)
 
 
 def _profiles(argv: Sequence[str]) -> int:
@@ -167,7 +173,8 @@ def _pick(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="compress pick",
                                 description="Print the ONNX file of the most accurate size that meets a budget.")
     p.add_argument("run_dir", help="a finished run folder")
-    p.add_argument("--budget", help="latency budget with a unit, e.g. 3ms (default: the run's budget)")
+    p.add_argument("--budget", help="latency budget with a unit, e.g. 3ms, or a fraction of the teacher's latency, "
+                                    "e.g. 0.5x (default: the run's budget)")
     p.add_argument("--profile", help="hardware profile (default: the run's profile)")
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(list(argv))

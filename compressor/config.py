@@ -1,52 +1,48 @@
-"""Validated run configuration: budget parsing, config files, CLI overrides.
+"""Validated run configuration: config files, CLI overrides, every option checked up front.
 
-A config holds names and numbers only (never live modules), and unknown keys
-are errors, so a typo in a config file cannot be silently ignored.
+A config holds names and numbers only (never live modules). Config-file keys are
+the flag names (``--also-profile`` is ``also_profile``, ``--trials`` is
+``trials``), unknown keys are errors, and every option that names something
+(profile, proxy, search spaces, losses, sampler) is resolved in
+`resolve_config`, before any data is loaded or any model trained, so a typo
+costs a second, not a run.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import re
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from .budget import BudgetSpec, parse_budget
 from .errors import ConfigError
-from .types import Budget
 
-_UNITS_MS = {"us": 1e-3, "µs": 1e-3, "ms": 1.0, "s": 1000.0}
-_BUDGET_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(us|µs|ms|s)\s*$")
+__all__ = ["CompressConfig", "load_config_file", "parse_budget", "resolve_config"]
 
-
-def parse_budget(text: str | float | int) -> Budget:
-    """'5ms' -> Budget(5.0). Units: us, ms, s. A bare number is rejected: units matter."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        raise ConfigError(f"budget {text!r} has no unit; write e.g. '{text}ms' (units: us, ms, s)")
-    if re.fullmatch(r"\s*[0-9]*\.?[0-9]+\s*", str(text)):
-        raise ConfigError(f"budget {text!r} has no unit; write e.g. '{str(text).strip()}ms' (units: us, ms, s)")
-    m = _BUDGET_RE.match(str(text))
-    if not m:
-        raise ConfigError(f"cannot parse budget {text!r}; write a number with a unit, e.g. 5ms, 800us, 0.01s")
-    ms = float(m.group(1)) * _UNITS_MS[m.group(2)]
-    if ms <= 0:
-        raise ConfigError(f"budget {text!r} must be positive")
-    return Budget(ms=ms, text=str(text).strip())
+METHODS = ("nested", "skeleton")
+SAMPLERS = ("nsga2", "tpe")
 
 
 @dataclass(frozen=True)
 class CompressConfig:
-    """Everything a `compress` run needs; every field can come from a config file or a flag."""
+    """Everything a `compress` run needs; every field can come from a config file or a flag.
+
+    `budget` is parsed on construction (`BudgetSpec`): it is parsed once, here.
+    """
 
     teacher: str = ""
-    budget: str = ""
+    budget: BudgetSpec | str = ""
     data: str = "digits"
     profile: str = "host-cpu-1t"
-    extra_profiles: tuple[str, ...] = ()  # also report latency on these (predicted where not measurable)
+    also_profile: tuple[str, ...] = ()  # also report latency on these (predicted where not measurable)
     out: str | None = None
     seed: int = 0
     image_size: int = 32  # built-in digits are 8x8; upsampled so models have realistic cost
@@ -57,10 +53,11 @@ class CompressConfig:
     sizes: tuple[float, ...] | None = None
     epochs: int = 12
     batch_size: int = 64
-    search_trials: int = 24
-    search_spaces: tuple[str, ...] = ("teacher_scaled", "cnn")
+    trials: int = 24
+    spaces: tuple[str, ...] = ("teacher_scaled", "cnn")
     proxy: str = "ensemble"  # rank-average of DisWOT, SNIP and params: see BENCHMARKS.md
     sampler: str = "nsga2"
+    losses: tuple[str, ...] = ()  # extra distillation losses, "name" or "name:weight" (e.g. dkd:0.5)
     storage: str | None = None
     resume: bool = False
     int8: bool = False
@@ -68,25 +65,54 @@ class CompressConfig:
     progress: bool = True
     calibration_models: int = 40  # models timed once per machine to fit the host latency predictor
 
+    def __post_init__(self) -> None:
+        if isinstance(self.budget, str) and self.budget:
+            object.__setattr__(self, "budget", parse_budget(self.budget))
+
+    @property
+    def budget_spec(self) -> BudgetSpec:
+        if not isinstance(self.budget, BudgetSpec):
+            raise ConfigError("no budget given: pass --budget, e.g. --budget 5ms or --budget 0.5x")
+        return self.budget
+
+    @property
+    def loss_weights(self) -> tuple[tuple[str, float], ...]:
+        """`losses` as (name, weight) pairs; a bare name weighs 1."""
+        out = []
+        for item in self.losses:
+            name, _, weight = item.partition(":")
+            try:
+                out.append((name.strip(), float(weight) if weight else 1.0))
+            except ValueError:
+                raise ConfigError(f"loss {item!r}: the weight after ':' must be a number, e.g. dkd:0.5") from None
+        return tuple(out)
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["budget"] = self.budget.text if isinstance(self.budget, BudgetSpec) else self.budget
+        return d
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(CompressConfig)}
+_TUPLES = {"input_shape": int, "sizes": float, "spaces": str, "also_profile": str, "losses": str}
 
 
-def _coerce(key: str, value: Any, source: str) -> Any:
+def coerce(key: str, value: Any, source: str) -> Any:
+    """One option's value as the config field wants it; lists may be written 'a,b' or '1x32x32'."""
     default = _FIELDS[key].default
-    if key in ("input_shape", "sizes", "search_spaces", "extra_profiles"):
+    if key in _TUPLES:
         if value is None:
             return None
         if isinstance(value, str):
-            value = [v for v in re.split(r"[,x\s]+", value) if v]
+            value = [v for v in re.split(r"[,x\s]+" if key == "input_shape" else r"[,\s]+", value) if v]
         try:
-            conv = float if key == "sizes" else (int if key == "input_shape" else str)
-            return tuple(conv(v) for v in value)
+            return tuple(_TUPLES[key](v) for v in value)
         except (TypeError, ValueError):
             raise ConfigError(f"{source}: {key} must be a list, got {value!r}") from None
+    if key == "budget":
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{source}: budget must be a string such as '5ms' or '0.5x', got {value!r}")
+        return parse_budget(value)
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
@@ -109,35 +135,66 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raw = json.loads(p.read_text()) if p.suffix == ".json" else tomllib.loads(p.read_text())
     except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {p} is not valid {'JSON' if p.suffix == '.json' else 'TOML'}: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {p} must hold a table of options")
     if "compress" in raw and isinstance(raw["compress"], dict):
         raw = raw["compress"]  # allow a [compress] table
     values = {}
     for key, value in raw.items():
         k = key.replace("-", "_")
         if k not in _FIELDS:
-            import difflib
             close = difflib.get_close_matches(k, _FIELDS, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise ConfigError(f"config file {p}: unknown key {key!r}{hint}")
-        values[k] = _coerce(k, value, f"config file {p}")
+        values[k] = coerce(k, value, f"config file {p}")
     return values
 
 
 def resolve_config(file_values: Mapping[str, Any], cli_values: Mapping[str, Any]) -> CompressConfig:
-    """Defaults < config file < command line. Validates what is cheap to validate here."""
+    """Defaults < config file < command line, then every option validated (cheap checks first)."""
     merged = {**file_values, **{k: v for k, v in cli_values.items() if v is not None}}
+    unknown = sorted(set(merged) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(f"unknown option(s): {', '.join(unknown)}")
     cfg = CompressConfig(**merged)
     if not cfg.teacher:
         raise ConfigError("no teacher given: pass --teacher PATH (or set teacher in the config file)")
-    if not cfg.budget:
-        raise ConfigError("no budget given: pass --budget, e.g. --budget 5ms")
-    parse_budget(cfg.budget)
-    if cfg.method not in ("nested", "skeleton"):
-        raise ConfigError(f"method must be 'nested' or 'skeleton', got {cfg.method!r}")
+    cfg.budget_spec  # noqa: B018 - raises when missing
+    _check_choice("method", cfg.method, METHODS)
+    _check_choice("sampler", cfg.sampler, SAMPLERS)
     if cfg.sizes is not None and not all(0 < r <= 1 for r in cfg.sizes):
         raise ConfigError(f"sizes are width ratios in (0, 1], got {cfg.sizes}")
-    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.search_trials < 1:
-        raise ConfigError("epochs, batch_size and search_trials must be at least 1")
+    for key in ("epochs", "batch_size", "trials", "calibration_models"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{key} must be at least 1, got {getattr(cfg, key)}")
     if cfg.image_size < 4:
         raise ConfigError(f"image_size must be at least 4, got {cfg.image_size}")
+    _check_components(cfg)
     return cfg
+
+
+def _check_choice(key: str, value: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise ConfigError(f"{key} must be one of {', '.join(options)}, got {value!r}")
+
+
+def _check_components(cfg: CompressConfig) -> None:
+    """Names resolved against their registries and files: profiles, proxy, spaces, losses."""
+    from .distill.losses import LOSSES
+    from .hardware import load_profile
+    from .search import SPACES, get_proxy
+
+    for name in (cfg.profile, *cfg.also_profile):
+        load_profile(name)
+    try:
+        get_proxy(cfg.proxy)
+    except ValueError as e:  # an ensemble of fewer than two members
+        raise ConfigError(f"proxy {cfg.proxy!r}: {e}") from None
+    if not cfg.spaces:
+        raise ConfigError("spaces must name at least one search space")
+    for space in cfg.spaces:
+        SPACES.get(space)
+    for name, weight in cfg.loss_weights:
+        LOSSES.get(name)
+        if weight <= 0:
+            raise ConfigError(f"loss {name}: weight must be positive, got {weight:g}")

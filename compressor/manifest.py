@@ -12,31 +12,23 @@ the meaning of a key bumps it.
 from __future__ import annotations
 
 import json
-import math
-import os
-import platform
-import tempfile
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ConfigError
+from .files import json_safe, write_json
 from .types import to_jsonable
 
 __all__ = [
     "MANIFEST_NAME",
     "SCHEMA_VERSION",
-    "compressor_version",
     "example_manifest",
     "normalize_paths",
-    "now_iso",
     "read_manifest",
     "relative_path",
     "resolve_path",
-    "runtime_versions",
     "validate_manifest",
-    "write_json_atomic",
     "write_manifest",
 ]
 
@@ -45,24 +37,6 @@ MANIFEST_NAME = "manifest.json"
 
 
 # --------------------------------------------------------------------------- read / write
-
-
-def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    """Write JSON via a temp file + rename; non-finite floats become null (valid JSON)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_finite(to_jsonable(data)), f, indent=2, sort_keys=False, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the run folder is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_manifest(run_dir: Path, manifest: Mapping[str, Any], *, validate: bool = True) -> Path:
@@ -78,7 +52,7 @@ def write_manifest(run_dir: Path, manifest: Mapping[str, Any], *, validate: bool
     if validate:
         validate_manifest(data)
     path = Path(run_dir) / MANIFEST_NAME
-    write_json_atomic(path, data)
+    write_json(path, data)
     return path
 
 
@@ -102,17 +76,6 @@ def read_manifest(run_dir_or_file: Path | str) -> dict[str, Any]:
         )
     validate_manifest(data, where=str(p))
     return data
-
-
-def _finite(obj: Any) -> Any:
-    """inf/NaN -> None: JSON has no infinity, and browsers reject `Infinity`."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 # --------------------------------------------------------------------------- helpers for writers
@@ -141,7 +104,7 @@ def normalize_paths(run_dir: Path | str, manifest: Mapping[str, Any]) -> dict[st
     directory is rewritten, anything else (outside the run folder) is left as written.
     """
     root = Path(run_dir)
-    data = json.loads(json.dumps(_finite(to_jsonable(manifest))))  # a deep copy in plain JSON values
+    data = json.loads(json.dumps(json_safe(to_jsonable(manifest))))  # a deep copy in plain JSON values
 
     def fix(stored: Any) -> Any:
         if not isinstance(stored, str) or not stored:
@@ -165,49 +128,6 @@ def resolve_path(run_dir: Path | str, stored: str) -> Path:
     """The file a manifest path names: run-relative, or absolute as written."""
     p = Path(stored)
     return p if p.is_absolute() else Path(run_dir) / p
-
-
-def now_iso() -> str:
-    """UTC timestamp for `created`, e.g. '2026-05-09T07:35:25Z'."""
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-def compressor_version() -> str:
-    """`compressor.__version__`, else the installed distribution's version."""
-    try:
-        import compressor
-
-        version = getattr(compressor, "__version__", None)
-        if version:
-            return str(version)
-    except ImportError:
-        pass
-    from importlib import metadata
-
-    try:
-        return metadata.version("compressor")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
-
-
-def runtime_versions() -> dict[str, str | None]:
-    """Versions of everything that changes results; read from package metadata (no imports)."""
-    from importlib import metadata
-
-    def version(dist: str) -> str | None:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return None
-
-    return {
-        "python": platform.python_version(),
-        "torch": version("torch"),
-        "onnx": version("onnx"),
-        "onnxruntime": version("onnxruntime"),
-        "optuna": version("optuna"),
-        "torch_pruning": version("torch-pruning"),
-    }
 
 
 # --------------------------------------------------------------------------- schema
@@ -326,7 +246,7 @@ _LATENCY = _Obj(
         "profile": _STR, "stat": _Enum(("p50", "p90", "p99")), "p50_ms": _NUM, "p90_ms": _NUM,
         "p99_ms": _NUM, "mean_ms": _NUM, "std_ms": _NUM, "cov": _NUM, "samples": _INT, "measured": _BOOL,
     },
-    optional={"batch_size": _INT, "env": _DICT, "warnings": _List(_STR)},
+    optional={"batch_size": _INT, "env": _DICT, "warnings": _List(_STR), "spread_ms": _NUM},
 )
 _LATENCIES = _Map(_LATENCY)
 
@@ -342,7 +262,8 @@ _MODEL = _Obj(
     },
     optional={
         "int8": _Obj(required={"accuracy": _NUM, "latency": _LATENCIES, "file": _STR},
-                     optional={"teacher_agreement": _NUM, "agreement_with_fp32": _NUM}),
+                     optional={"teacher_agreement": _NUM, "agreement_with_fp32": _NUM, "settings": _DICT,
+                               "speedup": _Null(_NUM), "faster_than_fp32": _BOOL, "selectable": _BOOL}),
         "notes": _List(_STR),
     },
 )
@@ -352,7 +273,8 @@ _MANIFEST = _Obj(
         "schema_version": _INT, "created": _STR, "compressor_version": _STR,
         "versions": _Map(_Null(_STR)), "config": _DICT,
         "budget": _Obj(required={"text": _STR, "ms": _NUM, "profile": _STR,
-                                 "stat": _Enum(("p50", "p90", "p99"))}),
+                                 "stat": _Enum(("p50", "p90", "p99"))},
+                       optional={"factor": _NUM, "teacher_ms": _NUM}),
         "teacher": _Obj(required={"path": _STR, "sha256": _STR, "format": _STR, "params": _INT,
                                   "macs": _INT, "accuracy": _Null(_NUM), "latency": _LATENCIES}),
         "models": _List(_MODEL),
@@ -361,6 +283,9 @@ _MANIFEST = _Obj(
         "tensorrt": _Obj(required={"available": _BOOL, "reason": _STR}),
     },
     optional={
+        "verification": _List(_Obj(required={"size": _STR, "first": _LATENCY, "second": _LATENCY,
+                                             "holds": _BOOL})),
+        "stages": _Map(_NUM),
         "search": _Obj(required={}, optional={
             "pareto": _List(_Obj(required={"arch": _DICT, "proxy_scores": _Map(_Null(_NUM)),
                                            "est_latency_ms": _Null(_NUM)},

@@ -1,31 +1,50 @@
-"""Choose a size at serving time: the most accurate one that fits a latency budget.
+"""Selection: the most accurate size that fits a budget. The run and serving both choose here.
 
-Reads only the run folder's manifest (no torch model, no data), so a serving
-process can call it at start-up:
+`rank` is the rule (the pipeline's selection and `compress pick` both call it):
+a size is eligible when its ONNX parity check passed and it has a latency on the
+budget's profile; it fits when `Budget.fits` says so (the statistic plus its
+measured spread is within the budget); among fitting sizes the most accurate
+wins, ties going to the faster. Whether a figure was measured or predicted is
+passed on (`Pick.measured`), never hidden.
+
+At serving time this reads only the run folder's manifest (no torch model, no
+data), so a serving process can call it at start-up:
 
     pick, session = load_session("runs/x", "3ms", "host-cpu-1t")
-
-A size is eligible on a profile when it has a latency figure there and its ONNX
-parity check passed; its figure is compared in the statistic it was recorded
-with (the profile's `stat`, e.g. p50). Among eligible sizes within the budget the
-most accurate wins, ties going to the faster. Whether that figure was measured
-or predicted is passed on (`Pick.measured`), never hidden.
 """
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
+from .budget import Budget, parse_budget
 from .errors import BudgetNotMetError, ConfigError
 from .manifest import read_manifest, resolve_path
-from .types import Budget
+from .types import LatencyReport
 
 if TYPE_CHECKING:
     import onnxruntime
 
-__all__ = ["Pick", "cmd_pick", "load_session", "pick", "pick_from_manifest"]
+__all__ = ["Option", "Pick", "cmd_pick", "load_session", "pick", "pick_from_manifest", "rank"]
+
+
+@dataclass(frozen=True)
+class Option:
+    """One size as selection sees it."""
+
+    name: str
+    accuracy: float
+    parity_ok: bool
+    latency: LatencyReport | None  # on the budget's profile; None when the size has none there
+
+
+def rank(options: Iterable[Option], budget: Budget, *, allow_flagged: bool = False) -> list[Option]:
+    """The sizes that fit `budget`, best first: most accurate, then fastest, then by name."""
+    fitting = [o for o in options if o.latency is not None and (allow_flagged or o.parity_ok)
+               and budget.fits(o.latency)]
+    return sorted(fitting, key=lambda o: (-o.accuracy, o.latency.value(budget.stat), o.name))  # type: ignore[union-attr]
 
 
 @dataclass(frozen=True)
@@ -46,11 +65,12 @@ def pick(run_dir: str | Path, budget: str | float | None = None, profile: str | 
          allow_flagged: bool = False) -> Pick:
     """Most accurate size of `run_dir` whose latency on `profile` is within `budget`.
 
-    `budget` is a string with a unit ('3ms', '500us', '0.003s') or a number of
-    milliseconds; `None` means the run's own budget, and `profile=None` the run's
-    own profile. Sizes whose ONNX parity check failed are skipped unless
-    `allow_flagged`. Raises `BudgetNotMetError` naming the fastest size's latency
-    when nothing fits, `ConfigError` for an unknown profile or a bad budget.
+    `budget` is a string with a unit ('3ms', '500us', '0.003s'), a fraction of the
+    teacher's latency on `profile` ('0.5x'), or a number of milliseconds; `None`
+    means the run's own budget, and `profile=None` the run's own profile. Sizes whose
+    ONNX parity check failed are skipped unless `allow_flagged`. Raises
+    `BudgetNotMetError` naming the fastest size's latency when nothing fits,
+    `ConfigError` for an unknown profile or a bad budget.
     """
     run_dir = Path(run_dir)
     return pick_from_manifest(read_manifest(run_dir), run_dir, budget, profile, allow_flagged=allow_flagged)
@@ -59,36 +79,56 @@ def pick(run_dir: str | Path, budget: str | float | None = None, profile: str | 
 def pick_from_manifest(manifest: Mapping[str, Any], run_dir: str | Path, budget: str | float | None = None,
                        profile: str | None = None, *, allow_flagged: bool = False) -> Pick:
     """`pick` on an already-loaded (validated) manifest."""
-    b = _budget(budget) if budget is not None else Budget(ms=float(manifest["budget"]["ms"]),
-                                                           text=str(manifest["budget"]["text"]))
     profile = profile or manifest["budget"]["profile"]
     models = manifest["models"]
     on_profile = [m for m in models if profile in m["latency"]]
     if not on_profile:
         known = sorted({p for m in models for p in m["latency"]})
         raise ConfigError(f"no size has a latency on profile {profile!r}; this run has: {', '.join(known) or 'none'}")
-    eligible = [m for m in on_profile if allow_flagged or m["parity_ok"]]
+    b = _budget(manifest, budget, profile, str(on_profile[0]["latency"][profile]["stat"]))
+    options = [Option(m["name"], float(m["accuracy"]), bool(m["parity_ok"]),
+                      LatencyReport.from_dict(m["latency"][profile])) for m in on_profile]
+    eligible = [o for o in options if allow_flagged or o.parity_ok]
     if not eligible:
         raise BudgetNotMetError(f"every size with a latency on {profile} failed its ONNX parity check "
                                 "(pass allow_flagged=True to use one anyway)")
-
-    def ms(m: Mapping[str, Any]) -> float:
-        report = m["latency"][profile]
-        return float(report[f"{report['stat']}_ms"])
-
-    fits = [m for m in eligible if ms(m) <= b.ms]
-    if not fits:
-        fastest = min(eligible, key=ms)
-        r = fastest["latency"][profile]
+    fitting = rank(eligible, b, allow_flagged=allow_flagged)
+    if not fitting:
+        fastest = min(eligible, key=lambda o: o.latency.value(b.stat))  # type: ignore[union-attr]
+        r = fastest.latency
+        assert r is not None
         raise BudgetNotMetError(
-            f"no size meets {b.text} on {profile}: the fastest, {fastest['name']}, takes {ms(fastest):.3g} ms "
-            f"({r['stat']}, {'measured' if r['measured'] else 'predicted'})"
+            f"no size meets {b} on {profile}: the fastest, {fastest.name}, takes {r.value(b.stat):.3g} ms "
+            f"({b.stat}, {'measured' if r.measured else 'predicted'})"
         )
-    best = max(fits, key=lambda m: (m["accuracy"], -ms(m)))
-    report = best["latency"][profile]
-    return Pick(name=best["name"], onnx_path=resolve_path(run_dir, best["files"]["onnx"]), latency_ms=ms(best),
-                accuracy=float(best["accuracy"]), measured=bool(report["measured"]), profile=profile,
-                stat=str(report["stat"]), budget_ms=b.ms)
+    best = fitting[0]
+    assert best.latency is not None
+    model = next(m for m in on_profile if m["name"] == best.name)
+    return Pick(name=best.name, onnx_path=resolve_path(run_dir, model["files"]["onnx"]),
+                latency_ms=best.latency.value(b.stat), accuracy=best.accuracy, measured=best.latency.measured,
+                profile=profile, stat=b.stat, budget_ms=b.ms)
+
+
+def options_from(sizes: Sequence[Any], profile: str) -> list[Option]:
+    """Options from records with `name`, `accuracy`, `parity_ok` and `latency` (e.g. `SizeRecord`)."""
+    return [Option(s.name, float(s.accuracy), bool(s.parity_ok), s.latency.get(profile)) for s in sizes]
+
+
+def _budget(manifest: Mapping[str, Any], budget: str | float | None, profile: str, stat: Any) -> Budget:
+    """The budget to judge with on `profile`: given, or the run's own (re-resolved on another profile)."""
+    if isinstance(budget, bool):
+        raise ConfigError(f"budget {budget!r} is not a latency")
+    if budget is None:
+        if manifest["budget"]["profile"] == profile:
+            return Budget.from_dict(manifest["budget"])
+        budget = str(manifest["budget"]["text"])
+    if isinstance(budget, (int, float)):  # a number is milliseconds
+        if not budget > 0:
+            raise ConfigError(f"budget must be positive, got {budget} ms")
+        return Budget(ms=float(budget), text=f"{budget:g}ms", profile=profile, stat=stat)
+    teacher = manifest["teacher"]["latency"].get(profile)
+    teacher_ms = float(teacher[f"{teacher['stat']}_ms"]) if teacher else None
+    return parse_budget(budget).resolve(profile, stat, teacher_ms)
 
 
 def load_session(run_dir: str | Path, budget: str | float | None = None, profile: str | None = None, *,
@@ -121,17 +161,3 @@ def cmd_pick(run_dir: str | Path, budget: str | float | None, profile: str | Non
           f"({source}) on {choice.profile} <= {choice.budget_ms:g} ms", file=sys.stderr)
     print(choice.onnx_path)
     return 0
-
-
-def _budget(budget: str | float) -> Budget:
-    """A number is milliseconds; a string goes through `compressor.config.parse_budget`."""
-    if isinstance(budget, bool):
-        raise ConfigError(f"budget {budget!r} is not a latency")
-    if isinstance(budget, (int, float)):
-        if not budget > 0:
-            raise ConfigError(f"budget must be positive, got {budget} ms")
-        return Budget(ms=float(budget), text=f"{budget:g}ms")
-    from .config import parse_budget  # lazy: serving code should not import the training config
-
-    return parse_budget(budget)
-

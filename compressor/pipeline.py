@@ -1,54 +1,93 @@
-"""compress(config): load -> search -> distil -> export -> profile -> select -> manifest.
+"""compress(config): the stage list, top to bottom.
 
-Stages are plain functions called in order. Each writes into the run folder
-and resumes from what is already there (`--resume`): the search reopens its
-Optuna study, training reloads its last epoch checkpoint, and export skips
-sizes whose files and figures are complete. The manifest is written last and
-atomically, so a folder with `manifest.json` is a finished run.
+    intake     load the profiles, the data and the teacher; open the run folder
+    teacher    the teacher's accuracy and latency on every profile; resolve the budget
+    students   search + nested family (``nested``) or fixed widths (``skeleton``)
+    export     ONNX (parity-checked), TorchScript, INT8 and TensorRT per size; accuracy; latency
+    select     the most accurate size that fits (`pick.rank`), re-measured in a fresh process
+    seal       ONNX metadata, then every file hashed once
+    record     report, model cards, and the manifest last (its presence means "complete")
+
+Each stage writes into the run folder and resumes from what is already there
+(`--resume`): the search reopens its Optuna study, training reloads its last
+epoch checkpoint. The rules stages apply live in the rooms below: latency
+(measured or predicted) in `hardware.latency`, the budget rule in `budget`,
+selection in `pick`, the manifest's shape in `record`, file writes in `files`.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import platform
 import random
 import time
-from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
 from rich.console import Console
-from rich.table import Table
 from torch import nn
 
-from . import __version__
 from . import prune as P
-from .config import CompressConfig, parse_budget
+from .budget import Budget
+from .config import CompressConfig
 from .data import load_data
-from .errors import EXIT_BUDGET_NOT_MET, EXIT_OK, ConfigError, OutputError
+from .distill import DistillConfig, choose_sizes, size_name, train_family
+from .distill.single import KDConfig, distill_single
+from .errors import EXIT_BUDGET_NOT_MET, EXIT_OK, BackendUnavailableError, ConfigError, OutputError
 from .evaluate import accuracy, agreement, predict_logits
-from .manifest import MANIFEST_NAME, write_json_atomic, write_manifest
+from .export import (
+    build_tensorrt_engine,
+    export_onnx,
+    export_torchscript,
+    onnx_metadata,
+    onnx_predict,
+    quantize_int8,
+    set_onnx_metadata,
+    tensorrt_available,
+)
+from .files import first_line, sha256_file, write_json, write_torch
+from .hardware import (
+    is_measurable,
+    latency_report,
+    load_profile,
+    predictor_for,
+    remeasure_in_fresh_process,
+)
+from .hardware.isa import host_cpu_class
+from .manifest import MANIFEST_NAME, write_manifest
+from .pick import options_from, rank
 from .progress import Progress
+from .record import Int8Record, RunRecord, SizeRecord, TeacherRecord, Verification, relative_to_run, to_manifest
+from .report import model_card_filename, print_summary, write_report
+from .search import SearchConfig, build_arch, run_search
 from .teacher import load_teacher
-from .types import Budget, DataSplits, HardwareProfile, LatencyReport, Teacher, to_jsonable
+from .types import DataSplits, HardwareProfile, LatencyReport, Teacher
 
 log = logging.getLogger(__name__)
+
+# Shapes of results: the settings that, when changed, make a resumed run a different run.
+_SHAPING = ("teacher", "data", "seed", "image_size", "method", "sizes", "epochs", "proxy", "spaces", "budget",
+            "profile", "losses")
+# How many fitting sizes are re-measured, best first, before the run gives up on a verified pick.
+_MAX_VERIFY = 3
 
 
 @dataclass(frozen=True)
 class RunResult:
     run_dir: Path
-    manifest: dict
+    manifest: dict  # exactly what manifest.json holds
     selected: str | None
     exit_code: int
 
 
 @dataclass
 class Servable:
-    """One size on its way to the manifest: the dense module and its figures."""
+    """One size on its way to export: the dense module and where it came from."""
 
     name: str
     ratio: Any
@@ -56,7 +95,57 @@ class Servable:
     arch: Mapping[str, Any] | None = None
 
 
-# ---------------------------------------------------------------------------- setup
+# ---------------------------------------------------------------------------- the run
+
+def run(cfg: CompressConfig, console: Console | None = None) -> RunResult:
+    console = console or Console(stderr=True)
+    clock = _StageClock()
+    with clock("intake"):
+        profile = load_profile(cfg.profile)
+        profiles = [profile, *(load_profile(p) for p in cfg.also_profile if p != profile.name)]
+        _seed_everything(cfg.seed)
+        data = load_data(cfg.data, seed=cfg.seed, image_size=cfg.image_size)
+        teacher = load_teacher(cfg.teacher, data.x_val[:8], data.num_classes, arch=cfg.arch,
+                               trust_pickle=cfg.trust_pickle, input_shape=cfg.input_shape)
+        run_dir = prepare_run_dir(cfg)
+        _check_resume_config(run_dir, cfg)
+    with clock("calibration"):  # once per machine and input shape, then cached
+        predictors = {p.name: predictor_for(p, teacher.spec.shape, n_models=cfg.calibration_models)
+                      for p in profiles}
+    with Progress(enabled=cfg.progress, console=console) as progress:
+        with clock("teacher"):
+            teacher_rec = stage_teacher(teacher, data, profiles, predictors, run_dir)
+            budget = cfg.budget_spec.resolve(profile.name, profile.stat,
+                                             _value(teacher_rec.latency.get(profile.name), profile))
+        progress.log(f"[bold]compress[/] {cfg.teacher} -> {run_dir}  budget {budget.describe()}"
+                     f"{'' if profile.measured else ' (predicted)'}")
+        progress.log(f"teacher: {teacher_rec.params:,} params, accuracy {teacher_rec.accuracy:.3f}, "
+                     f"{profile.stat} {_value(teacher_rec.latency.get(profile.name), profile):.3f} ms")
+        search_info = training = None
+        with clock("students"):
+            if cfg.method == "skeleton":
+                servables = stage_skeleton(teacher, data, profile, predictors[profile.name], budget, cfg,
+                                           run_dir, progress)
+            else:
+                servables, search_info, training = stage_nested(teacher, data, profile, predictors[profile.name],
+                                                                budget, teacher_rec, cfg, run_dir, progress)
+        with clock("export"):
+            sizes = stage_export(servables, teacher, data, budget, profiles, predictors, cfg, run_dir, progress)
+        with clock("select"):
+            selected, verification = stage_select(sizes, budget, profile, teacher.spec.shape, run_dir, progress)
+        with clock("tensorrt"):
+            sizes, trt = stage_tensorrt(sizes, cfg, run_dir)
+        with clock("seal"):
+            sizes = stage_seal(sizes, budget, teacher_rec, run_dir)
+    record = RunRecord(config=cfg.to_dict(), budget=budget, teacher=teacher_rec, sizes=tuple(sizes),
+                       selected=selected, verification=tuple(verification), search=search_info,
+                       training=training, tensorrt=trt, stages=clock.seconds, seconds=clock.total())
+    manifest = stage_record(record, run_dir)
+    print_summary(console, manifest, run_dir)
+    return RunResult(run_dir, manifest, selected, EXIT_OK if selected else EXIT_BUDGET_NOT_MET)
+
+
+# ---------------------------------------------------------------------------- intake
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -93,45 +182,60 @@ def _check_resume_config(run_dir: Path, cfg: CompressConfig) -> None:
     saved = run_dir / "config.json"
     current = cfg.to_dict()
     if saved.exists():
-        old = json.loads(saved.read_text())
-        shaping = ("teacher", "data", "seed", "image_size", "method", "sizes", "epochs", "proxy",
-                   "search_spaces", "budget", "profile")
-        changed = [k for k in shaping if json.dumps(old.get(k)) != json.dumps(current.get(k))]
+        try:
+            old = json.loads(saved.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"cannot resume {run_dir}: {saved} is unreadable ({first_line(e)}); "
+                              f"start a new run with another --out") from None
+        changed = [k for k in _SHAPING if json.dumps(old.get(k)) != json.dumps(current.get(k))]
         if changed:
             raise ConfigError(f"cannot resume {run_dir}: {', '.join(changed)} changed since the run started "
                               f"(was {', '.join(f'{k}={old.get(k)!r}' for k in changed)})")
-    write_json_atomic(saved, current)
+    write_json(saved, current)
 
 
-# ---------------------------------------------------------------------------- stages
+# ---------------------------------------------------------------------------- teacher
 
-def stage_teacher(teacher: Teacher, data: DataSplits) -> dict[str, Any]:
+def stage_teacher(teacher: Teacher, data: DataSplits, profiles: list[HardwareProfile],
+                  predictors: Mapping[str, Any], run_dir: Path) -> TeacherRecord:
+    """Accuracy, size and latency of the teacher (measured via its ONNX export where possible)."""
     logits = predict_logits(teacher.module, data.x_val)
-    example = data.x_val[:1]
-    return {
-        "path": teacher.source, "sha256": teacher.sha256, "format": teacher.format,
-        "prunable": teacher.prunable, "input_shape": list(teacher.spec.shape),
-        "num_classes": teacher.spec.num_classes,
-        "params": P.count_params(teacher.module),
-        "macs": _macs(teacher.module, example),
-        "accuracy": accuracy(logits, data.y_val),
-    }
+    onnx_path = None
+    try:
+        onnx_path = export_onnx(teacher.module, data.x_val[:16], run_dir / "teacher.onnx", slim=False).path
+    except Exception as e:  # noqa: BLE001 - an unexportable teacher is still a teacher; predict instead
+        log.warning("teacher could not be exported to ONNX (%s); its latency is predicted", first_line(e))
+    latency: dict[str, LatencyReport] = {}
+    for prof in profiles:
+        module = teacher.module if teacher.prunable else None
+        try:
+            latency[prof.name] = latency_report(prof, teacher.spec.shape, onnx_path=onnx_path, module=module,
+                                                predictor=predictors[prof.name])
+        except (BackendUnavailableError, ValueError) as e:
+            log.warning("no teacher latency on %s: %s", prof.name, first_line(e))
+    return TeacherRecord(path=teacher.source, sha256=teacher.sha256, format=teacher.format,
+                         prunable=teacher.prunable, input_shape=tuple(teacher.spec.shape),
+                         num_classes=teacher.spec.num_classes, params=P.count_params(teacher.module),
+                         macs=_macs(teacher.module, data.x_val[:1]), accuracy=accuracy(logits, data.y_val),
+                         latency=latency)
+
+
+def _value(report: LatencyReport | None, profile: HardwareProfile) -> float:
+    return report.value(profile.stat) if report is not None else float("nan")
 
 
 def _macs(module: nn.Module, example: torch.Tensor) -> int:
     try:
         return P.count_macs(module, example)
-    except Exception:  # a non-prunable (script) teacher cannot be traced for MACs
+    except Exception:  # noqa: BLE001 - a non-prunable (script) teacher cannot be traced for MACs
         return 0
 
 
-def stage_skeleton(teacher: Teacher, data: DataSplits, profile: HardwareProfile, budget: Budget,
-                   cfg: CompressConfig, run_dir: Path, progress: Progress) -> list[Servable]:
-    """Fixed width ratios of the teacher (Torch-Pruning), measured; the largest that fits is distilled."""
-    from .distill.single import KDConfig, distill_single
-    from .export import export_onnx
-    from .hardware import is_measurable, measure_onnx, predict_latency
+# ---------------------------------------------------------------------------- students
 
+def stage_skeleton(teacher: Teacher, data: DataSplits, profile: HardwareProfile, predictor: Any, budget: Budget,
+                   cfg: CompressConfig, run_dir: Path, progress: Progress) -> list[Servable]:
+    """Fixed width ratios of the teacher (Torch-Pruning); the widest that fits is distilled."""
     if not teacher.prunable:
         raise ConfigError("the skeleton method needs a prunable teacher; use --method nested (family students)")
     example = data.x_train[:2]
@@ -139,20 +243,18 @@ def stage_skeleton(teacher: Teacher, data: DataSplits, profile: HardwareProfile,
     order = P.importance_order(teacher.module, example, groups)
     ratios = sorted(set(cfg.sizes or (0.75, 0.5, 0.375, 0.25)), reverse=True)
     cand_dir = run_dir / "candidates"
-    cand_dir.mkdir(exist_ok=True)
     fits = []
     task = progress.add("measure candidates", total=len(ratios))
     for r in ratios:
         module = P.materialize(teacher.module, example, groups, r, order, profile.round_to)
-        if is_measurable(profile):
-            onnx = export_onnx(module, data.x_val[:8], cand_dir / f"w{round(r * 100):03d}.onnx", slim=False)
-            lat = measure_onnx(onnx.path, profile, teacher.spec.shape)
-        else:
-            lat = predict_latency(module, teacher.spec.shape, profile)
+        onnx = export_onnx(module, data.x_val[:8], cand_dir / f"{size_name(r)}.onnx", slim=False) \
+            if is_measurable(profile) else None
+        lat = latency_report(profile, teacher.spec.shape, onnx_path=onnx.path if onnx else None, module=module,
+                             predictor=predictor)
         progress.advance(task)
         progress.log(f"  width {r:.3f}: {P.count_macs(module, data.x_val[:1]) / 1e6:.1f} MMACs, "
                      f"{profile.stat} {lat.value():.3f} ms{'' if lat.measured else ' (predicted)'}")
-        if lat.value() <= budget.ms:
+        if budget.fits(lat):
             fits.append((r, module))
     r, student = fits[0] if fits else (ratios[-1], P.materialize(teacher.module, example, groups, ratios[-1],
                                                                  order, profile.round_to))
@@ -161,50 +263,57 @@ def stage_skeleton(teacher: Teacher, data: DataSplits, profile: HardwareProfile,
         student.load_state_dict(torch.load(ckpt, weights_only=True))
     else:
         distill_single(student, teacher.module, data, KDConfig(epochs=cfg.epochs, batch_size=cfg.batch_size,
-                                                               seed=cfg.seed), progress, label=f"distil w{r:.2f}")
-        torch.save(student.state_dict(), ckpt)
-    return [Servable(name=f"w{round(r * 100):03d}", ratio=r, module=student.eval())]
+                                                               seed=cfg.seed), progress,
+                       label=f"distil {size_name(r)}")
+        write_torch(ckpt, student.state_dict())
+    return [Servable(name=size_name(r), ratio=r, module=student.eval())]
 
 
-def stage_nested(teacher: Teacher, data: DataSplits, profile: HardwareProfile, budget: Budget,
-                 teacher_latency_ms: float, cfg: CompressConfig, run_dir: Path,
+def stage_nested(teacher: Teacher, data: DataSplits, profile: HardwareProfile, predictor: Any, budget: Budget,
+                 teacher_rec: TeacherRecord, cfg: CompressConfig, run_dir: Path,
                  progress: Progress) -> tuple[list[Servable], dict[str, Any], dict[str, Any]]:
     """Search a student under the budget, widen it into a TA, train the nested family in one run."""
-    from .distill import DistillConfig, choose_sizes, train_family
-    from .search import SearchConfig, build_arch, run_search
+    shape = teacher.spec.shape
 
-    latency_fn = _latency_fn(profile, teacher.spec.shape, cfg.calibration_models)
-    search_cfg = SearchConfig(spaces=tuple(s for s in cfg.search_spaces
-                                           if s != "teacher_scaled" or teacher.prunable),
-                              proxy=cfg.proxy, n_trials=cfg.search_trials, sampler=cfg.sampler, seed=cfg.seed,
+    def latency_fn(m: nn.Module) -> float:
+        return predictor.predict_ms(m, shape)
+
+    search_cfg = SearchConfig(spaces=tuple(s for s in cfg.spaces if s != "teacher_scaled" or teacher.prunable),
+                              proxy=cfg.proxy, n_trials=cfg.trials, sampler=cfg.sampler, seed=cfg.seed,
                               round_to=profile.round_to)
-    result = run_search(teacher, data, latency_fn=latency_fn, budget_ms=budget.ms,
-                        teacher_latency_ms=teacher_latency_ms, config=search_cfg, run_dir=run_dir / "search",
-                        storage=cfg.storage, resume=cfg.resume, progress=progress)
+    if not search_cfg.spaces:
+        raise ConfigError("the teacher cannot be pruned, so the teacher_scaled space is out; add another space "
+                          "with --spaces (e.g. --spaces cnn)")
+    teacher_lat = teacher_rec.latency.get(profile.name)
+    result = run_search(teacher, data, latency_fn=latency_fn, budget=budget,
+                        teacher_latency_ms=teacher_lat.value() if teacher_lat else float("inf"), config=search_cfg,
+                        run_dir=run_dir / "search", storage=cfg.storage, resume=cfg.resume, progress=progress)
     _seed_everything(cfg.seed)
     ta = build_arch(result.ta.arch, teacher)
     example = data.x_train[:2]
     groups = P.channel_groups(ta, example)
     order = P.importance_order(ta, example, groups)
     if cfg.sizes:
-        sizes = [(f"w{round(r * 100):03d}", float(r)) for r in sorted(set(cfg.sizes), reverse=True)]
+        sizes = [(size_name(r), float(r)) for r in sorted(set(cfg.sizes), reverse=True)]
     else:
         sizes = choose_sizes(ta, example, groups, order, latency_fn, budget.ms, n=4,
                              student_ratio=result.ta.arch.get("student_ratio"), round_to=profile.round_to)
     dcfg = DistillConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed, round_to=profile.round_to,
-                         **_recipe(result.ta.arch))
+                         extra_losses=cfg.loss_weights, **_recipe(result.ta.arch))
     family = train_family(teacher.module, ta, data, sizes=sizes, config=dcfg, run_dir=run_dir / "family",
-                          resume=cfg.resume, progress=progress)
+                          resume=cfg.resume, progress=progress, groups=groups, order=order)
     servables = [Servable(name=n, ratio=family.ratios[n], module=m.eval(), arch=result.ta.arch)
                  for n, m in family.models.items()]
     search_info = {
         "storage": result.storage, "study_name": result.study_name, "n_trials": result.n_trials,
-        "n_failed": result.n_failed, "proxy": cfg.proxy,
+        "n_failed": result.n_failed, "proxy": cfg.proxy, "feasible": result.feasible,
         "student": _candidate_json(result.student), "ta": _candidate_json(result.ta),
         "pareto": [_candidate_json(c) for c in result.pareto],
     }
     training = {"history": family.history, "train_seconds": family.train_seconds,
-                "sizes": {n: family.ratios[n] for n in family.models}}
+                "sizes": {n: family.ratios[n] for n in family.models},
+                "family_weights": relative_to_run(run_dir, family.family.weights_path),
+                "losses": [{"name": n, "weight": w} for n, w in cfg.loss_weights]}
     return servables, search_info, training
 
 
@@ -222,226 +331,161 @@ def _candidate_json(c) -> dict[str, Any]:
             "trial_number": c.trial_number, "params": c.params, "macs": c.macs}
 
 
-def _latency_fn(profile: HardwareProfile, shape: tuple[int, ...],
-                calibration_models: int) -> Callable[[nn.Module], float]:
-    """Predicted latency (ms) of a module on the profile: host-calibrated where measurable, roofline otherwise."""
-    model = _predictor(profile, shape, calibration_models)
-    return lambda m: model.predict_ms(m, shape)
-
-
-def _predictor(profile: HardwareProfile, shape: tuple[int, ...], calibration_models: int):
-    """Host-fitted cost model where the profile is measurable here (calibrated once per
-    machine and input shape, then cached), else the datasheet roofline."""
-    from .hardware import predictor_for
-
-    return predictor_for(profile, shape, n_models=calibration_models)
-
+# ---------------------------------------------------------------------------- export
 
 def stage_export(servables: list[Servable], teacher: Teacher, data: DataSplits, budget: Budget,
-                 profiles: list[HardwareProfile], cfg: CompressConfig, run_dir: Path,
-                 progress: Progress) -> list[dict[str, Any]]:
+                 profiles: list[HardwareProfile], predictors: Mapping[str, Any], cfg: CompressConfig,
+                 run_dir: Path, progress: Progress) -> list[SizeRecord]:
     """ONNX (+ parity), TorchScript, optional INT8 per size; accuracy; latency on every profile."""
-    from .export import export_onnx, export_torchscript, onnx_predict, quantize_int8, sha256_file
-    from .hardware import is_measurable, latency_report, measure_onnx
-
-    predictors = {p.name: _predictor(p, teacher.spec.shape, cfg.calibration_models) for p in profiles}
-
     teacher_logits = predict_logits(teacher.module, data.x_val)
     out = []
     task = progress.add("export + measure sizes", total=len(servables))
     for s in servables:
         folder = run_dir / "models" / s.name
-        folder.mkdir(parents=True, exist_ok=True)
         onnx = export_onnx(s.module, data.x_val[:64], folder / "model.onnx")
-        files = {"onnx": str(onnx.path)}
+        files = {"onnx": relative_to_run(run_dir, onnx.path)}
+        notes = list(onnx.notes)
         try:
-            files["torchscript"] = str(export_torchscript(s.module, data.x_val[:2], folder / "model.ts.pt"))
-        except Exception as e:  # serving from ONNX still works; say why the PyTorch file is missing
-            log.warning("TorchScript export of %s failed: %s", s.name, e)
+            files["torchscript"] = relative_to_run(run_dir, export_torchscript(s.module, data.x_val[:2],
+                                                                              folder / "model.ts.pt"))
+        except Exception as e:  # noqa: BLE001 - serving from ONNX still works; say why the PyTorch file is missing
+            notes.append(f"TorchScript export failed: {first_line(e)}")
         logits = torch.from_numpy(onnx_predict(onnx.path, data.x_val))
-        entry: dict[str, Any] = {
-            "name": s.name, "ratio": s.ratio, "params": P.count_params(s.module),
-            "macs": _macs(s.module, data.x_val[:1]),
-            "accuracy": accuracy(logits, data.y_val), "teacher_agreement": agreement(logits, teacher_logits),
-            "onnx_max_abs_diff": onnx.max_abs_diff, "parity_ok": onnx.parity_ok, "opset": onnx.opset,
-            "latency": {}, "predicted_latency_ms": {},
-        }
-        for prof in profiles:
-            # measured where this machine can, predicted otherwise; the prediction is kept beside
-            # a measurement so the report can show both
-            rep = latency_report(prof, teacher.spec.shape, onnx_path=onnx.path, module=s.module,
-                                 predictor=predictors[prof.name], budget_ms=budget.ms)
-            entry["latency"][prof.name] = rep
-            entry["predicted_latency_ms"][prof.name] = rep.env.get("predicted_ms", rep.value())
+        latency = {p.name: latency_report(p, teacher.spec.shape, onnx_path=onnx.path, module=s.module,
+                                          predictor=predictors[p.name], budget=budget if p.name == budget.profile
+                                          else None)
+                   for p in profiles}
+        size = SizeRecord(name=s.name, ratio=s.ratio, params=P.count_params(s.module),
+                          macs=_macs(s.module, data.x_val[:1]), accuracy=accuracy(logits, data.y_val),
+                          teacher_agreement=agreement(logits, teacher_logits), onnx_max_abs_diff=onnx.max_abs_diff,
+                          parity_ok=onnx.parity_ok, opset=onnx.opset, latency=latency, files=files,
+                          arch=s.arch, notes=tuple(notes))
+        size = dataclasses.replace(size, meets_budget=budget.fits(latency[budget.profile]))
         if cfg.int8:
-            q = quantize_int8(onnx.path, data.x_train[:256], folder / "model.int8.onnx")
-            q_logits = torch.from_numpy(onnx_predict(q, data.x_val))
-            files["onnx_int8"] = str(q)
-            entry["int8"] = {"file": str(q), "accuracy": accuracy(q_logits, data.y_val),
-                             "latency": {p.name: measure_onnx(q, p, teacher.spec.shape)
-                                         for p in profiles if is_measurable(p)}}
-        entry["files"] = files
-        entry["sha256"] = {k: sha256_file(v) for k, v in files.items()}
-        out.append(entry)
+            size = _with_int8(size, onnx.path, logits, data, profiles, budget, teacher.spec.shape, run_dir)
+        out.append(size)
         progress.advance(task)
     return out
 
 
-def _teacher_latency(teacher: Teacher, data: DataSplits, profiles: list[HardwareProfile],
-                     run_dir: Path) -> dict[str, LatencyReport]:
-    from .export import export_onnx
-    from .hardware import is_measurable, measure_onnx, predict_latency
+def _with_int8(size: SizeRecord, onnx_path: Path, fp32_logits: torch.Tensor, data: DataSplits,
+               profiles: list[HardwareProfile], budget: Budget, shape: tuple[int, ...], run_dir: Path) -> SizeRecord:
+    """An INT8 copy quantized for the CPU of the budget's profile, judged against its fp32 model."""
+    from .export.quantize import int8_settings_for
 
-    lat: dict[str, LatencyReport] = {}
-    onnx_path = None
-    try:
-        onnx_path = export_onnx(teacher.module, data.x_val[:16], run_dir / "teacher.onnx", slim=False).path
-    except Exception as e:
-        log.warning("teacher could not be exported to ONNX (%s); its latency is predicted", e)
-    for prof in profiles:
-        if onnx_path is not None and is_measurable(prof):
-            lat[prof.name] = measure_onnx(onnx_path, prof, teacher.spec.shape)
-        elif teacher.prunable:
-            lat[prof.name] = predict_latency(teacher.module, teacher.spec.shape, prof)
-    return lat
-
-
-# ---------------------------------------------------------------------------- run
-
-def _versions() -> dict[str, str]:
-    import onnx
-    import onnxruntime
-    import optuna
-    import torch_pruning
-
-    return {"compressor": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "optuna": optuna.__version__,
-            "torch_pruning": getattr(torch_pruning, "__version__", "unknown")}
+    target = next(p for p in profiles if p.name == budget.profile)
+    settings = int8_settings_for(_cpu_class(target))
+    q = quantize_int8(onnx_path, data.x_train[:256], onnx_path.with_name("model.int8.onnx"), settings=settings)
+    q_logits = torch.from_numpy(onnx_predict(q, data.x_val))
+    latency = {p.name: latency_report(p, shape, onnx_path=q) for p in profiles
+               if p.backend == "onnxruntime-cpu" and is_measurable(p)}
+    fp32, int8 = size.latency[budget.profile], latency.get(budget.profile)
+    speedup = fp32.value() / int8.value() if int8 is not None and int8.value() > 0 else None
+    if speedup is None:
+        note = f"not measured on {budget.profile}: INT8 speed there is unknown"
+    elif speedup <= 1.0:
+        note = f"INT8 is not faster than fp32 on {budget.profile} ({speedup:.2f}x); serve the fp32 model"
+    else:
+        note = f"INT8 is {speedup:.2f}x faster than fp32 on {budget.profile}"
+    record = Int8Record(file=relative_to_run(run_dir, q), accuracy=accuracy(q_logits, data.y_val),
+                        agreement_with_fp32=agreement(q_logits, fp32_logits),
+                        settings=dataclasses.asdict(settings), latency=latency, speedup=speedup, note=note)
+    return dataclasses.replace(size, int8=record, files={**size.files, "onnx_int8": record.file})
 
 
-def select(models: list[dict[str, Any]], profile: str, budget_ms: float) -> str | None:
-    """The most accurate size whose latency statistic on `profile` fits; ties go to the faster."""
-    fitting = [m for m in models if m["meets_budget"]]
-    if not fitting:
-        return None
-    best = max(fitting, key=lambda m: (m["accuracy"], -m["latency"][profile].value()))
-    return best["name"]
+def _cpu_class(profile: HardwareProfile) -> str:
+    """The instruction-set class INT8 is tuned for: this host's where the profile is measured here."""
+    if profile.measured and profile.backend == "onnxruntime-cpu":
+        return host_cpu_class()
+    return getattr(profile, "isa", None) or "unknown"
 
 
-def run(cfg: CompressConfig, console: Console | None = None) -> RunResult:
-    from .hardware import load_profile
-    from .hardware import meets_budget as fits
-
-    console = console or Console(stderr=True)
-    budget = parse_budget(cfg.budget)
-    profile = load_profile(cfg.profile)
-    extra = [load_profile(p) for p in cfg.extra_profiles if p != profile.name]
-    profiles = [profile, *extra]
-    _seed_everything(cfg.seed)
-    data = load_data(cfg.data, seed=cfg.seed, image_size=cfg.image_size)
-    teacher = load_teacher(cfg.teacher, data.x_val[:8], data.num_classes, arch=cfg.arch,
-                           trust_pickle=cfg.trust_pickle, input_shape=cfg.input_shape)
-    run_dir = prepare_run_dir(cfg)
-    _check_resume_config(run_dir, cfg)
-    started = time.perf_counter()
-    with Progress(enabled=cfg.progress, console=console) as progress:
-        progress.log(f"[bold]compress[/] {cfg.teacher} -> {run_dir}  budget {budget} on {profile.name}"
-                     f"{'' if profile.measured else ' (predicted)'}")
-        teacher_info = stage_teacher(teacher, data)
-        teacher_info["latency"] = _teacher_latency(teacher, data, profiles, run_dir)
-        t_lat = teacher_info["latency"].get(profile.name)
-        progress.log(f"teacher: {teacher_info['params']:,} params, accuracy {teacher_info['accuracy']:.3f}, "
-                     f"{profile.stat} {t_lat.value() if t_lat else float('nan'):.3f} ms")
-        search_info, training = None, None
-        if cfg.method == "skeleton":
-            servables = stage_skeleton(teacher, data, profile, budget, cfg, run_dir, progress)
-        else:
-            servables, search_info, training = stage_nested(
-                teacher, data, profile, budget, t_lat.value() if t_lat else float("inf"), cfg, run_dir, progress)
-        models = stage_export(servables, teacher, data, budget, profiles, cfg, run_dir, progress)
-    for m in models:
-        m["meets_budget"] = fits(m["latency"][profile.name], budget.ms)
-    selected = select(models, profile.name, budget.ms)
-    manifest = _manifest(cfg, budget, profile, teacher_info, models, selected, search_info, training,
-                         time.perf_counter() - started)
-    _finish(run_dir, manifest)
-    _summary(console, manifest, profile, budget, run_dir)
-    return RunResult(run_dir, manifest, selected, EXIT_OK if selected else EXIT_BUDGET_NOT_MET)
+def stage_tensorrt(sizes: list[SizeRecord], cfg: CompressConfig,
+                   run_dir: Path) -> tuple[list[SizeRecord], dict[str, Any]]:
+    """TensorRT engines where asked for and possible; otherwise the reason, in the manifest."""
+    available, reason = tensorrt_available()
+    info: dict[str, Any] = {"requested": cfg.tensorrt, "available": available, "reason": reason}
+    if not cfg.tensorrt:
+        return sizes, info
+    if not available:
+        log.warning("--tensorrt: %s; no engines built", reason)
+        return sizes, info
+    out = []
+    for s in sizes:
+        onnx = run_dir / s.files["onnx"]
+        engine = build_tensorrt_engine(onnx, onnx.with_name("model.fp16.engine"), fp16=True)
+        out.append(dataclasses.replace(s, files={**s.files, "tensorrt": relative_to_run(run_dir, engine)}))
+    return out, info
 
 
-def _manifest(cfg, budget, profile, teacher_info, models, selected, search_info, training, seconds) -> dict:
-    from .export import tensorrt_available
+# ---------------------------------------------------------------------------- select
 
-    trt_ok, trt_reason = tensorrt_available()
-    closest = min(models, key=lambda m: m["latency"][profile.name].value()) if models else None
-    manifest: dict[str, Any] = {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "compressor_version": __version__, "versions": _versions(), "config": cfg.to_dict(),
-        "budget": {"text": budget.text, "ms": budget.ms, "profile": profile.name, "stat": profile.stat,
-                   "measured": profile.measured},
-        "teacher": teacher_info, "models": models, "selected": selected, "budget_met": selected is not None,
-        "closest": None if closest is None else {
-            "name": closest["name"], "latency_ms": closest["latency"][profile.name].value(),
-            "over_budget_ms": closest["latency"][profile.name].value() - budget.ms},
-        "tensorrt": {"available": trt_ok, "reason": trt_reason},
-        "seconds": seconds,
-    }
-    if search_info:
-        manifest["search"] = search_info
-    if training:
-        manifest["training"] = training
+def stage_select(sizes: list[SizeRecord], budget: Budget, profile: HardwareProfile, shape: tuple[int, ...],
+                 run_dir: Path, progress: Progress) -> tuple[str | None, list[Verification]]:
+    """The most accurate size that fits (`pick.rank`), and its claim checked by a second measurement.
+
+    On a profile measured here, the chosen size is timed again in a fresh process
+    after every other measurement; if that second figure misses the budget, the
+    next-best fitting size is tried (up to `_MAX_VERIFY`), and a size that fails
+    its re-measurement is not selected. Predicted profiles have nothing to re-measure.
+    """
+    ranked = rank(options_from(sizes, budget.profile), budget)
+    if not ranked or not is_measurable(profile) or profile.backend == "torch-cuda":
+        return (ranked[0].name if ranked else None), []
+    by_name = {s.name: s for s in sizes}
+    checks: list[Verification] = []
+    for option in ranked[:_MAX_VERIFY]:
+        size = by_name[option.name]
+        second = remeasure_in_fresh_process(run_dir / size.files["onnx"], profile, shape)
+        check = Verification(size=size.name, first=size.latency[budget.profile], second=second,
+                             holds=budget.fits(second))
+        checks.append(check)
+        progress.log(f"re-measured {size.name} in a fresh process: {profile.stat} {second.value():.3f} ms "
+                     f"(first {check.first.value():.3f} ms, budget {budget.ms:.3f} ms): "
+                     f"{'holds' if check.holds else 'MISSES, trying the next size'}")
+        if check.holds:
+            return size.name, checks
+    return None, checks
+
+
+# ---------------------------------------------------------------------------- seal + record
+
+def stage_seal(sizes: list[SizeRecord], budget: Budget, teacher: TeacherRecord,
+               run_dir: Path) -> list[SizeRecord]:
+    """Write each ONNX file's metadata, name its model card, then hash every file once."""
+    out = []
+    for s in sizes:
+        set_onnx_metadata(run_dir / s.files["onnx"], onnx_metadata(
+            name=s.name, ratio=s.ratio, accuracy=s.accuracy, teacher_agreement=s.teacher_agreement,
+            latency=s.latency, budget=budget.describe(), teacher_sha256=teacher.sha256))
+        hashes = {role: sha256_file(run_dir / path) for role, path in s.files.items()}
+        files = {**s.files, "model_card": model_card_filename(s.name)}
+        out.append(dataclasses.replace(s, files=files, sha256=hashes))
+    return out
+
+
+def stage_record(record: RunRecord, run_dir: Path) -> dict[str, Any]:
+    """Report and model cards first; the manifest last, so its presence means 'complete'."""
+    manifest = to_manifest(record)
+    write_report(run_dir, manifest)
+    write_manifest(run_dir, manifest)
     return manifest
 
 
-def _finish(run_dir: Path, manifest: dict) -> None:
-    """Report and model cards first; the manifest last, so its presence means 'complete'."""
-    from .export import set_onnx_metadata, sha256_file
-    from .report import write_model_cards, write_report
+class _StageClock:
+    """Wall seconds per stage, for the manifest: the slow stage is visible in every run."""
 
-    for m in manifest["models"]:
-        set_onnx_metadata(m["files"]["onnx"], _onnx_metadata(manifest, m))
-        m["sha256"]["onnx"] = sha256_file(m["files"]["onnx"])  # metadata changed the file
-    data = to_jsonable(manifest)
-    cards = write_model_cards(run_dir, data)
-    for m, m_json in zip(manifest["models"], data["models"]):
-        if m["name"] in cards:
-            m["files"]["model_card"] = m_json["files"]["model_card"] = str(cards[m["name"]])
-    write_report(run_dir, data)
-    write_manifest(run_dir, data)
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._start = time.perf_counter()
 
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.perf_counter() - start, 3)
 
-def _onnx_metadata(manifest: dict, m: dict) -> dict[str, str]:
-    from .export import onnx_metadata
-
-    return onnx_metadata(name=m["name"], ratio=m["ratio"], accuracy=m["accuracy"],
-                         teacher_agreement=m["teacher_agreement"], latency=m["latency"],
-                         budget=f"{manifest['budget']['text']} {manifest['budget']['stat']} on "
-                                f"{manifest['budget']['profile']}",
-                         teacher_sha256=manifest["teacher"]["sha256"])
-
-
-def _summary(console: Console, manifest: dict, profile: HardwareProfile, budget: Budget, run_dir: Path) -> None:
-    kind = "measured" if profile.measured else "predicted"
-    table = Table(title=f"{run_dir}  (budget {budget} {profile.stat} on {profile.name}, {kind})")
-    for col in ("size", "width", "params", "MMACs", "accuracy", "agree", f"{profile.stat} ms", "fits"):
-        table.add_column(col, justify="right" if col not in ("size", "fits") else "left")
-    t = manifest["teacher"]
-    t_lat = t["latency"].get(profile.name)
-    table.add_row("teacher", "-", f"{t['params']:,}", f"{t['macs'] / 1e6:.1f}", f"{t['accuracy']:.3f}", "-",
-                  f"{t_lat.value():.3f}" if t_lat else "-", "")
-    for m in manifest["models"]:
-        lat = m["latency"][profile.name]
-        mark = ("yes" if m["meets_budget"] else "no") + (" <- selected" if m["name"] == manifest["selected"] else "")
-        ratio = m["ratio"] if isinstance(m["ratio"], (int, float)) else "mixed"
-        table.add_row(m["name"], f"{ratio:.3f}" if isinstance(ratio, float) else str(ratio), f"{m['params']:,}",
-                      f"{m['macs'] / 1e6:.1f}", f"{m['accuracy']:.3f}", f"{m['teacher_agreement']:.3f}",
-                      f"{lat.value():.3f}{'' if lat.measured else ' (pred)'}", mark)
-    console.print(table)
-    if manifest["selected"]:
-        console.print(f"selected [bold]{manifest['selected']}[/]: "
-                      f"{run_dir / 'models' / manifest['selected'] / 'model.onnx'}")
-    else:
-        c = manifest["closest"]
-        console.print(f"[red]no size meets {budget}[/]: the fastest, {c['name']}, takes {c['latency_ms']:.3f} ms "
-                      f"({c['over_budget_ms']:+.3f} ms over)")
-    console.print(f"manifest: {run_dir / MANIFEST_NAME}   report: {run_dir / 'report.html'}")
+    def total(self) -> float:
+        return round(time.perf_counter() - self._start, 3)

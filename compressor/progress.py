@@ -1,7 +1,6 @@
 """Progress bars for long stages (rich), silent when output is not a terminal or disabled."""
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from rich.console import Console

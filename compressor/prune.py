@@ -15,7 +15,6 @@ batch-norm of a zeroed channel yields its bias, which the mask zeroes again).
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 

@@ -13,7 +13,6 @@ distillation (its outputs are all the students need) but not prunable.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import logging
 import warnings
@@ -25,19 +24,12 @@ import torch
 from torch import nn
 
 from .errors import TeacherLoadError
+from .files import first_line, sha256_file
 from .lift import lift_exported
 from .types import InputSpec, Teacher
 
 log = logging.getLogger(__name__)
 LIFT_ATOL = 1e-4
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _zip_names(path: Path) -> list[str]:
@@ -87,7 +79,7 @@ def _load_raw(path: Path, arch: str | None, trust_pickle: bool) -> tuple[object,
         if fmt == "export":
             return torch.export.load(str(path)), fmt
     except Exception as e:
-        raise TeacherLoadError(f"teacher {path} looks like a {fmt} file but cannot be loaded: {_first_line(e)}") from None
+        raise TeacherLoadError(f"teacher {path} looks like a {fmt} file but cannot be loaded: {first_line(e)}") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -101,16 +93,16 @@ def _load_raw(path: Path, arch: str | None, trust_pickle: bool) -> tuple[object,
             try:
                 obj = torch.load(path, map_location="cpu", weights_only=False)
             except Exception as e2:
-                raise TeacherLoadError(f"teacher {path} cannot be unpickled: {_first_line(e2)}") from None
+                raise TeacherLoadError(f"teacher {path} cannot be unpickled: {first_line(e2)}") from None
         else:
-            raise TeacherLoadError(f"teacher {path} is corrupt or not a torch file: {_first_line(e)}") from None
+            raise TeacherLoadError(f"teacher {path} is corrupt or not a torch file: {first_line(e)}") from None
     if isinstance(obj, nn.Module):
         if not trust_pickle:  # only reachable if weights_only allowed it; stay conservative
             raise TeacherLoadError(f"teacher {path} is a pickled module; pass --trust-pickle to load it")
         return obj, "pickle"
-    if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        if "state_dict" in obj and isinstance(obj["state_dict"], dict):
-            obj = obj["state_dict"]
+    state = _unwrap_checkpoint(obj) if isinstance(obj, dict) else None
+    if state is not None:
+        obj = state
         if not arch:
             raise TeacherLoadError(
                 f"teacher {path} is a state_dict; pass --arch package.module:factory to build the network"
@@ -121,14 +113,35 @@ def _load_raw(path: Path, arch: str | None, trust_pickle: bool) -> tuple[object,
         try:
             model.load_state_dict(obj, strict=True)
         except RuntimeError as e:
-            raise TeacherLoadError(f"state_dict {path} does not fit --arch {arch}: {_first_line(e)}") from None
+            raise TeacherLoadError(f"state_dict {path} does not fit --arch {arch}: {first_line(e)}") from None
         return model, "state_dict"
     raise TeacherLoadError(f"teacher {path} holds a {type(obj).__name__}, not a model or a state_dict")
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+# Where training scripts keep the weights inside a checkpoint dict, plain copies before
+# EMA copies (the plain weights are what the reported accuracy was measured on).
+_CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net", "state_dict_ema", "model_ema", "ema")
+
+
+def _unwrap_checkpoint(obj: dict) -> dict[str, torch.Tensor] | None:
+    """The state_dict inside a checkpoint, or None when there is none.
+
+    Accepts a bare state_dict, or a training checkpoint holding one under a usual key
+    (with optimizer state, epoch numbers and the like beside it), and drops the
+    ``module.`` prefix that DistributedDataParallel / DataParallel leave on every key.
+    """
+    def is_state(d: object) -> bool:
+        return isinstance(d, dict) and bool(d) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                       for k, v in d.items())
+
+    state = obj if is_state(obj) else next((obj[k] for k in _CHECKPOINT_KEYS if is_state(obj.get(k))), None)
+    if state is None:
+        return None
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
 
 
 def _export(raw: object, fmt: str, example: torch.Tensor) -> torch.export.ExportedProgram:
@@ -188,7 +201,7 @@ def load_teacher(path: str | Path, sample: torch.Tensor, num_classes: int, *, ar
         except Exception as e:
             want = f" (the teacher was exported for input {expected})" if expected else ""
             raise TeacherLoadError(
-                f"teacher does not accept the data: data samples have shape {shape}{want}: {_first_line(e)}"
+                f"teacher does not accept the data: data samples have shape {shape}{want}: {first_line(e)}"
             ) from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != num_classes:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
@@ -198,7 +211,7 @@ def load_teacher(path: str | Path, sample: torch.Tensor, num_classes: int, *, ar
         )
     spec = InputSpec(shape=shape, num_classes=num_classes)
     lifted, prunable = _lift(raw, fmt, module, sample)
-    return Teacher(module=lifted, spec=spec, source=str(path), format=fmt, sha256=sha256_of(path),
+    return Teacher(module=lifted, spec=spec, source=str(path), format=fmt, sha256=sha256_file(path),
                    prunable=prunable)
 
 
@@ -232,5 +245,5 @@ def _lift(raw: object, fmt: str, module: nn.Module, sample: torch.Tensor) -> tup
         return lifted, True
     except Exception as e:  # any failure here only costs the teacher-derived space
         log.warning("teacher cannot be lifted into prunable layers (%s); using family students only",
-                    _first_line(e))
+                    first_line(e))
         return module, False

@@ -13,7 +13,10 @@ from typing import Any, Literal, Mapping
 import torch
 from torch import nn
 
-Stat = Literal["p50", "p90", "p99"]
+from .budget import Budget, Stat
+
+__all__ = ["Budget", "Candidate", "DataSplits", "DeviceSpec", "HardwareProfile", "InputSpec", "LatencyReport",
+           "SearchResult", "Stat", "StudentFamily", "Teacher", "to_jsonable"]
 
 
 @dataclass(frozen=True)
@@ -59,17 +62,6 @@ class DataSplits:
 
 
 @dataclass(frozen=True)
-class Budget:
-    """A latency budget in milliseconds, as parsed from e.g. '5ms'."""
-
-    ms: float
-    text: str
-
-    def __str__(self) -> str:
-        return self.text
-
-
-@dataclass(frozen=True)
 class DeviceSpec:
     """Datasheet figures used by the roofline predictor for targets we cannot measure."""
 
@@ -80,7 +72,7 @@ class DeviceSpec:
 
 @dataclass(frozen=True)
 class HardwareProfile:
-    """One target, loaded from a file in `profiles/` (see `compressor.hardware.profiles`)."""
+    """One target, loaded from a file in `compressor/profiles/` (see `compressor.hardware.profiles`)."""
 
     name: str
     backend: Literal["onnxruntime-cpu", "torch-cuda", "tensorrt"]
@@ -116,6 +108,20 @@ class LatencyReport:
     batch_size: int = 1
     env: Mapping[str, Any] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    # How far the budget statistic moves between measurements of the same model: half the
+    # range of the statistic over consecutive blocks of the timed runs, at least its
+    # sampling error (hardware.timing). 0 for predictions. Budget.fits adds it.
+    spread_ms: float = 0.0
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "LatencyReport":
+        """A report read back from a manifest (unknown keys ignored, newer optional keys defaulted)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in d.items() if k in names}
+        values["warnings"] = tuple(values.get("warnings") or ())
+        values["env"] = dict(values.get("env") or {})
+        values["spread_ms"] = float(values.get("spread_ms") or 0.0)
+        return cls(**values)
 
     def value(self, stat: Stat | None = None) -> float:
         """The statistic a budget applies to (the profile's, unless given)."""
@@ -166,24 +172,6 @@ class StudentFamily:
     weights_path: str
     # size name -> its width: a float, or {group key: float} for per-group widths
     sizes: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ServableModel:
-    """One exported size with its measured figures."""
-
-    name: str
-    ratio: float
-    onnx_path: str
-    params: int
-    macs: int
-    accuracy: float
-    teacher_agreement: float
-    latency: Mapping[str, LatencyReport]
-    meets_budget: bool
-    onnx_max_abs_diff: float
-    files: Mapping[str, str] = field(default_factory=dict)
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 def to_jsonable(obj: Any) -> Any:

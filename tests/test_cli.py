@@ -165,3 +165,88 @@ def test_resume_with_changed_settings_is_refused(tmp_path, tiny_teacher_files, c
     code = main(["--teacher", str(tiny_teacher_files["export"]), "--budget", "10s", "--out", str(out),
                  "--resume", *FAST])
     _one_line_error(capsys, code, EXIT_USAGE, "cannot resume")
+
+
+def test_relative_budget_claim_is_remeasured_and_the_returned_manifest_is_the_one_on_disk(tmp_path,
+                                                                                      tiny_teacher_files, capsys):
+    """0.9x of the teacher's own latency; the selected size is timed again in a fresh process."""
+    from compressor import compress
+
+    out = tmp_path / "run"
+    result = compress(teacher=str(tiny_teacher_files["torchscript"]), budget="0.9x", method="skeleton",
+                      sizes=(0.5, 0.25), out=str(out), image_size=8, epochs=1, calibration_models=6,
+                      progress=False)
+    m = result.manifest
+    assert m == read_manifest(out)  # what compress() returns is what manifest.json holds
+    b = m["budget"]
+    teacher_p50 = m["teacher"]["latency"]["host-cpu-1t"]["p50_ms"]
+    assert b["factor"] == 0.9 and b["ms"] == pytest.approx(0.9 * teacher_p50) and b["teacher_ms"] == teacher_p50
+    assert m["config"]["budget"] == "0.9x"
+    for v in m["verification"]:  # every re-measured size, in the order tried
+        assert v["first"]["measured"] and v["second"]["measured"]
+        assert v["holds"] == (v["second"]["p50_ms"] + v["second"]["spread_ms"] <= b["ms"])
+    if m["selected"]:
+        assert m["verification"] and m["verification"][-1]["size"] == m["selected"]
+        assert m["verification"][-1]["holds"]
+    assert {"intake", "teacher", "students", "export", "select", "seal"} <= set(m["stages"])
+    sizes = {x["name"]: x for x in m["models"]}
+    for x in sizes.values():  # meets_budget is the same rule: statistic plus its spread
+        lat = x["latency"]["host-cpu-1t"]
+        assert x["meets_budget"] == (lat["p50_ms"] + lat["spread_ms"] <= b["ms"])
+        assert set(x["sha256"]) >= {"onnx"} and (out / x["files"]["model_card"]).is_file()
+    assert "Budget claim" in (out / "report.md").read_text()
+
+
+def test_version_flag(capsys):
+    from compressor import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"compress {__version__}"
+
+
+def test_every_zoo_loss_trains_through_compress(tmp_path, tiny_teacher_files, capsys):
+    from compressor.distill.losses import LOSSES
+
+    out = tmp_path / "run"
+    losses = ",".join(f"{name}:0.1" for name in LOSSES.names())
+    code = main(["--teacher", str(tiny_teacher_files["export"]), "--budget", "10s", "--trials", "2",
+                 "--sizes", "1,0.5", "--losses", losses, "--out", str(out), *FAST])
+    assert code == 0, capsys.readouterr().err
+    m = read_manifest(out)
+    assert [x["name"] for x in m["training"]["losses"]] == LOSSES.names()
+    assert all(h["loss"] is not None and h["loss"] == h["loss"] for h in m["training"]["history"])  # finite
+
+
+def test_cuda_profile_runs_through_its_backend(tmp_path, tiny_teacher_files, monkeypatch, capsys):
+    """--profile cuda-gpu times PyTorch modules on the GPU backend (a fake one here): every
+    latency of the run goes through that backend, none through ONNX Runtime."""
+    from compressor import prune as P
+    from compressor.hardware import backends
+    from compressor.hardware.timing import measure_timed_run
+
+    class FakeGpu:
+        name = "torch-cuda"
+        timed: list[str] = []
+
+        def unavailable_reason(self):
+            return None
+
+        def measure(self, artifact, profile, input_shape, progress=False):
+            assert not isinstance(artifact, (str, os.PathLike)), "a torch-cuda profile times modules, not files"
+            ms = 0.01 + P.count_macs(artifact, torch.zeros(1, *input_shape)) / 1e8
+            self.timed.append(type(artifact).__name__)
+            return measure_timed_run(lambda: ms / 1e3, profile, {"backend": "fake-gpu"})
+
+    import torch
+
+    monkeypatch.setitem(backends._BACKENDS, "torch-cuda", FakeGpu())
+    out = tmp_path / "run"
+    code = main(["--teacher", str(tiny_teacher_files["state_dict"]), "--arch", "tiny_models:make_tiny",
+                 "--budget", "10s", "--profile", "cuda-gpu", "--method", "skeleton", "--sizes", "0.5",
+                 "--out", str(out), *FAST])
+    assert code == 0, capsys.readouterr().err
+    m = read_manifest(out)
+    lat = m["models"][0]["latency"]["cuda-gpu"]
+    assert lat["measured"] and lat["env"]["backend"] == "fake-gpu"
+    assert m["verification"] == []  # nothing to re-measure in a fresh process for a module-timed profile
+    assert FakeGpu.timed

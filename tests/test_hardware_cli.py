@@ -40,7 +40,7 @@ def test_profile_measures_and_prints_a_table(tmp_path: Path) -> None:
     profile = tmp_path / "quick.toml"
     profile.write_text(QUICK)
     out = console()
-    assert cmd_profile(str(model), str(profile), None, budget_ms=1000.0, console=out) == 0
+    assert cmd_profile(str(model), str(profile), None, budget="1s", console=out) == 0
     text = out.export_text()
     assert "quick" in text and "(1, 8, 8)" in text  # shape read from the file
     for word in ("p50", "p90", "p99", "CoV", "samples", "met"):

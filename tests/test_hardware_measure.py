@@ -14,16 +14,15 @@ import pytest
 import torch
 from torch import nn
 
+from compressor.budget import Budget
 from compressor.errors import BackendUnavailableError, ConfigError
 from compressor.hardware import (
-    budget_margin,
     is_measurable,
     latency_report,
     load_profile,
     measure_module_cuda,
     measure_onnx,
     measure_timed_run,
-    meets_budget,
     onnx_input_shape,
     override_profile,
     profile_report_lines,
@@ -111,7 +110,7 @@ def test_real_ort_measurement_of_a_tiny_model(onnx_file: Path) -> None:
     assert env["intra_op_threads"] == 1 and env["inter_op_threads"] == 1
     assert env["execution_mode"] == "sequential"
     assert env["ort_version"] and env["cpu_model"] == cpu_model() and env["batch_size"] == 1
-    lines = profile_report_lines(report, budget_ms=1e3)
+    lines = profile_report_lines(report, Budget(1e3, '1s', 'host-cpu-1t'))
     assert lines[0].startswith("host-cpu-1t: measured") and any("meets budget" in ln for ln in lines)
 
 
@@ -189,28 +188,29 @@ def fixed_report(times_ms: list[float], stat: str = "p50", repeats: int = 100):
 
 
 def test_budget_applies_to_the_profiles_statistic() -> None:
-    report = fixed_report([2.0])
-    assert report.measured and report.p50_ms == pytest.approx(2.0)
-    assert meets_budget(report, 2.0)  # at the budget is within it
-    assert not meets_budget(report, 1.99)
-    assert budget_margin(report, 4.0) == pytest.approx(0.5)
-    assert budget_margin(report, 1.0) == pytest.approx(-1.0)
+    report = fixed_report([2.0])  # identical timings: no spread
+    assert report.measured and report.p50_ms == pytest.approx(2.0) and report.spread_ms == 0.0
+    assert Budget(2.0, "2ms", "host-cpu-1t").fits(report)  # at the budget is within it
+    assert not Budget(1.99, "1.99ms", "host-cpu-1t").fits(report)
+    assert Budget(4.0, "4ms", "host-cpu-1t").margin(report) == pytest.approx(0.5)
+    assert Budget(1.0, "1ms", "host-cpu-1t").margin(report) == pytest.approx(-1.0)
 
     tail = fixed_report([1.0] * 8 + [10.0] * 2, stat="p90")  # p50 = 1 ms, p90 = 10 ms
     assert tail.stat == "p90" and tail.p50_ms == pytest.approx(1.0) and tail.p90_ms == pytest.approx(10.0)
-    assert not meets_budget(tail, 5.0) and meets_budget(tail, 10.0)
-    assert meets_budget(dataclasses.replace(tail, stat="p50"), 5.0)
+    assert not Budget(5.0, "5ms", "host-cpu-1t", "p90").fits(tail)
+    assert Budget(10.0, "10ms", "host-cpu-1t", "p90").fits(dataclasses.replace(tail, spread_ms=0.0))
+    assert Budget(5.0, "5ms", "host-cpu-1t", "p50").fits(dataclasses.replace(tail, spread_ms=0.0))
 
 
 def test_budget_margin_recorded_in_report() -> None:
-    report = latency_report(quick(), (1, 8, 8), onnx_path="x.onnx", budget_ms=4.0,
+    report = latency_report(quick(), (1, 8, 8), onnx_path="x.onnx", budget=Budget(4.0, "4ms", "host-cpu-1t"),
                             backend=FixedTimingsBackend([1.0]))
     assert report.env["meets_budget"] is True and report.env["budget_margin"] == pytest.approx(0.75)
 
 
 def test_bad_budget_is_rejected() -> None:
-    with pytest.raises(ValueError, match="budget_ms must be positive"):
-        meets_budget(fixed_report([1.0]), 0.0)
+    with pytest.raises(ConfigError, match="must be a positive latency"):
+        Budget(0.0, "0ms", "host-cpu-1t")
 
 
 def test_measurable_profile_is_measured_and_prediction_sits_beside_it() -> None:
@@ -229,13 +229,13 @@ def test_measurable_profile_is_measured_and_prediction_sits_beside_it() -> None:
 
 def test_unmeasurable_profile_is_predicted_with_margin() -> None:
     module = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 64, 10))
-    report = latency_report(load_profile("jetson-orin-nano"), (1, 8, 8), module=module, budget_ms=5.0)
+    budget = Budget(5.0, "5ms", "jetson-orin-nano")
+    report = latency_report(load_profile("jetson-orin-nano"), (1, 8, 8), module=module, budget=budget)
     assert not report.measured and report.samples == 0 and report.env["method"] == "roofline"
     assert "predicted only" in report.env["not_measured_because"]
-    assert report.env["budget_margin"] == pytest.approx(budget_margin(report, 5.0))
-    assert any("(predicted)" in ln for ln in profile_report_lines(report, budget_ms=5.0))
-    with pytest.raises(ValueError, match="judge the budget on a measured latency"):
-        meets_budget(report, 5.0, require_measured=True)
+    assert report.spread_ms == 0.0  # a prediction is judged as it stands
+    assert report.env["budget_margin"] == pytest.approx(budget.margin(report))
+    assert any("(predicted)" in ln for ln in profile_report_lines(report, budget))
 
 
 def test_unmeasurable_without_module_or_figures() -> None:

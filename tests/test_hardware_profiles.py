@@ -91,6 +91,32 @@ def test_profiles_dir_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert [p.name for p in list_profiles()] == ["only-here"]
 
 
+def test_builtin_profiles_ship_inside_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    # an installed wheel has only the package: the profiles must live in it and be package data
+    import fnmatch
+    import sys
+
+    import compressor
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+
+    monkeypatch.delenv(PROFILES_ENV, raising=False)
+    package = Path(compressor.__file__).resolve().parent
+    folder = profiles_dir()
+    assert folder.resolve() == package / "profiles"
+    files = sorted(folder.glob("*.toml"))
+    assert DEFAULT_PROFILE in {f.stem for f in files}
+    pyproject = package.parent / "pyproject.toml"
+    if pyproject.is_file():  # source tree only
+        globs = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["package-data"]["compressor"]
+        for f in files:
+            rel = f.relative_to(package).as_posix()
+            assert any(fnmatch.fnmatch(rel, g) for g in globs), f"{rel} is not package data in pyproject.toml"
+
+
 def test_unknown_name_suggests_close_names() -> None:
     with pytest.raises(ConfigError, match="unknown hardware profile 'host-cpu-1'.*did you mean.*host-cpu"):
         load_profile("host-cpu-1")

@@ -12,11 +12,9 @@ from compressor.manifest import (
     MANIFEST_NAME,
     SCHEMA_VERSION,
     example_manifest,
-    now_iso,
     read_manifest,
     relative_path,
     resolve_path,
-    runtime_versions,
     validate_manifest,
     write_manifest,
 )
@@ -124,13 +122,6 @@ def test_read_errors(tmp_path: Path) -> None:
         read_manifest(tmp_path)
     with pytest.raises(ConfigError, match="schema_version"):
         write_manifest(tmp_path, {**example_manifest(), "schema_version": 99})
-
-
-def test_helpers_for_writers() -> None:
-    versions = runtime_versions()
-    assert {"python", "torch", "onnx", "onnxruntime", "optuna", "torch_pruning"} <= set(versions)
-    assert versions["torch"]
-    assert now_iso().endswith("Z") and "T" in now_iso()
 
 
 def test_run_relative_paths(tmp_path: Path) -> None:

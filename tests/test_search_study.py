@@ -4,6 +4,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+from compressor.budget import Budget
 from compressor import prune as P
 from compressor.errors import ConfigError
 from compressor.lift import lift_exported
@@ -39,7 +40,8 @@ class MacsLatency:
 
 
 def _search(teacher, data, tmp_path, budget=2.0, latency=None, storage=None, resume=False, **cfg):
-    return run_search(teacher, data, latency_fn=latency or MacsLatency(), budget_ms=budget, teacher_latency_ms=10.0,
+    return run_search(teacher, data, latency_fn=latency or MacsLatency(), budget=Budget(budget, f"{budget}ms", "host-cpu-1t"),
+                      teacher_latency_ms=10.0,
                       config=SearchConfig(**{**FAST, **cfg}), run_dir=tmp_path, storage=storage, resume=resume)
 
 

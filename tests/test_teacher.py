@@ -62,3 +62,17 @@ def test_shape_mismatch_names_both_shapes(tiny_teacher_files, digits8):
         load_teacher(tiny_teacher_files["torchscript"], wrong, 10)
     with pytest.raises(TeacherLoadError, match=r"expected \(batch, 7\)"):
         load_teacher(tiny_teacher_files["torchscript"], digits8.x_val[:8], 7)
+
+
+@pytest.mark.parametrize("wrap", ["state_dict", "model", "model_state_dict"])
+def test_training_checkpoints_are_unwrapped(tiny_teacher_files, digits8, tmp_path, wrap):
+    """A checkpoint dict (weights beside optimizer state and an epoch) with DDP's `module.` prefix."""
+    state = torch.load(tiny_teacher_files["state_dict"], weights_only=True)
+    ckpt = {wrap: {f"module.{k}": v for k, v in state.items()}, "epoch": 7,
+            "optimizer": {"state": {}, "param_groups": [{"lr": 0.1}]}}
+    path = tmp_path / "ckpt.pth"
+    torch.save(ckpt, path)
+    teacher = load_teacher(path, digits8.x_val[:8], 10, arch="tiny_models:make_tiny")
+    reference = load_teacher(tiny_teacher_files["state_dict"], digits8.x_val[:8], 10, arch="tiny_models:make_tiny")
+    x = digits8.x_val[:16]
+    assert torch.equal(teacher.module(x), reference.module(x)) and teacher.format == "state_dict"

@@ -41,7 +41,7 @@ from ..evaluate import accuracy, predict_logits
 from ..progress import Progress
 from ..types import DataSplits, StudentFamily, to_jsonable
 from .augment import AUGMENTS, augment
-from .checkpoint import load_checkpoint, save_atomic
+from .checkpoint import load_checkpoint, write_torch
 from .features import FeatureTap
 from .losses import LOSSES, Out, build_loss, kd_kl
 from .nested import NestedFamily, Ratio, SizeSpec, named_tensors, plain_ratio
@@ -149,7 +149,7 @@ def train_family(teacher: nn.Module, ta: nn.Module, data: DataSplits, *, sizes: 
         models, val_acc = trainer.last_models or trainer.evaluate()
     finally:
         trainer.close()  # feature hooks off the caller's teacher
-    weights = save_atomic({"ta": ta.state_dict(), **family.state()}, run_dir / FAMILY_WEIGHTS)
+    weights = write_torch(run_dir / FAMILY_WEIGHTS, {"ta": ta.state_dict(), **family.state()})
     student_family = StudentFamily(
         arch=dict(arch or {}), ratios=tuple(_mean_ratio(family.ratios[n]) for n in family.names),
         channel_order={k: tuple(v) for k, v in family.order.items()}, weights_path=str(weights),
@@ -278,7 +278,7 @@ class _Trainer:
             self.epoch += 1
             self.seconds += time.perf_counter() - start
             self.history.append({"epoch": self.epoch, "loss": total / self.steps_per_epoch, "val_acc": acc})
-            save_atomic(self.state(), ckpt_path)
+            write_torch(ckpt_path, self.state())
             if progress:
                 accs = " ".join(f"{n} {a:.3f}" for n, a in acc.items())
                 progress.update(task, description=f"nested distil e{self.epoch}/{cfg.epochs} | {accs}")

@@ -5,7 +5,7 @@ QDQ), TensorRT engines (where TensorRT and a GPU exist), and TorchScript / `.pt2
 files for PyTorch serving. Every writer is atomic: a file either appears complete
 or not at all.
 """
-from ._io import sha256_file
+from ..files import sha256_file
 from .onnx_export import (
     DEFAULT_OPSET,
     OnnxExport,
@@ -15,12 +15,13 @@ from .onnx_export import (
     read_onnx_metadata,
     set_onnx_metadata,
 )
-from .quantize import TensorCalibrationReader, quantize_int8
+from .quantize import Int8Settings, TensorCalibrationReader, int8_settings_for, quantize_int8
 from .tensorrt import TRT_UNAVAILABLE, build_tensorrt_engine, tensorrt_available
 from .torchscript import export_pt2, export_torchscript
 
 __all__ = [
     "DEFAULT_OPSET",
+    "Int8Settings",
     "TRT_UNAVAILABLE",
     "OnnxExport",
     "TensorCalibrationReader",
@@ -28,6 +29,7 @@ __all__ = [
     "export_onnx",
     "export_pt2",
     "export_torchscript",
+    "int8_settings_for",
     "onnx_metadata",
     "onnx_predict",
     "quantize_int8",

@@ -42,7 +42,8 @@ from torch import nn
 
 from ..errors import ExportError
 from ..types import LatencyReport
-from ._io import atomic_output
+from .._version import __version__
+from ..files import atomic_output, first_line
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -139,7 +140,7 @@ def export_onnx(
 
     checker_ok = _check(proto, notes)
     props = {
-        "compressor_version": _compressor_version(),
+        "compressor_version": __version__,
         "exporter": f"torch.onnx ({used}), torch {torch.__version__}",
         "parity_max_abs_diff": _fmt_float(diff),
         **_stringify(metadata or {}),
@@ -183,7 +184,7 @@ def _export_proto(model: nn.Module, x: torch.Tensor, opset: int, exporter: Expor
         try:
             proto = _dynamo(model, x, opset) if name == "dynamo" else _torchscript(model, x, opset)
         except Exception as e:  # noqa: BLE001 - any exporter failure moves on to the next one
-            errors.append(f"{name}: {type(e).__name__}: {_first_line(e)}")
+            errors.append(f"{name}: {type(e).__name__}: {first_line(e)}")
             continue
         if errors:
             notes.append(f"exported with the {name} exporter after: " + "; ".join(errors))
@@ -268,7 +269,7 @@ def _slim(proto: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto | None:
         with _quiet_exporter():
             return onnxslim.slim(proto)
     except Exception as e:  # noqa: BLE001 - simplification is an optimisation, never fatal
-        notes.append(f"onnxslim failed, graph not simplified: {type(e).__name__}: {_first_line(e)}")
+        notes.append(f"onnxslim failed, graph not simplified: {type(e).__name__}: {first_line(e)}")
         return None
 
 
@@ -276,7 +277,7 @@ def _check(proto: onnx.ModelProto, notes: list[str]) -> bool:
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as e:  # noqa: BLE001 - checker raises several types; all mean "not clean"
-        notes.append(f"onnx.checker: {_first_line(e)}")
+        notes.append(f"onnx.checker: {first_line(e)}")
         return False
     return True
 
@@ -318,7 +319,7 @@ def _parity(proto: onnx.ModelProto, reference: Mapping[str, tuple[torch.Tensor, 
                 worst = max(worst, _max_abs_diff(g, e.numpy()))
         return worst, None
     except Exception as e:  # noqa: BLE001 - any runtime failure is a parity failure
-        return math.inf, f"{type(e).__name__}: {_first_line(e)}"
+        return math.inf, f"{type(e).__name__}: {first_line(e)}"
 
 
 def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
@@ -349,7 +350,7 @@ def onnx_metadata(
     `latency` is stored as JSON `{profile: {"stat", "ms", "measured"}}` so a serving
     process can read the figure it was picked on without the run folder.
     """
-    props: dict[str, Any] = {"size": name, "width_ratio": ratio, "compressor_version": _compressor_version()}
+    props: dict[str, Any] = {"size": name, "width_ratio": ratio, "compressor_version": __version__}
     if accuracy is not None:
         props["accuracy"] = accuracy
     if teacher_agreement is not None:
@@ -381,7 +382,7 @@ def set_onnx_metadata(path: str | Path, metadata: Mapping[str, Any]) -> None:
     try:
         proto = onnx.load_model(str(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - protobuf errors have no common base
-        raise ExportError(f"cannot read ONNX file {path}: {_first_line(e)}") from None
+        raise ExportError(f"cannot read ONNX file {path}: {first_line(e)}") from None
     _merge_metadata(proto, _stringify(metadata))
     _save(proto, path)
 
@@ -419,12 +420,6 @@ def _fmt_float(v: float) -> str:
     return repr(float(v)) if math.isfinite(v) else str(v)
 
 
-def _compressor_version() -> str:
-    from ..manifest import compressor_version
-
-    return compressor_version()
-
-
 # --------------------------------------------------------------------------- inference
 
 
@@ -459,6 +454,4 @@ def _session(model: str | bytes, threads: int | None) -> ort.InferenceSession:
     return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__
+_first_line = first_line  # TEMP: quantize.py still imports the old name

@@ -28,7 +28,7 @@ from typing import Any
 import onnx
 
 from ..errors import BackendUnavailableError, ExportError
-from ._io import atomic_output
+from ..files import atomic_output
 
 __all__ = ["TRT_UNAVAILABLE", "build_tensorrt_engine", "tensorrt_available"]
 

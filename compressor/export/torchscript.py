@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from ..errors import ExportError
-from ._io import atomic_output
-from .onnx_export import _eval_mode, _first_line, _leaves, _trace_input
+from ..files import atomic_output, first_line
+from .onnx_export import _eval_mode, _leaves, _trace_input
 
 __all__ = ["export_pt2", "export_torchscript"]
 
@@ -32,7 +32,7 @@ def export_torchscript(model: nn.Module, example: torch.Tensor, path: str | Path
         try:
             traced = torch.jit.trace(model, (_trace_input(x),), check_trace=False)
         except Exception as e:  # noqa: BLE001 - tracing fails in many ways
-            raise ExportError(f"TorchScript trace failed: {type(e).__name__}: {_first_line(e)}") from None
+            raise ExportError(f"TorchScript trace failed: {type(e).__name__}: {first_line(e)}") from None
         with atomic_output(path) as tmp:
             torch.jit.save(traced, str(tmp))
         _compare(model, torch.jit.load(str(path)), x, path)
@@ -48,7 +48,7 @@ def export_pt2(model: nn.Module, example: torch.Tensor, path: str | Path) -> Pat
             program = torch.export.export(model, (_trace_input(x),),
                                           dynamic_shapes=({0: torch.export.Dim("batch")},))
         except Exception as e:  # noqa: BLE001 - export fails in many ways
-            raise ExportError(f"torch.export failed: {type(e).__name__}: {_first_line(e)}") from None
+            raise ExportError(f"torch.export failed: {type(e).__name__}: {first_line(e)}") from None
         with atomic_output(path) as tmp:
             torch.export.save(program, str(tmp))
         _compare(model, torch.export.load(str(path)).module(), x, path)

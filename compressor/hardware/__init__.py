@@ -1,12 +1,13 @@
 """Hardware: profiles (which target, how to time it), measured and predicted latency, budgets.
 
-- `profiles`: one validated TOML file per target in ``profiles/`` (`load_profile`,
+- `profiles`: one validated TOML file per target in ``compressor/profiles/`` (`load_profile`,
   `list_profiles`, `round_channels`);
 - `measure`: timing on this machine (ONNX Runtime CPU; PyTorch CUDA and TensorRT
   where present) with one shared warm-up / repeat / noise policy (`timing`);
 - `layers` + `predict`: per-layer costs, a cost model fitted on this host, and a
   datasheet roofline for targets we cannot reach;
-- `budget`: measured-or-predicted reports and the budget rule.
+- `latency`: measured-or-predicted reports (the one place that decides which), and
+  re-measurement in a fresh process.
 
 Search and distillation both need latency, so this package sits below the
 stages and imports none of them.
@@ -14,9 +15,10 @@ stages and imports none of them.
 from __future__ import annotations
 
 from .backends import cpu_model, onnx_input_shape
-from .budget import budget_margin, latency_report, meets_budget, with_prediction
+from .latency import latency_report, remeasure_in_fresh_process, with_prediction
 from .candidates import build_candidate, sample_arch, sample_candidates
 from .display import profile_report_lines, profiles_table, report_table
+from .isa import CPU_CLASSES, classify, host_cpu_class
 from .layers import LayerCost, layer_costs
 from .measure import is_measurable, measure_module_cuda, measure_onnx, unavailable_reason
 from .predict import (
@@ -38,23 +40,25 @@ from .profiles import (
 from .timing import measure_timed_run
 
 __all__ = [
+    "CPU_CLASSES",
     "DEFAULT_PROFILE",
     "LatencyModel",
     "LatencyPredictor",
     "LayerCost",
     "RooflinePredictor",
-    "budget_margin",
     "build_candidate",
+    "classify",
     "cpu_model",
+    "host_cpu_class",
     "is_measurable",
     "latency_report",
+    "remeasure_in_fresh_process",
     "layer_costs",
     "list_profiles",
     "load_profile",
     "measure_module_cuda",
     "measure_onnx",
     "measure_timed_run",
-    "meets_budget",
     "onnx_input_shape",
     "override_profile",
     "predict_latency",

@@ -10,7 +10,8 @@ from typing import Sequence
 
 from rich.console import Console
 
-from ..errors import BackendUnavailableError
+from ..budget import parse_budget
+from ..errors import BackendUnavailableError, ConfigError
 from .backends import onnx_input_shape
 from .display import profiles_table, report_table
 from .measure import measure_onnx, unavailable_reason
@@ -26,7 +27,7 @@ def _console() -> Console:
 
 
 def cmd_profile(onnx_path: str, profile: str, input_shape: Sequence[int] | None = None,
-                budget_ms: float | None = None, console: Console | None = None) -> int:
+                budget: str | None = None, console: Console | None = None) -> int:
     """Measure `onnx_path` on `profile` and print a short table.
 
     The per-sample input shape is read from the ONNX file unless given. A
@@ -38,10 +39,13 @@ def cmd_profile(onnx_path: str, profile: str, input_shape: Sequence[int] | None 
     reason = unavailable_reason(prof)
     if reason:
         raise BackendUnavailableError(f"cannot measure on this machine: {reason}")
+    if budget and parse_budget(budget).relative:
+        raise ConfigError(f"budget {budget} is relative to a teacher; `compress profile` needs an absolute one")
     shape = tuple(input_shape) if input_shape else onnx_input_shape(onnx_path)
+    judged = parse_budget(budget).resolve(prof.name, prof.stat) if budget else None
     report = measure_onnx(onnx_path, prof, shape, progress=sys.stderr.isatty())
     console.print(report_table(report, title=f"{onnx_path} on {prof.name} (input {shape}, measured)",
-                               budget_ms=budget_ms))
+                               budget=judged))
     return 0
 
 

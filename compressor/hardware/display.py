@@ -6,8 +6,8 @@ from typing import Sequence
 from rich import box
 from rich.table import Table
 
+from ..budget import Budget
 from ..types import HardwareProfile, LatencyReport
-from .budget import budget_margin, meets_budget
 from .measure import unavailable_reason
 
 __all__ = ["profile_report_lines", "profiles_table", "report_table"]
@@ -17,9 +17,9 @@ def _threads(n: int | None) -> str:
     return "all" if n == 0 else str(n)
 
 
-def profile_report_lines(report: LatencyReport, budget_ms: float | None = None) -> list[str]:
+def profile_report_lines(report: LatencyReport, budget: Budget | None = None) -> list[str]:
     """A report as plain lines (for logs and report.md): the figures, the environment
-    that produced them, whether it meets `budget_ms`, then the warnings."""
+    that produced them, whether it meets `budget`, then the warnings."""
     kind = "measured" if report.measured else f"PREDICTED ({report.env.get('method', 'model')})"
     lines = [f"{report.profile}: {kind}, batch {report.batch_size}, budget statistic {report.stat} = "
              f"{report.value():.4g} ms"]
@@ -36,15 +36,15 @@ def profile_report_lines(report: LatencyReport, budget_ms: float | None = None) 
         if "predicted_ms" in env:
             lines.append(f"predicted ({env['predicted_by']}) {env['predicted_ms']:.4g} ms, "
                          f"error {env['prediction_error']:+.1%}")
-    if budget_ms is not None:
-        verdict = "meets" if meets_budget(report, budget_ms) else "MISSES"
-        lines.append(f"{verdict} budget {budget_ms:g} ms ({report.stat}), margin "
-                     f"{budget_margin(report, budget_ms):+.1%}{'' if report.measured else ' (predicted)'}")
+    if budget is not None:
+        verdict = "meets" if budget.fits(report) else "MISSES"
+        lines.append(f"{verdict} budget {budget.ms:g} ms ({budget.stat}), margin "
+                     f"{budget.margin(report):+.1%}{'' if report.measured else ' (predicted)'}")
     lines += [f"warning: {w}" for w in report.warnings]
     return lines
 
 
-def report_table(report: LatencyReport, title: str = "", budget_ms: float | None = None) -> Table:
+def report_table(report: LatencyReport, title: str = "", budget: Budget | None = None) -> Table:
     """One report as a rich table: one row per statistic, the budget's marked."""
     kind = "measured" if report.measured else "predicted"
     table = Table(title=title or f"{report.profile} ({kind})", title_justify="left", show_header=True)
@@ -69,10 +69,12 @@ def report_table(report: LatencyReport, title: str = "", budget_ms: float | None
     else:
         rows += [(f"{report.stat} (predicted, {report.env.get('method', 'model')})", f"{report.value():.4g} ms"),
                  ("batch", str(report.batch_size))]
-    if budget_ms is not None:
-        ok = meets_budget(report, budget_ms)
-        rows.append(("budget", f"{budget_ms:g} ms: {'[green]met' if ok else '[red]missed'}[/] "
-                               f"({budget_margin(report, budget_ms):+.1%})"))
+    if report.measured and report.spread_ms:
+        rows.append(("spread", f"± {report.spread_ms:.2g} ms"))
+    if budget is not None:
+        ok = budget.fits(report)
+        rows.append(("budget", f"{budget.ms:g} ms: {'[green]met' if ok else '[red]missed'}[/] "
+                               f"({budget.margin(report):+.1%})"))
     for name, value in rows:
         table.add_row(name, value)
     if report.warnings:

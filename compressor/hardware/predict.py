@@ -263,12 +263,9 @@ class LatencyPredictor:
 
     def save(self, path: str | Path) -> Path:
         """Write the calibration as JSON (atomically: a crash never leaves half a file)."""
-        from ..manifest import write_json_atomic
+        from ..files import write_json
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, self.to_dict())
-        return path
+        return write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> "LatencyPredictor":

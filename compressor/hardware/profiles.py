@@ -1,7 +1,8 @@
 """Hardware profiles: one TOML file per target, validated on load.
 
 A profile is data, not code (a config holds names and numbers, never live
-objects), so adding a target means adding a file to ``profiles/``. Every file is
+objects), so adding a target means adding a file to ``compressor/profiles/`` (shipped
+as package data; ``$COMPRESSOR_PROFILES_DIR`` points at another folder). Every file is
 checked against one schema before it becomes a `HardwareProfile`: an unknown key
 or a bad value is a one-line `ConfigError` naming the file and the key, because
 a typo such as ``repeat = 5`` that silently falls back to a default would make
@@ -30,12 +31,17 @@ File layout (top-level keys map 1:1 onto `HardwareProfile` fields)::
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import difflib
+import functools
 import os
 import re
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -270,12 +276,29 @@ def _check_consistent(p: HardwareProfile, where: str) -> None:
 
 
 def profiles_dir() -> Path:
-    """The folder that holds built-in profiles: ``$COMPRESSOR_PROFILES_DIR`` or the
-    repository's ``profiles/`` (two levels above the `compressor` package)."""
+    """The folder that holds the profiles looked up by name: ``$COMPRESSOR_PROFILES_DIR``
+    or the built-in ``profiles/`` shipped inside the `compressor` package."""
     env = os.environ.get(PROFILES_ENV)
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parents[2] / "profiles"
+    return _builtin_dir()
+
+
+@functools.lru_cache(maxsize=1)
+def _builtin_dir() -> Path:
+    """The package's ``profiles/`` as a real folder. An installed or source-tree
+    package is on disk, so this is the folder itself; a package imported from a zip
+    has its profiles copied once to a temporary folder (removed at exit)."""
+    root = resources.files("compressor") / "profiles"
+    if isinstance(root, Path):
+        return root
+    tmp = Path(tempfile.mkdtemp(prefix="compressor-profiles-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    if root.is_dir():
+        for entry in root.iterdir():
+            if entry.name.endswith(".toml") and entry.is_file():
+                (tmp / entry.name).write_bytes(entry.read_bytes())
+    return tmp
 
 
 def _read(path: Path) -> HardwareProfile:

@@ -19,7 +19,8 @@ import numpy as np
 
 from ..types import HardwareProfile, LatencyReport
 
-__all__ = ["NOISY_COV", "MAX_SAMPLES", "Samples", "TimedRun", "collect", "measure_timed_run", "summarize"]
+__all__ = ["NOISY_COV", "MAX_SAMPLES", "Samples", "TimedRun", "collect", "measure_timed_run", "statistic_spread",
+           "summarize"]
 
 TimedRun = Callable[[], float]
 """Runs the model once and returns the duration of that run in seconds."""
@@ -120,7 +121,32 @@ def summarize(samples: Samples, profile: HardwareProfile, env: Mapping[str, Any]
                 "outlier_share": round(float(np.mean(ms > 3 * p50)), 4), **(env or {})}
     return LatencyReport(profile=profile.name, stat=profile.stat, p50_ms=p50, p90_ms=p90, p99_ms=p99,
                          mean_ms=mean, std_ms=std, cov=cov, samples=int(ms.size), measured=True,
-                         batch_size=profile.batch_size, env=full_env, warnings=warnings)
+                         batch_size=profile.batch_size, env=full_env, warnings=warnings,
+                         spread_ms=statistic_spread(ms, profile.stat))
+
+
+_QUANTILES = {"p50": 50, "p90": 90, "p99": 99}
+SPREAD_BLOCKS = 5
+
+
+def statistic_spread(ms: np.ndarray, stat: str) -> float:
+    """How far `stat` of this series would move if the model were measured again (ms).
+
+    The timed runs are cut, in time order, into `SPREAD_BLOCKS` consecutive blocks
+    and the statistic is taken on each: half the range of those block statistics is
+    how much it drifted within this measurement (frequency changes, a neighbour's
+    burst), which is what a second measurement a minute later also sees. Series too
+    short for blocks fall back to twice the median's standard error
+    (1.2533 x robust sigma / sqrt(n)).
+    """
+    q = _QUANTILES[stat]
+    per_block = len(ms) // SPREAD_BLOCKS
+    # a block needs enough runs for its statistic to exist: ~10 for a median, 1/(1-q) for a tail
+    if per_block >= max(10, int(round(1 / (1 - q / 100))) * 2):
+        blocks = [np.percentile(ms[i * per_block:(i + 1) * per_block], q) for i in range(SPREAD_BLOCKS)]
+        return float(max(blocks) - min(blocks)) / 2
+    sigma = 1.4826 * float(np.median(np.abs(ms - np.median(ms))))
+    return 2 * 1.2533 * sigma / max(1.0, float(np.sqrt(len(ms))))
 
 
 def measure_timed_run(timed_run: TimedRun, profile: HardwareProfile, env: Mapping[str, Any] | None = None,

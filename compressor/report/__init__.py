@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..manifest import SCHEMA_VERSION, normalize_paths, validate_manifest
-from ._write import write_text
+from ..files import write_text
+from .console import print_summary
 from .html import render_html
 from .markdown import render_markdown
 from .model_card import model_card_filename, render_model_card, write_model_card
@@ -21,6 +22,7 @@ __all__ = [
     "PLOTS_DIR",
     "Plot",
     "model_card_filename",
+    "print_summary",
     "render_model_card",
     "write_model_card",
     "write_model_cards",

@@ -174,6 +174,29 @@ def headline(manifest: Mapping[str, Any]) -> str:
             f"latency {lat}.")
 
 
+def claim_lines(manifest: Mapping[str, Any]) -> list[str]:
+    """How the budget claim was checked, and what the INT8 copies are worth on the budget's profile."""
+    b = manifest["budget"]
+    out = []
+    if b.get("factor") is not None:
+        out.append(f"The budget {b['text']} is {b['factor']:g} x the teacher's {b['stat']} of "
+                   f"{b['teacher_ms']:.3g} ms on {b['profile']}: {b['ms']:.3g} ms.")
+    out.append("A size fits when its measured statistic plus the spread of that statistic within its own "
+               "measurement is within the budget, so a size that meets it only by noise is not selected.")
+    for v in manifest.get("verification", []):
+        out.append(f"{v['size']} re-measured in a fresh process after all other measurements: "
+                   f"{v['second_ms']:.3g} ms (first {v['first_ms']:.3g} ms; margin {v['margin_first']:+.1%} then "
+                   f"{v['margin_second']:+.1%}): {'the claim holds' if v['holds'] else 'MISSES the budget, not selected'}.")
+    for m in manifest["models"]:
+        q = m.get("int8")
+        if q and q.get("settings"):
+            s = q["settings"]
+            out.append(f"{m['name']} INT8 ({s.get('activation_type')}/{s.get('weight_type')}"
+                       f"{', reduce_range' if s.get('reduce_range') else ''}, for {s.get('cpu_class')}): "
+                       f"agreement with fp32 {fmt_pct(q.get('agreement_with_fp32'))}; {q.get('note', '')}.")
+    return out
+
+
 def flags(manifest: Mapping[str, Any]) -> list[str]:
     """Everything a reader must not miss: parity failures and their reasons, latency warnings."""
     out: list[str] = []
@@ -184,6 +207,12 @@ def flags(manifest: Mapping[str, Any]) -> list[str]:
         for profile, report in m["latency"].items():
             for w in report.get("warnings", []):
                 out.append(f"{m['name']} on {profile}: {w}")
+        if m.get("int8") and m["int8"].get("speedup") is not None and not m["int8"].get("faster_than_fp32"):
+            out.append(f"{m['name']}: {m['int8'].get('note')}")
+    for v in manifest.get("verification", []):
+        if not v["holds"]:
+            out.append(f"{v['size']} met the budget when first measured but not when re-measured "
+                       f"({v['second_ms']:.3g} ms); it was not selected")
     return out
 
 

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 from ._view import (
     PREDICTED,
     files_with_card,
+    claim_lines,
     flags,
     fmt_count,
     headline,
@@ -99,6 +100,8 @@ def render_html(manifest: Mapping[str, Any], plots: Sequence[Plot], run_dir: Pat
         "agreement with the teacher.</p>",
     ]
 
+    parts += ["<h2>Budget claim</h2>", "<ul>"] + [f"<li>{escape(line)}</li>" for line in claim_lines(manifest)] \
+        + ["</ul>"]
     problems = flags(manifest)
     if problems:
         parts += ["<h2>Flags</h2>", '<ul class="flags">'] + [f"<li>⚠ {escape(p)}</li>" for p in problems]

@@ -7,6 +7,7 @@ from typing import Any, Mapping, Sequence
 
 from ._view import (
     PREDICTED,
+    claim_lines,
     files_with_card,
     flags,
     fmt_count,
@@ -51,6 +52,8 @@ def render_markdown(manifest: Mapping[str, Any], plots: Sequence[Plot], run_dir:
         out.append("| " + " | ".join(cells) + " |")
     out += ["", f"Latencies marked ({PREDICTED}) come from a model of the hardware, not a measurement. "
                 "Accuracy is on the validation split; teacher agreement is top-1 agreement with the teacher."]
+
+    out += ["", "## Budget claim", ""] + [f"- {line}" for line in claim_lines(manifest)]
 
     problems = flags(manifest)
     if problems:

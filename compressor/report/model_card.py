@@ -147,7 +147,7 @@ def _limitations(manifest: Mapping[str, Any], model: Mapping[str, Any]) -> list[
 
 
 def write_model_card(run_dir: Path, manifest: Mapping[str, Any], name: str) -> Path:
-    from ._write import write_text
+    from ..files import write_text
 
     path = Path(run_dir) / model_card_filename(name)
     write_text(path, render_model_card(manifest, name))

@@ -1,6 +1,6 @@
 """Student architecture search: spaces, training-free proxies, and the Optuna study.
 
-    result = run_search(teacher, data, latency_fn=predict_ms, budget_ms=5.0,
+    result = run_search(teacher, data, latency_fn=predict_ms, budget=Budget(5.0, '5ms', 'host-cpu-1t'),
                         teacher_latency_ms=20.0, config=SearchConfig(), run_dir=run / "search")
     ta = build_arch(result.ta.arch, teacher)   # result.ta.arch["student_ratio"] nests the student
 

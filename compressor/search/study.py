@@ -19,7 +19,7 @@ import logging
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
@@ -30,6 +30,7 @@ from torch import nn
 from .. import prune as P
 from ..errors import CompressorError, ConfigError
 from ..progress import Progress
+from ..budget import Budget
 from ..types import Candidate, DataSplits, SearchResult, Teacher
 from .assistant import widen_to_assistant
 from .context import Batch, NormMode, Reference, TeacherContext, labelled_batch
@@ -190,7 +191,7 @@ class _Scorer:
         return {"latency_ms": latency, "proxy_terms": terms, "proxy_scores": scores, **figures}
 
 
-def _objective(scorer: _Scorer, budget_ms: float, cache: dict[str, dict[str, Any]]):
+def _objective(scorer: _Scorer, budget: Budget, cache: dict[str, dict[str, Any]]):
     names = list(scorer.spaces)
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
@@ -209,7 +210,7 @@ def _objective(scorer: _Scorer, budget_ms: float, cache: dict[str, dict[str, Any
         for k, v in figures.items():
             trial.set_user_attr(k, v)
         trial.set_user_attr("seconds", time.perf_counter() - start)
-        trial.set_constraint("latency", figures["latency_ms"] - budget_ms)
+        trial.set_constraint("latency", figures["latency_ms"] - budget.ms)
         return figures["proxy_scores"][scorer.proxy.name], figures["latency_ms"]
 
     return objective
@@ -218,9 +219,9 @@ def _objective(scorer: _Scorer, budget_ms: float, cache: dict[str, dict[str, Any
 # ---------------------------------------------------------------- study set-up
 
 
-def _signature(teacher: Teacher, cfg: SearchConfig, proxy: str, budget_ms: float) -> dict[str, Any]:
+def _signature(teacher: Teacher, cfg: SearchConfig, proxy: str, budget: Budget) -> dict[str, Any]:
     return {"teacher_sha256": teacher.sha256, "spaces": list(cfg.spaces), "proxy": proxy,
-            "budget_ms": budget_ms, "seed": cfg.seed, "batch_size": cfg.batch_size, "round_to": cfg.round_to,
+            "budget_ms": budget.ms, "seed": cfg.seed, "batch_size": cfg.batch_size, "round_to": cfg.round_to,
             "normalisation": cfg.normalisation}
 
 
@@ -320,18 +321,16 @@ def _pareto(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     return sorted(front, key=lambda t: (t.values[1], -t.values[0], t.number))
 
 
-def run_search(teacher: Teacher, data: DataSplits, *, latency_fn: Callable[[nn.Module], float], budget_ms: float,
+def run_search(teacher: Teacher, data: DataSplits, *, latency_fn: Callable[[nn.Module], float], budget: Budget,
                teacher_latency_ms: float, config: SearchConfig = SearchConfig(), run_dir: Path,
                storage: str | None = None, resume: bool = False, progress: Progress | None = None) -> SearchResult:
-    """Search a student under `budget_ms`, then widen it into the MatTA assistant.
+    """Search a student under `budget` (judged on predicted latency), then widen it into the MatTA assistant.
 
     `latency_fn` predicts a built network's latency in ms on the target. With the
     default storage a run without `resume` starts a fresh study; with a shared
     `storage` a worker always joins the study of that name. Trials already finished
     (scored, or failed with a recorded reason) count toward `config.n_trials`.
     """
-    if budget_ms <= 0:
-        raise ConfigError(f"budget_ms must be positive but got {budget_ms}.")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -340,7 +339,7 @@ def run_search(teacher: Teacher, data: DataSplits, *, latency_fn: Callable[[nn.M
     proxy, ctx = _context(teacher, batch, config)
     store, location = open_storage(storage, run_dir)
     study = _open_study(store, location, config, storage is None, resume,
-                        _signature(teacher, config, proxy.name, budget_ms))
+                        _signature(teacher, config, proxy.name, budget))
     scorer = _Scorer(teacher, spaces, proxy, tuple(PROXIES.get(n) for n in config.record if n != proxy.name),
                      batch, ctx, latency_fn)
     scorer.ctx = ctx.with_reference(_reference(study, scorer, config))
@@ -365,12 +364,12 @@ def run_search(teacher: Teacher, data: DataSplits, *, latency_fn: Callable[[nn.M
             study.stop()  # other workers may have finished the rest
 
     if done < config.n_trials:
-        study.optimize(_objective(scorer, budget_ms, cache), n_trials=config.n_trials - done,
+        study.optimize(_objective(scorer, budget, cache), n_trials=config.n_trials - done,
                        catch=(_CandidateFailed,), callbacks=[after_trial])
-    return _result(study, scorer, location, budget_ms, teacher_latency_ms, config)
+    return _result(study, scorer, location, budget, teacher_latency_ms, config)
 
 
-def _result(study: optuna.Study, scorer: _Scorer, location: str, budget_ms: float,
+def _result(study: optuna.Study, scorer: _Scorer, location: str, budget: Budget,
             teacher_latency_ms: float, cfg: SearchConfig) -> SearchResult:
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -378,13 +377,13 @@ def _result(study: optuna.Study, scorer: _Scorer, location: str, budget_ms: floa
     if not complete:
         reason = failed[0].user_attrs["fail_reason"] if failed else "no trial ran"
         raise SearchError(f"no student candidate could be built and scored (first failure: {reason})")
-    feasible = [t for t in complete if t.user_attrs["latency_ms"] <= budget_ms]
+    feasible = [t for t in complete if budget.fits(t.user_attrs["latency_ms"])]
     if feasible:
         best = max(feasible, key=lambda t: (t.values[0], -t.values[1], -t.number))
     else:
         best = min(complete, key=lambda t: (t.values[1], -t.values[0], t.number))
         log.warning("no searched student meets the %.3f ms budget; the fastest predicts %.3f ms",
-                    budget_ms, best.values[1])
+                    budget.ms, best.values[1])
     student = _candidate(best)
     space = scorer.spaces[student.arch["space"]]
     ta = widen_to_assistant(space, student.arch, scorer.teacher, latency_fn=scorer.latency_fn,
@@ -400,8 +399,3 @@ def _result(study: optuna.Study, scorer: _Scorer, location: str, budget_ms: floa
                         pareto=tuple(_candidate(t) for t in _pareto(feasible or complete)),
                         study_name=cfg.study_name, storage=location, n_trials=len(complete) + len(failed),
                         n_failed=len(failed), feasible=bool(feasible))
-
-
-def config_dict(cfg: SearchConfig) -> dict[str, Any]:
-    """The configuration as JSON values (for the manifest)."""
-    return asdict(cfg)

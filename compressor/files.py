@@ -1,0 +1,99 @@
+"""The ground floor for files: atomic writes, hashing, one-line error text.
+
+Every file the run folder holds is written here: to a temporary file in the
+destination folder, flushed to disk, then renamed over the target (`os.replace`
+is atomic on one POSIX filesystem). A kill at any moment leaves the previous file
+or the new one, never half of one, so a later `--resume` or a serving process
+never reads a truncated file as complete.
+
+Standard library only (torch is imported lazily by `write_torch`), so readers
+such as the report and `pick` never pull in torch through this module.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+__all__ = ["atomic_output", "first_line", "sha256_file", "write_bytes", "write_json", "write_text",
+           "write_torch", "json_safe"]
+
+_CHUNK = 1 << 20  # 1 MiB reads: hashing speed is flat above this, memory stays small
+
+
+@contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; on success it is synced and renamed onto `path`.
+
+    For writers that want a file name rather than a file object (onnx.save, torch.export.save).
+    On error the temporary file is removed and any previous `path` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The name keeps `path`'s ending: some writers (torch.export.save) check the extension.
+    fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=f"-{path.name}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; run folders are meant to be shared and served
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """JSON with a trailing newline; inf/NaN become null (JSON has no infinity)."""
+    return write_text(path, json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")
+
+
+def write_torch(path: str | Path, obj: Any) -> Path:
+    """`torch.save` of tensors and plain data (read back with ``weights_only=True``)."""
+    import torch
+
+    with atomic_output(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (streamed, so large engines are fine)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def first_line(e: BaseException) -> str:
+    """An exception as one line: its first non-empty line, else its type name."""
+    text = str(e).strip()
+    return text.splitlines()[0].strip()[:300] if text else type(e).__name__
+
+
+def json_safe(obj: Any) -> Any:
+    """`obj` with inf/NaN as None and tuples as lists: what JSON can hold."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj

@@ -1,0 +1,194 @@
+"""The run record: typed values for what a run produced, and the one function that
+turns them into the manifest.
+
+Stages build these records; nothing else builds manifest dicts. `to_manifest`
+is the only writer of the manifest's shape (documented in docs/manifest.md and
+checked by `manifest.validate_manifest`), and the dict it returns is exactly
+what `manifest.json` holds, so `compress()` returns what is on disk.
+
+This module imports no stage (search, distill, export, hardware): records hold
+names and numbers, never live modules.
+"""
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+from ._version import __version__
+from .budget import Budget
+from .files import json_safe
+from .manifest import SCHEMA_VERSION
+from .types import LatencyReport, to_jsonable
+
+__all__ = ["Int8Record", "RunRecord", "SizeRecord", "TeacherRecord", "Verification", "runtime_versions",
+           "to_manifest"]
+
+
+@dataclass(frozen=True)
+class TeacherRecord:
+    path: str
+    sha256: str
+    format: str
+    prunable: bool
+    input_shape: tuple[int, ...]
+    num_classes: int
+    params: int
+    macs: int
+    accuracy: float
+    latency: Mapping[str, LatencyReport] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Int8Record:
+    """An INT8 copy of one size: reported beside its fp32 model, never selected in its place."""
+
+    file: str
+    accuracy: float
+    agreement_with_fp32: float
+    settings: Mapping[str, Any]  # the quantization settings and why (the CPU class they were chosen for)
+    latency: Mapping[str, LatencyReport] = field(default_factory=dict)
+    # fp32 / INT8 latency on the budget's profile (> 1: INT8 is faster); None where not measured
+    speedup: float | None = None
+    note: str = ""
+
+    @property
+    def faster(self) -> bool:
+        return self.speedup is not None and self.speedup > 1.0
+
+
+@dataclass(frozen=True)
+class SizeRecord:
+    """One servable size: its files and every figure it is judged on."""
+
+    name: str
+    ratio: float | Mapping[str, float]
+    params: int
+    macs: int
+    accuracy: float
+    teacher_agreement: float
+    onnx_max_abs_diff: float
+    parity_ok: bool
+    opset: int
+    latency: Mapping[str, LatencyReport]
+    files: Mapping[str, str]  # role -> path relative to the run folder
+    meets_budget: bool = False
+    sha256: Mapping[str, str] = field(default_factory=dict)
+    int8: Int8Record | None = None
+    arch: Mapping[str, Any] | None = None
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The selected size measured again in a fresh process, after everything else."""
+
+    size: str
+    first: LatencyReport
+    second: LatencyReport
+    holds: bool  # the second measurement still meets the budget
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    config: Mapping[str, Any]
+    budget: Budget
+    teacher: TeacherRecord
+    sizes: tuple[SizeRecord, ...]
+    selected: str | None
+    verification: tuple[Verification, ...] = ()
+    search: Mapping[str, Any] | None = None
+    training: Mapping[str, Any] | None = None
+    tensorrt: Mapping[str, Any] = field(default_factory=lambda: {"available": False, "reason": ""})
+    stages: Mapping[str, float] = field(default_factory=dict)  # stage -> wall seconds
+    seconds: float = 0.0
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    versions: Mapping[str, str | None] = field(default_factory=lambda: runtime_versions())
+
+
+def runtime_versions() -> dict[str, str | None]:
+    """Versions of everything that changes results; read from package metadata (no imports)."""
+    from importlib import metadata
+
+    def version(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {"compressor": __version__, "python": platform.python_version(), "torch": version("torch"),
+            "onnx": version("onnx"), "onnxruntime": version("onnxruntime"), "optuna": version("optuna"),
+            "torch_pruning": version("torch-pruning")}
+
+
+def to_manifest(run: RunRecord) -> dict[str, Any]:
+    """The manifest dict, in plain JSON values, exactly as `manifest.json` stores it."""
+    budget = run.budget
+    closest = min(run.sizes, key=lambda s: s.latency[budget.profile].value(budget.stat), default=None)
+    manifest: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "created": run.created,
+        "compressor_version": __version__,
+        "versions": dict(run.versions),
+        "config": dict(run.config),
+        "budget": budget.to_dict(),
+        "teacher": _teacher(run.teacher),
+        "models": [_size(s, budget) for s in run.sizes],
+        "selected": run.selected,
+        "budget_met": run.selected is not None,
+        "closest": None if closest is None else {
+            "name": closest.name, "latency_ms": closest.latency[budget.profile].value(budget.stat),
+            "over_budget_ms": closest.latency[budget.profile].value(budget.stat) - budget.ms},
+        "verification": [_verification(v, budget) for v in run.verification],
+        "tensorrt": dict(run.tensorrt),
+        "stages": dict(run.stages),
+        "seconds": run.seconds,
+    }
+    if run.search is not None:
+        manifest["search"] = dict(run.search)
+    if run.training is not None:
+        manifest["training"] = dict(run.training)
+    # one JSON round trip: tuples become lists, NaN/inf become null, as on disk
+    return json.loads(json.dumps(json_safe(to_jsonable(manifest)), allow_nan=False))
+
+
+def _teacher(t: TeacherRecord) -> dict[str, Any]:
+    return {"path": t.path, "sha256": t.sha256, "format": t.format, "prunable": t.prunable,
+            "input_shape": list(t.input_shape), "num_classes": t.num_classes, "params": t.params, "macs": t.macs,
+            "accuracy": t.accuracy, "latency": dict(t.latency)}
+
+
+def _size(s: SizeRecord, budget: Budget) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": s.name, "ratio": s.ratio, "params": s.params, "macs": s.macs, "accuracy": s.accuracy,
+        "teacher_agreement": s.teacher_agreement, "onnx_max_abs_diff": s.onnx_max_abs_diff,
+        "parity_ok": s.parity_ok, "opset": s.opset, "latency": dict(s.latency),
+        "predicted_latency_ms": {p: r.env.get("predicted_ms", r.value()) for p, r in s.latency.items()},
+        "meets_budget": s.meets_budget, "budget_margin": budget.margin(s.latency[budget.profile]),
+        "files": dict(s.files), "sha256": dict(s.sha256),
+    }
+    if s.int8 is not None:
+        q = s.int8
+        out["int8"] = {"file": q.file, "accuracy": q.accuracy, "agreement_with_fp32": q.agreement_with_fp32,
+                       "latency": dict(q.latency), "settings": dict(q.settings), "speedup": q.speedup,
+                       "faster_than_fp32": q.faster, "selectable": False, "note": q.note}
+    if s.arch is not None:
+        out["arch"] = dict(s.arch)
+    if s.notes:
+        out["notes"] = list(s.notes)
+    return out
+
+
+def _verification(v: Verification, budget: Budget) -> dict[str, Any]:
+    return {"size": v.size, "first": v.first, "second": v.second, "first_ms": v.first.value(budget.stat),
+            "second_ms": v.second.value(budget.stat), "margin_first": budget.margin(v.first),
+            "margin_second": budget.margin(v.second), "holds": v.holds}
+
+
+
+def relative_to_run(run_dir: Path, path: str | Path) -> str:
+    """A file inside the run folder as the manifest stores it: relative, POSIX separators."""
+    return Path(path).resolve().relative_to(Path(run_dir).resolve()).as_posix()
