@@ -397,7 +397,7 @@ def _cpu_class(profile: HardwareProfile) -> str:
     """The instruction-set class INT8 is tuned for: this host's where the profile is measured here."""
     if profile.measured and profile.backend == "onnxruntime-cpu":
         return host_cpu_class()
-    return getattr(profile, "isa", None) or "unknown"
+    return profile.isa or "unknown"
 
 
 def stage_tensorrt(sizes: list[SizeRecord], cfg: CompressConfig,

@@ -87,6 +87,7 @@ class HardwareProfile:
     stat: Stat = "p50"
     round_to: int = 8  # channel counts are rounded to this multiple
     measured: bool = True  # False: a target we can only predict for
+    isa: str = ""  # predicted CPU targets: instruction-set class for INT8 (hardware.isa); "" = the host's
     device: DeviceSpec | None = None
     path: str = ""
 

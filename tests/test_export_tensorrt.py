@@ -13,7 +13,7 @@ from torch import nn
 
 from compressor.errors import BackendUnavailableError, ExportError
 from compressor.export import TRT_UNAVAILABLE, build_tensorrt_engine, export_onnx, tensorrt_available
-from compressor.export import tensorrt as trt_module
+from compressor.hardware import tensorrt as trt_module
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
 

@@ -15,21 +15,23 @@ AVX512 = AVX2 + " avx512f avx512dq avx512cd avx512bw avx512vl"
 
 
 @pytest.mark.parametrize(("flags", "machine", "expected"), [
-    (AVX512 + " avx512_vnni", "x86_64", "x86-vnni"),  # Cascade Lake and later Xeons, Zen 4
-    (AVX2 + " avx_vnni", "x86_64", "x86-vnni"),  # Alder Lake: VNNI without AVX-512
-    (AVX512, "x86_64", "x86-avx512"),  # Skylake-SP: AVX-512 but no VNNI
-    (AVX2, "x86_64", "x86-avx2"),
-    (AVX2, "AMD64", "x86-avx2"),  # Windows spelling of the machine
-    ("fpu sse sse2 ssse3 sse4_1", "x86_64", "x86-other"),
-    ("avx512f avx2", "x86_64", "x86-avx2"),  # avx512f without avx512bw has no byte ops for INT8
-    ("fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp asimdrdm asimddp i8mm", "aarch64",
-     "arm-dotprod"),
-    ("fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid", "aarch64", "arm-neon"),  # Cortex-A72 (Pi 4)
-    ("asimd asimddp", "arm64", "arm-dotprod"),  # macOS spelling of the machine
-    ("", "aarch64", "arm-neon"),  # NEON is mandatory on ARMv8-A
-    (AVX512 + " avx512_vnni", "riscv64", "unknown"),  # x86 flags mean nothing on another machine
-    ("", "ppc64le", "unknown"),
-    ("", "x86_64", "unknown"),  # flags unreadable: not known to lack AVX2
+    pytest.param(AVX512 + " avx512_vnni", "x86_64", "x86-vnni", id="avx512_vnni"),  # Cascade Lake+, Zen 4
+    pytest.param(AVX2 + " avx_vnni", "x86_64", "x86-vnni", id="avx_vnni"),  # Alder Lake: VNNI without AVX-512
+    pytest.param(AVX512, "x86_64", "x86-avx512", id="avx512-no-vnni"),  # Skylake-SP
+    pytest.param(AVX2, "x86_64", "x86-avx2", id="avx2"),
+    pytest.param(AVX2, "AMD64", "x86-avx2", id="avx2-windows-machine-name"),
+    pytest.param("fpu sse sse2 ssse3 sse4_1", "x86_64", "x86-other", id="sse-only"),
+    # avx512f without avx512bw has no byte/word ops for INT8 kernels.
+    pytest.param("avx512f avx2", "x86_64", "x86-avx2", id="avx512f-without-bw"),
+    pytest.param("fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp asimdrdm asimddp i8mm", "aarch64",
+                 "arm-dotprod", id="arm-asimddp"),
+    pytest.param("fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid", "aarch64", "arm-neon",
+                 id="arm-no-asimddp"),  # Cortex-A72 (Raspberry Pi 4)
+    pytest.param("asimd asimddp", "arm64", "arm-dotprod", id="arm-macos-machine-name"),
+    pytest.param("", "aarch64", "arm-neon", id="arm-no-flags"),  # NEON is mandatory on ARMv8-A
+    pytest.param(AVX512 + " avx512_vnni", "riscv64", "unknown", id="x86-flags-on-riscv"),
+    pytest.param("", "ppc64le", "unknown", id="unknown-machine"),
+    pytest.param("", "x86_64", "unknown", id="x86-flags-unreadable"),  # not known to lack AVX2
 ])
 def test_classify_fake_flag_sets(flags: str, machine: str, expected: str) -> None:
     assert classify(flags.split(), machine) == expected

@@ -174,7 +174,7 @@ def test_measure_module_cuda_rejects_cpu_profiles() -> None:
 
 @pytest.mark.skipif(HAS_TRT, reason="checks the error raised without TensorRT")
 def test_tensorrt_backend_unavailable(onnx_file: Path) -> None:
-    assert TensorRTBackend().unavailable_reason() == "TensorRT: not available on this machine"
+    assert TensorRTBackend().unavailable_reason().startswith("TensorRT: not available on this machine (")
     with pytest.raises(BackendUnavailableError, match="TensorRT: not available on this machine"):
         TensorRTBackend().measure(onnx_file, load_profile("t4-tensorrt-fp16"), (1, 8, 8))
 

@@ -240,3 +240,13 @@ def test_round_channels(c: float, multiple: int, expected: int) -> None:
 def test_round_channels_rejects_bad_multiple() -> None:
     with pytest.raises(ValueError, match="multiple must be a positive integer"):
         round_channels(10, 0)
+
+
+def test_isa_names_the_int8_target_of_a_predicted_profile(tmp_path: Path) -> None:
+    assert load_profile("raspberry-pi-5").isa == "arm-dotprod"
+    assert load_profile("host-cpu-1t").isa == ""  # measured: the host's CPU is read instead
+    text = PREDICTED.format(extra="").replace('measured = false', 'measured = false\nisa = "arm-dotprd"')
+    with pytest.raises(ConfigError, match="key 'isa' must be one of .* \\(did you mean 'arm-dotprod'\\?\\)"):
+        load_profile(str(write(tmp_path, text)))
+    with pytest.raises(ConfigError, match="key 'isa' is for predicted profiles"):
+        load_profile(str(write(tmp_path, GOOD.format(name="p") + 'isa = "x86-vnni"\n')))

@@ -122,3 +122,24 @@ def test_absolute_paths_in_the_manifest_are_used_as_written(tmp_path: Path) -> N
     target = tmp_path / "elsewhere" / "s50.onnx"
     run = _run(tmp_path / "run", lambda m: m["models"][1]["files"].update(onnx=str(target)))
     assert pick(run, "1ms", "host-cpu-1t").onnx_path == target
+
+
+def test_a_size_whose_remeasurement_missed_is_not_picked(tmp_path: Path) -> None:
+    """The run re-measured s50 in a fresh process and it missed 1 ms: `pick` agrees with the run."""
+    def edit(m):
+        first = m["models"][1]["latency"]["host-cpu-1t"]
+        second = {**first, "p50_ms": 1.2}
+        m["verification"] = [{"size": "s50", "first": first, "second": second, "holds": False}]
+        m["selected"], m["budget_met"] = "s25", True
+
+    assert pick(_run(tmp_path, edit), "1ms", "host-cpu-1t").name == "s25"
+    assert pick(tmp_path, "1.5ms", "host-cpu-1t").name == "s50"  # the slower figure still fits 1.5 ms
+    assert pick(tmp_path, "0.9x", "host-cpu-1t").budget_ms == pytest.approx(0.9 * 3.2)  # relative to the teacher
+
+
+def test_relative_budget_needs_the_teachers_latency_on_that_profile(tmp_path: Path) -> None:
+    def edit(m):
+        del m["teacher"]["latency"]["jetson-orin-nano"]
+
+    with pytest.raises(ConfigError, match="relative to the teacher's latency"):
+        pick(_run(tmp_path, edit), "0.5x", "jetson-orin-nano")

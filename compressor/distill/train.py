@@ -57,7 +57,7 @@ _FORMAT = 1
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """Nested distillation settings. Loss weights follow METHODS.md §3:
+    """Nested distillation settings. Loss weights follow the MatTA recipe:
     student = student_ce·CE + alpha·KD(TA) + beta·KD(teacher) + Σ extra; TA = ta_ce·CE + ta_kd·KD(teacher)."""
 
     epochs: int = 12

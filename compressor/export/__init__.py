@@ -16,7 +16,7 @@ from .onnx_export import (
     set_onnx_metadata,
 )
 from .quantize import Int8Settings, TensorCalibrationReader, int8_settings_for, quantize_int8
-from .tensorrt import TRT_UNAVAILABLE, build_tensorrt_engine, tensorrt_available
+from ..hardware.tensorrt import TRT_UNAVAILABLE, build_tensorrt_engine, tensorrt_available
 from .torchscript import export_pt2, export_torchscript
 
 __all__ = [

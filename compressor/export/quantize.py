@@ -9,8 +9,8 @@ Choices, and why:
   quantization; the QOperator format is ORT-only.
 * **Types chosen for the CPU that runs the model** (`int8_settings_for`): S8S8 where
   int8 products accumulate in 32 bits (VNNI, ARM), U8U8 on x86 without VNNI, whose
-  u8*s8 kernels saturate 16-bit pair sums (VPMADDUBSW) and flipped up to a quarter
-  of top-1 predictions on a digits CNN. The settings and the reason are written
+  u8*s8 kernels saturate 16-bit pair sums (VPMADDUBSW): there, S8S8 flipped a
+  quarter of a digits CNN's top-1 predictions (BENCHMARKS.md, "INT8"). The settings and the reason are written
   into the file's metadata (`int8_*` keys), since the file is tuned for that class.
 * **Per-channel weights**: per-channel scales keep narrow pruned layers (a few
   channels with very different ranges) from losing most of their resolution to
@@ -189,8 +189,9 @@ def quantize_int8(onnx_path: str | Path, calib_x: torch.Tensor, out_path: str | 
     for the CPU it is made on, so quantize on (a CPU of the same class as) the
     serving host, or pass the serving host's settings. `calib_x` should be training
     samples (up to `max_samples` are drawn). The fp32 file's `metadata_props` are
-    carried over, with `precision=int8`, the number of calibration samples, and the
-    settings used and why (`int8_*` keys) added.
+    carried over, with `precision=int8`, the number of calibration samples, the
+    settings used and why (`int8_*` keys), and the layers kept fp32 (`int8_fp32_nodes`)
+    added.
     """
     settings = settings if settings is not None else int8_settings_for(host_cpu_class())
     onnx_path, out_path = Path(onnx_path), Path(out_path)

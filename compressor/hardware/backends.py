@@ -12,6 +12,7 @@ import copy
 import functools
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
@@ -22,6 +23,7 @@ from torch import nn
 
 from ..errors import BackendUnavailableError, ConfigError, ExportError
 from ..types import HardwareProfile, LatencyReport
+from .tensorrt import build_tensorrt_engine, tensorrt_available
 from .timing import TimedRun, measure_timed_run
 
 __all__ = [
@@ -303,13 +305,8 @@ class TensorRTBackend:
     name = "tensorrt"
 
     def unavailable_reason(self) -> str | None:
-        try:
-            import tensorrt  # noqa: F401
-        except ImportError:
-            return "TensorRT: not available on this machine"
-        if not torch.cuda.is_available():
-            return "TensorRT: no CUDA GPU on this machine"
-        return None
+        available, reason = tensorrt_available()
+        return None if available else reason
 
     def measure(self, artifact: str | Path | nn.Module, profile: HardwareProfile,
                 input_shape: Sequence[int], progress: bool = False) -> LatencyReport:
@@ -320,14 +317,20 @@ class TensorRTBackend:
             raise ConfigError(f"profile {profile.name!r} ({self.name}) measures ONNX files, not modules")
         import tensorrt as trt
 
-        logger = trt.Logger(trt.Logger.WARNING)
-        engine = self._build(trt, logger, Path(artifact), profile, _batch_shape(profile, input_shape))
+        shape = _batch_shape(profile, input_shape)
+        with tempfile.TemporaryDirectory(prefix="trt-") as tmp:
+            # the same builder as `export`'s engine files, fixed to the profile's batch and precision
+            engine_path = build_tensorrt_engine(Path(artifact), Path(tmp) / "model.engine",
+                                                fp16=profile.precision == "fp16", int8=profile.precision == "int8",
+                                                min_batch=shape[0], opt_batch=shape[0], max_batch=shape[0])
+            logger = trt.Logger(trt.Logger.WARNING)
+            engine = trt.Runtime(logger).deserialize_cuda_engine(engine_path.read_bytes())
         context = engine.create_execution_context()
         buffers: list[torch.Tensor] = []  # kept alive for the engine's raw pointers
         for i in range(engine.num_io_tensors):
             name = engine.get_tensor_name(i)
             if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-                context.set_input_shape(name, _batch_shape(profile, input_shape))
+                context.set_input_shape(name, shape)
         for i in range(engine.num_io_tensors):
             name = engine.get_tensor_name(i)
             dtype = torch.from_numpy(np.empty(0, dtype=trt.nptype(engine.get_tensor_dtype(name)))).dtype
@@ -339,29 +342,6 @@ class TensorRTBackend:
         env = {**_cuda_env(self.name, profile, input_shape), "tensorrt_version": trt.__version__}
         torch.cuda.synchronize()
         return measure_timed_run(_cuda_timed_run(launch, stream), profile, env, progress=progress)
-
-    @staticmethod
-    def _build(trt: Any, logger: Any, path: Path, profile: HardwareProfile,
-               shape: tuple[int, ...]) -> Any:
-        builder = trt.Builder(logger)
-        network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
-        parser = trt.OnnxParser(network, logger)
-        if not parser.parse(path.read_bytes()):
-            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise ExportError(f"{path}: TensorRT cannot parse the model: {errors}")
-        config = builder.create_builder_config()
-        if profile.precision == "fp16":
-            config.set_flag(trt.BuilderFlag.FP16)
-        elif profile.precision == "int8":
-            config.set_flag(trt.BuilderFlag.INT8)
-        opt = builder.create_optimization_profile()
-        for i in range(network.num_inputs):
-            opt.set_shape(network.get_input(i).name, shape, shape, shape)
-        config.add_optimization_profile(opt)
-        serialized = builder.build_serialized_network(network, config)
-        if serialized is None:
-            raise ExportError(f"{path}: TensorRT could not build an engine ({profile.precision})")
-        return trt.Runtime(logger).deserialize_cuda_engine(serialized)
 
 
 _BACKENDS: Mapping[str, Backend] = {

@@ -3,7 +3,7 @@
 Why a fitted per-layer cost model (and not a lookup table or FLOPs alone)
 --------------------------------------------------------------------------
 The search asks for thousands of latencies and cannot export and time each
-candidate. Three known designs (METHODS.md §5):
+candidate. Three known designs:
 
 - OFA's per-layer lookup table is exact for layer shapes it has timed, but a
   width search produces a new shape at almost every trial, and each miss costs a

@@ -23,6 +23,8 @@ File layout (top-level keys map 1:1 onto `HardwareProfile` fields)::
     stat = "p50"                    # the statistic a budget applies to
     round_to = 8                    # channel counts are rounded to this multiple ("auto":
                                     # this CPU's channel block, for host CPU profiles)
+    isa = "arm-dotprod"             # predicted CPU targets: the instruction-set class INT8 is
+                                    # tuned for (hardware.isa.CPU_CLASSES); measured ones read the host
 
     [device]                        # datasheet figures; required when measured = false
     peak_gflops = { fp32 = 1280.0, fp16 = 10240.0 }
@@ -149,6 +151,12 @@ def _round_to(v: Any) -> int | str:
         raise _Bad(f'a positive integer or "auto" but got {_show(v)}') from None
 
 
+def _isa(v: Any) -> str:
+    from .isa import CPU_CLASSES
+
+    return _choice(CPU_CLASSES)(v)
+
+
 def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
     def check(v: Any) -> str:
         v = _string(v)
@@ -181,6 +189,7 @@ _PROFILE_KEYS: Mapping[str, _Key] = {
     "min_seconds": _Key(_number(0.0)),
     "stat": _Key(_choice(STATS)),
     "round_to": _Key(_round_to),
+    "isa": _Key(_isa),
 }
 _DEVICE_KEYS: Mapping[str, _Key] = {
     "peak_gflops": _Key(lambda v: v, required=True),  # a table, checked per precision below
@@ -264,6 +273,9 @@ def _check_consistent(p: HardwareProfile, where: str) -> None:
     if p.precision not in allowed:
         raise ConfigError(f"{where}: key 'precision' must be one of {', '.join(allowed)} for backend "
                           f"{p.backend!r} but got {p.precision!r}")
+    if p.isa and p.measured:
+        raise ConfigError(f"{where}: key 'isa' is for predicted profiles (measured = false); a measured profile "
+                          f"reads this machine's CPU")
     if not p.measured and p.device is None:
         raise ConfigError(f"{where}: missing required key 'device' (a predicted profile, "
                           f"measured = false, needs datasheet figures)")

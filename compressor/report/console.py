@@ -46,6 +46,8 @@ def print_summary(console: Console, manifest: Mapping[str, Any], run_dir: Path) 
         console.print(f"selected [bold]{selected}[/]: {run_dir / onnx}")
     elif manifest.get("closest"):
         c = manifest["closest"]
+        why = (f"{c['over_budget_ms']:.3f} ms over" if c["over_budget_ms"] > 0 else
+               f"{-c['over_budget_ms']:.3f} ms under, closer than its own measurement spread")
         console.print(f"[red]no size meets {shown}[/]: the fastest, {c['name']}, takes {c['latency_ms']:.3f} ms "
-                      f"({c['over_budget_ms']:+.3f} ms over, or within its measured spread of the budget)")
+                      f"({why})")
     console.print(f"manifest: {run_dir / 'manifest.json'}   report: {run_dir / 'report.html'}")

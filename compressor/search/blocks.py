@@ -1,6 +1,6 @@
 """Residual blocks that can be cut out of a lifted teacher graph (the depth half of `teacher_scaled`).
 
-On CPUs at batch 1 latency follows layer count more than width (METHODS §5), so a
+On CPUs at batch 1 latency follows layer count more than width, so a
 teacher-derived space needs depth, not only width. A residual block computes
 ``y = x + f(x)``; where ``x`` and ``f(x)`` have the same shape, replacing ``y`` by ``x``
 removes ``f`` while every later layer still receives the shape it was built for.

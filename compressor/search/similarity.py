@@ -1,4 +1,4 @@
-"""DisWOT's two similarities, as pure functions on tensors (METHODS §1).
+"""DisWOT's two similarities, as pure functions on tensors.
 
 Both compare matrices whose size does not depend on the networks' widths, so a
 student of any width (or family) can be compared with the teacher:

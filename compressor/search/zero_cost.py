@@ -1,4 +1,4 @@
-"""Zero-cost proxies from the NAS literature (METHODS §2): baselines and ensemble members.
+"""Zero-cost proxies from the NAS literature: baselines and ensemble members.
 
 Each function is ``(model, batch, ctx) -> {term: value}``, higher is better, and works
 on a deep copy initialised under ``ctx.seed`` with PyTorch's default initialisation,

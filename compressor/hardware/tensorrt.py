@@ -1,4 +1,7 @@
-"""TensorRT engines (FP16, optional INT8) built from the exported ONNX files.
+"""TensorRT engines (FP16, optional INT8) built from the exported ONNX files: the one builder.
+
+Used by `export` (an engine file per size, `--tensorrt`) and by the tensorrt
+backend (an engine in the profile's precision and batch, to time).
 
 UNTESTED HERE: the machines this project is developed on have no GPU and TensorRT
 cannot be installed on them. The code below is written against the TensorRT 10
