@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from compressor import prune as P  # noqa: E402
-from compressor.data import load_data  # noqa: E402
+from compressor.intake.data import load_data  # noqa: E402
 from compressor.distill import DistillConfig, NestedFamily, train_family  # noqa: E402
 from compressor.evaluate import accuracy, predict_logits  # noqa: E402
 from compressor.families import build_family  # noqa: E402

@@ -35,11 +35,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from compressor import prune as P  # noqa: E402
-from compressor.data import load_data  # noqa: E402
+from compressor.intake.data import load_data  # noqa: E402
 from compressor.distill.single import KDConfig, distill_single  # noqa: E402
 from compressor.evaluate import accuracy, predict_logits  # noqa: E402
 from compressor.families import build_family  # noqa: E402
-from compressor.lift import lift_exported  # noqa: E402
+from compressor.intake.lift import lift_exported  # noqa: E402
 from compressor.search import (SPACES, Reference, TeacherContext, get_proxy, labelled_batch,  # noqa: E402
                                teacher_context)
 from compressor.search.nets import default_init  # noqa: E402
@@ -56,7 +56,7 @@ DEFAULT_PROXIES = ("params", "macs", "grad_norm", "snip", "synflow", "naswot", "
 
 
 def lifted_teacher(model: nn.Module, data: DataSplits, source: str) -> Teacher:
-    """Export and lift, as `compressor.teacher` does with a teacher file."""
+    """Export and lift, as `compressor.intake.teacher` does with a teacher file."""
     model.eval()
     batch = torch.export.Dim("batch", min=1)
     ep = torch.export.export(model, (data.x_train[:2],), dynamic_shapes=({0: batch},))

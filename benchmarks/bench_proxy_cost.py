@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_proxy_correlation as corr  # noqa: E402  (teachers, sampling, the recipe)
 
 from compressor import prune as P  # noqa: E402
-from compressor.data import load_data  # noqa: E402
+from compressor.intake.data import load_data  # noqa: E402
 from compressor.distill.single import KDConfig, distill_single  # noqa: E402
 from compressor.search import PROXIES, get_proxy, labelled_batch, teacher_context  # noqa: E402
 from compressor.search.nets import default_init  # noqa: E402

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._version import __version__
+
 __all__ = ["__version__", "compress", "pick", "load_session", "load_teacher", "load_data", "load_profile",
            "list_profiles", "read_manifest", "CompressConfig", "CompressorError"]
 
@@ -27,7 +28,7 @@ def compress(config_file: str | None = None, **options: Any):
 def __getattr__(name: str) -> Any:
     # heavy modules (torch, onnxruntime, optuna) load on first use, not on `import compressor`
     lazy = {"pick": ("pick", "pick"), "load_session": ("pick", "load_session"),
-            "load_teacher": ("teacher", "load_teacher"), "load_data": ("data", "load_data"),
+            "load_teacher": ("intake", "load_teacher"), "load_data": ("intake", "load_data"),
             "load_profile": ("hardware", "load_profile"), "list_profiles": ("hardware", "list_profiles"),
             "read_manifest": ("manifest", "read_manifest"), "CompressConfig": ("config", "CompressConfig"),
             "CompressorError": ("errors", "CompressorError")}

@@ -119,7 +119,9 @@ def _run(argv: Sequence[str]) -> int:
         if key in cli:
             cli[key] = coerce(key, cli[key], "command line")
     cfg = resolve_config(file_values, cli)
-    from . import pipeline  # heavy (torch, onnxruntime, optuna): only once the options are known good
+    from . import (
+        pipeline,  # heavy (torch, onnxruntime, optuna): only once the options are known good
+    )
 
     return pipeline.run(cfg).exit_code
 

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .data import load_data
 from .distill.single import KDConfig
 from .evaluate import accuracy, predict_logits
+from .intake.data import load_data
 from .progress import Progress
 
 

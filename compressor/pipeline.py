@@ -35,10 +35,15 @@ from torch import nn
 from . import prune as P
 from .budget import Budget
 from .config import CompressConfig
-from .data import load_data
 from .distill import DistillConfig, choose_sizes, size_name, train_family
 from .distill.single import KDConfig, distill_single
-from .errors import EXIT_BUDGET_NOT_MET, EXIT_OK, BackendUnavailableError, ConfigError, OutputError
+from .errors import (
+    EXIT_BUDGET_NOT_MET,
+    EXIT_OK,
+    BackendUnavailableError,
+    ConfigError,
+    OutputError,
+)
 from .evaluate import accuracy, agreement, predict_logits
 from .export import (
     build_tensorrt_engine,
@@ -59,13 +64,21 @@ from .hardware import (
     remeasure_in_fresh_process,
 )
 from .hardware.isa import host_cpu_class
+from .intake import load_data, load_teacher
 from .manifest import MANIFEST_NAME, write_manifest
 from .pick import options_from, rank
 from .progress import Progress
-from .record import Int8Record, RunRecord, SizeRecord, TeacherRecord, Verification, relative_to_run, to_manifest
+from .record import (
+    Int8Record,
+    RunRecord,
+    SizeRecord,
+    TeacherRecord,
+    Verification,
+    relative_to_run,
+    to_manifest,
+)
 from .report import model_card_filename, print_summary, write_report
 from .search import SearchConfig, build_arch, run_search
-from .teacher import load_teacher
 from .types import DataSplits, HardwareProfile, LatencyReport, Teacher
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ class InputSpec:
 @dataclass
 class Teacher:
     """A loaded teacher. `module` is an eval-mode `nn.Module` that Torch-Pruning
-    can trace when `prunable` is true (see `compressor.teacher`)."""
+    can trace when `prunable` is true (see `compressor.intake.teacher`)."""
 
     module: nn.Module
     spec: InputSpec

@@ -15,7 +15,7 @@ torch.set_num_threads(1)  # tests share two cores; determinism over speed
 
 @pytest.fixture(scope="session")
 def digits8():
-    from compressor.data import load_data
+    from compressor.intake.data import load_data
 
     return load_data("digits", seed=0, image_size=8)
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from compressor.data import load_data
+from compressor.intake.data import load_data
 from compressor.errors import DataError
 
 

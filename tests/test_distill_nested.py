@@ -8,7 +8,7 @@ from compressor import prune as P
 from compressor.distill import FeatureTap, NestedFamily, choose_sizes, recalibrate_bn, size_name
 from compressor.distill.bn import batchnorms
 from compressor.families import build_family
-from compressor.lift import lift_exported
+from compressor.intake.lift import lift_exported
 from tiny_models import TinyResidual, randomise_bn
 
 SIZES = [("w100", 1.0), ("w075", 0.75), ("w050", 0.5), ("w025", 0.25)]

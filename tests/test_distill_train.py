@@ -15,7 +15,7 @@ from compressor.distill import DistillConfig, NestedFamily, recalibrate_bn, trai
 from compressor.distill.train import CHECKPOINT, FAMILY_WEIGHTS
 from compressor.errors import ConfigError
 from compressor.families import build_family
-from compressor.lift import lift_exported
+from compressor.intake.lift import lift_exported
 from tiny_models import TinyResidual, randomise_bn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,7 +151,7 @@ _CHILD = textwrap.dedent("""
     import torch
     sys.path[:0] = [{root!r}, {tests!r}]
     torch.set_num_threads(1)
-    from compressor.data import load_data
+    from compressor.intake.data import load_data
     from compressor.distill import DistillConfig, train_family
     from test_distill_train import SIZES, _nets, CountingProgress
 

@@ -3,7 +3,7 @@ import torch
 
 from compressor import prune as P
 from compressor.families import build_family
-from compressor.lift import lift_exported
+from compressor.intake.lift import lift_exported
 from tiny_models import TinyResidual, randomise_bn
 
 

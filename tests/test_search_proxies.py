@@ -6,7 +6,7 @@ import torch
 
 from compressor.errors import ConfigError
 from compressor.families import build_family
-from compressor.lift import lift_exported
+from compressor.intake.lift import lift_exported
 from compressor.search import PROXIES, Reference, TeacherContext, get_proxy, teacher_context
 from compressor.search.diswot import signals
 from compressor.search.nets import FeatureMapTap

@@ -9,7 +9,7 @@ from torch.nn import functional as F
 
 from compressor import prune as P
 from compressor.errors import ConfigError
-from compressor.lift import lift_exported
+from compressor.intake.lift import lift_exported
 from compressor.search import SPACES, build_arch, drop_blocks, find_residual_blocks, nested_ratio, widen_to_assistant
 from compressor.types import InputSpec, Teacher
 from tiny_models import TinyResidual, randomise_bn

@@ -7,7 +7,7 @@ from optuna.trial import TrialState
 from compressor.budget import Budget
 from compressor import prune as P
 from compressor.errors import ConfigError
-from compressor.lift import lift_exported
+from compressor.intake.lift import lift_exported
 from compressor.search import SearchConfig, build_arch, run_search
 from compressor.types import InputSpec, Teacher
 from tiny_models import TinyResidual, randomise_bn
@@ -127,7 +127,7 @@ def test_bad_storage_is_a_config_error(teacher, digits8, tmp_path):
 
 
 def test_an_opaque_teacher_falls_back_to_a_teacher_free_proxy(teacher, digits8, tmp_path):
-    from compressor.teacher import InferenceOnly
+    from compressor.intake.teacher import InferenceOnly
 
     # a TorchScript teacher that could not be lifted: no Conv/Linear modules for DisWOT to read
     opaque = Teacher(InferenceOnly(torch.jit.trace(teacher.module, torch.zeros(2, 1, 8, 8))), teacher.spec,

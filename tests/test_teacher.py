@@ -3,7 +3,7 @@ import torch
 
 from compressor import prune as P
 from compressor.errors import TeacherLoadError
-from compressor.teacher import load_teacher
+from compressor.intake.teacher import load_teacher
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "export", "state_dict", "pickle"])

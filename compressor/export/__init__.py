@@ -6,6 +6,11 @@ files for PyTorch serving. Every writer is atomic: a file either appears complet
 or not at all.
 """
 from ..files import sha256_file
+from ..hardware.tensorrt import (
+    TRT_UNAVAILABLE,
+    build_tensorrt_engine,
+    tensorrt_available,
+)
 from .onnx_export import (
     DEFAULT_OPSET,
     OnnxExport,
@@ -15,8 +20,12 @@ from .onnx_export import (
     read_onnx_metadata,
     set_onnx_metadata,
 )
-from .quantize import Int8Settings, TensorCalibrationReader, int8_settings_for, quantize_int8
-from ..hardware.tensorrt import TRT_UNAVAILABLE, build_tensorrt_engine, tensorrt_available
+from .quantize import (
+    Int8Settings,
+    TensorCalibrationReader,
+    int8_settings_for,
+    quantize_int8,
+)
 from .torchscript import export_pt2, export_torchscript
 
 __all__ = [

@@ -40,10 +40,10 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from ..errors import ExportError
-from ..types import LatencyReport
 from .._version import __version__
+from ..errors import ExportError
 from ..files import atomic_output, first_line
+from ..types import LatencyReport
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -453,5 +453,3 @@ def _session(model: str | bytes, threads: int | None) -> ort.InferenceSession:
         opts.inter_op_num_threads = 1
     return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
 
-
-_first_line = first_line  # TEMP: quantize.py still imports the old name

@@ -10,8 +10,9 @@ Choices, and why:
 * **Types chosen for the CPU that runs the model** (`int8_settings_for`): S8S8 where
   int8 products accumulate in 32 bits (VNNI, ARM), U8U8 on x86 without VNNI, whose
   u8*s8 kernels saturate 16-bit pair sums (VPMADDUBSW): there, S8S8 flipped a
-  quarter of a digits CNN's top-1 predictions (BENCHMARKS.md, "INT8"). The settings and the reason are written
-  into the file's metadata (`int8_*` keys), since the file is tuned for that class.
+  quarter of a digits CNN's top-1 predictions (BENCHMARKS.md, "INT8"). The settings
+  and the reason go into the file's metadata (`int8_*` keys): the file is tuned for
+  that class.
 * **Per-channel weights**: per-channel scales keep narrow pruned layers (a few
   channels with very different ranges) from losing most of their resolution to
   one shared scale.
@@ -47,9 +48,9 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from ..errors import ExportError
+from ..files import atomic_output, first_line
 from ..hardware.isa import CPU_CLASSES, host_cpu_class
-from ..files import atomic_output
-from .onnx_export import _first_line, _merge_metadata
+from .onnx_export import _merge_metadata
 
 __all__ = ["Int8Settings", "TensorCalibrationReader", "int8_settings_for", "quantize_int8"]
 
@@ -217,7 +218,7 @@ def quantize_int8(onnx_path: str | Path, calib_x: torch.Tensor, out_path: str | 
                 calibrate_method=_CALIBRATION[settings.calibration],
             )
         except Exception as e:  # noqa: BLE001 - ORT raises many types; all mean "not quantized"
-            raise ExportError(f"INT8 quantization of {onnx_path.name} failed: {_first_line(e)}") from None
+            raise ExportError(f"INT8 quantization of {onnx_path.name} failed: {first_line(e)}") from None
         model = onnx.load_model(str(quantized))
 
     _drop_unused_opsets(model)
@@ -239,7 +240,7 @@ def _preprocess(src: Path, dst: Path) -> Path:
         return dst
     except Exception as e:  # noqa: BLE001 - pre-processing is an aid; quantize the raw model
         log.warning("quant_pre_process failed on %s (%s); quantizing the model as exported",
-                    src.name, _first_line(e))
+                    src.name, first_line(e))
         return src
 
 

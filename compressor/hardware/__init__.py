@@ -1,4 +1,4 @@
-"""Hardware: profiles (which target, how to time it), measured and predicted latency, budgets.
+"""Hardware: profiles (which target, how to time it), measured and predicted latency, CPU features, TensorRT.
 
 - `profiles`: one validated TOML file per target in ``compressor/profiles/`` (`load_profile`,
   `list_profiles`, `round_channels`);
@@ -7,7 +7,9 @@
 - `layers` + `predict`: per-layer costs, a cost model fitted on this host, and a
   datasheet roofline for targets we cannot reach;
 - `latency`: measured-or-predicted reports (the one place that decides which), and
-  re-measurement in a fresh process.
+  re-measurement in a fresh process;
+- `isa`: the CPU's INT8-relevant instruction set, as one class name;
+- `tensorrt`: the one TensorRT engine builder (export's engine files, the backend's timing).
 
 Search and distillation both need latency, so this package sits below the
 stages and imports none of them.
@@ -15,12 +17,17 @@ stages and imports none of them.
 from __future__ import annotations
 
 from .backends import cpu_model, onnx_input_shape
-from .latency import latency_report, remeasure_in_fresh_process, with_prediction
 from .candidates import build_candidate, sample_arch, sample_candidates
 from .display import profile_report_lines, profiles_table, report_table
 from .isa import CPU_CLASSES, classify, host_cpu_class
+from .latency import latency_report, remeasure_in_fresh_process, with_prediction
 from .layers import LayerCost, layer_costs
-from .measure import is_measurable, measure_module_cuda, measure_onnx, unavailable_reason
+from .measure import (
+    is_measurable,
+    measure_module_cuda,
+    measure_onnx,
+    unavailable_reason,
+)
 from .predict import (
     LatencyModel,
     LatencyPredictor,

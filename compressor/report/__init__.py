@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..manifest import SCHEMA_VERSION, normalize_paths, validate_manifest
 from ..files import write_text
+from ..manifest import SCHEMA_VERSION, normalize_paths, validate_manifest
 from .console import print_summary
 from .html import render_html
 from .markdown import render_markdown

@@ -14,8 +14,8 @@ from typing import Any, Mapping, Sequence
 
 from ._view import (
     PREDICTED,
-    files_with_card,
     claim_lines,
+    files_with_card,
     flags,
     fmt_count,
     headline,

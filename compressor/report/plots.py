@@ -15,7 +15,16 @@ import matplotlib
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ._view import PREDICTED, all_predicted, fmt_count, is_measured, latency_ms, profiles, safe_name, stat_of
+from ._view import (
+    PREDICTED,
+    all_predicted,
+    fmt_count,
+    is_measured,
+    latency_ms,
+    profiles,
+    safe_name,
+    stat_of,
+)
 
 __all__ = ["Plot", "accuracy_latency_plot", "make_plots", "search_front_plot", "training_plot"]
 

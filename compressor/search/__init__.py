@@ -13,7 +13,15 @@ from .blocks import ResidualBlock, drop_blocks, find_residual_blocks
 from .context import Batch, DisWOTSignals, Reference, TeacherContext, labelled_batch
 from .diswot import teacher_context
 from .proxies import PROXIES, Proxy, ensemble, get_proxy, register_proxy
-from .spaces import SPACES, CNNSpace, SearchSpace, TeacherScaledSpace, TransformerSpace, build_arch, register_space
+from .spaces import (
+    SPACES,
+    CNNSpace,
+    SearchSpace,
+    TeacherScaledSpace,
+    TransformerSpace,
+    build_arch,
+    register_space,
+)
 from .study import SearchConfig, SearchError, open_storage, run_search
 
 __all__ = [

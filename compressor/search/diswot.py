@@ -28,7 +28,13 @@ from torch.nn import functional as F
 
 from .context import Batch, DisWOTSignals, Reference, TeacherContext
 from .nets import FeatureMapTap, diswot_init
-from .similarity import batch_gram, class_activation_maps, class_gram, gram_distance, map_distance
+from .similarity import (
+    batch_gram,
+    class_activation_maps,
+    class_gram,
+    gram_distance,
+    map_distance,
+)
 
 Head = Literal["zero", "random"]
 

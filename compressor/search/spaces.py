@@ -148,7 +148,7 @@ class TeacherScaledSpace(SearchSpace):
     arch: ``{"space": "teacher_scaled", "ratios": {group_key: r}, "drop": [add_node, ...],
     "round_to": 8}``. Group keys are the teacher's; after blocks are dropped, groups can
     split (a residual chain loses a member) and each part keeps its original group's ratio.
-    Depth is searched only on `fx.GraphModule` teachers (what `compressor.teacher` produces
+    Depth is searched only on `fx.GraphModule` teachers (what `compressor.intake.teacher` produces
     by lifting); a plain module is searched in width only.
     """
 

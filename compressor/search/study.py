@@ -28,9 +28,9 @@ from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from .. import prune as P
+from ..budget import Budget
 from ..errors import CompressorError, ConfigError
 from ..progress import Progress
-from ..budget import Budget
 from ..types import Candidate, DataSplits, SearchResult, Teacher
 from .assistant import widen_to_assistant
 from .context import Batch, NormMode, Reference, TeacherContext, labelled_batch

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .errors import DataError
-from .types import DataSplits
+from ..errors import DataError
+from ..types import DataSplits
 
 BUILTIN = ("digits", "mnist1d")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}

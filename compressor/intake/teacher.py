@@ -23,10 +23,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .errors import TeacherLoadError
-from .files import first_line, sha256_file
+from ..errors import TeacherLoadError
+from ..files import first_line, sha256_file
+from ..types import InputSpec, Teacher
 from .lift import lift_exported
-from .types import InputSpec, Teacher
 
 log = logging.getLogger(__name__)
 LIFT_ATOL = 1e-4
