@@ -20,7 +20,7 @@ teacher.pt: | $(BIN)/.installed
 
 # Half the example teacher's own measured latency: forces compression on a fast host and a slow one alike.
 demo: $(BIN)/.installed teacher.pt
-	$(BIN)/compress --teacher teacher.pt --budget $(BUDGET)
+	$(BIN)/compress --teacher teacher.pt --budget $(BUDGET) --int8
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -n 2

@@ -131,9 +131,7 @@ def _budget(manifest: Mapping[str, Any], budget: str | float | None, profile: st
         if manifest["budget"]["profile"] == profile:
             return Budget.from_dict(manifest["budget"])
         budget = str(manifest["budget"]["text"])
-    if isinstance(budget, (int, float)):  # a number is milliseconds
-        if not budget > 0:
-            raise ConfigError(f"budget must be positive, got {budget} ms")
+    if isinstance(budget, (int, float)):  # a number is milliseconds; Budget refuses one that is not positive
         return Budget(ms=float(budget), text=f"{budget:g}ms", profile=profile, stat=stat)
     teacher = manifest["teacher"]["latency"].get(profile)
     teacher_ms = float(teacher[f"{teacher['stat']}_ms"]) if teacher else None

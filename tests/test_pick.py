@@ -84,7 +84,7 @@ def test_bad_requests(tmp_path: Path) -> None:
         pick(run, "1ms", "tpu")
     with pytest.raises(ConfigError, match="cannot parse budget"):
         pick(run, "fast", "host-cpu-1t")
-    with pytest.raises(ConfigError, match="must be positive"):
+    with pytest.raises(ConfigError, match="must be a positive latency"):
         pick(run, 0, "host-cpu-1t")
     with pytest.raises(ConfigError, match="no manifest"):
         pick(tmp_path / "missing", "1ms", "host-cpu-1t")

@@ -1,0 +1,85 @@
+"""Selection in the run: `pick.rank`'s order, then each claim re-measured until one holds."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from compressor import pipeline
+from compressor.budget import Budget
+from compressor.hardware import load_profile
+from compressor.progress import Progress
+from compressor.record import SizeRecord
+from compressor.types import LatencyReport
+
+
+def lat(p50: float, spread: float = 0.0) -> LatencyReport:
+    return LatencyReport(profile="host-cpu-1t", stat="p50", p50_ms=p50, p90_ms=p50, p99_ms=p50, mean_ms=p50,
+                         std_ms=0.0, cov=0.0, samples=100, measured=True, spread_ms=spread)
+
+
+def size(name: str, acc: float, p50: float, spread: float = 0.0) -> SizeRecord:
+    return SizeRecord(name=name, ratio=1.0, params=1, macs=1, accuracy=acc, teacher_agreement=1.0,
+                      onnx_max_abs_diff=0.0, parity_ok=True, opset=18, latency={"host-cpu-1t": lat(p50, spread)},
+                      files={"onnx": f"models/{name}/model.onnx"})
+
+
+@pytest.fixture()
+def remeasured(monkeypatch: pytest.MonkeyPatch) -> dict[str, LatencyReport]:
+    """Second measurements by size name, served instead of timing in a child process."""
+    seconds: dict[str, LatencyReport] = {}
+
+    def fake(onnx_path: Path, profile, shape) -> LatencyReport:
+        return seconds[Path(onnx_path).parent.name]
+
+    monkeypatch.setattr(pipeline, "remeasure_in_fresh_process", fake)
+    return seconds
+
+
+def select(sizes: list[SizeRecord], budget_ms: float = 1.0):
+    budget = Budget(budget_ms, f"{budget_ms}ms", "host-cpu-1t")
+    with Progress(enabled=False) as progress:
+        return pipeline.stage_select(sizes, budget, load_profile("host-cpu-1t"), (1, 8, 8), Path("run"), progress)
+
+
+def test_the_best_fitting_size_is_selected_when_its_second_measurement_holds(remeasured) -> None:
+    sizes = [size("big", 0.99, 2.0), size("mid", 0.97, 0.9, spread=0.02), size("small", 0.90, 0.5)]
+    remeasured.update(mid=lat(0.92, 0.02))
+    selected, checks = select(sizes)
+    assert selected == "mid" and [c.size for c in checks] == ["mid"] and checks[0].holds
+    assert checks[0].first.p50_ms == 0.9 and checks[0].second.p50_ms == 0.92
+
+
+def test_a_size_that_fits_only_by_noise_is_passed_over(remeasured) -> None:
+    sizes = [size("mid", 0.97, 0.99, spread=0.02), size("small", 0.90, 0.5)]  # 0.99 + 0.02 > 1 ms
+    remeasured.update(small=lat(0.5))
+    selected, checks = select(sizes)
+    assert selected == "small" and [c.size for c in checks] == ["small"]
+
+
+def test_a_claim_that_misses_on_remeasurement_moves_to_the_next_size(remeasured) -> None:
+    sizes = [size("mid", 0.97, 0.9), size("small", 0.90, 0.5)]
+    remeasured.update(mid=lat(1.1), small=lat(0.52))
+    selected, checks = select(sizes)
+    assert selected == "small"
+    assert [(c.size, c.holds) for c in checks] == [("mid", False), ("small", True)]
+
+
+def test_nothing_is_selected_when_every_remeasurement_misses(remeasured) -> None:
+    sizes = [size("mid", 0.97, 0.9), size("small", 0.90, 0.5)]
+    remeasured.update(mid=lat(1.1), small=lat(1.05))
+    selected, checks = select(sizes)
+    assert selected is None and [c.holds for c in checks] == [False, False]
+
+
+def test_fresh_process_remeasurement_times_the_file_again(tmp_path: Path) -> None:
+    """The real child process: a new interpreter, a new ONNX Runtime session, the same profile."""
+    from compressor.hardware import override_profile, remeasure_in_fresh_process
+    from compressor.hardware.testing import tiny_onnx
+
+    model = tiny_onnx(tmp_path / "m.onnx")
+    profile = override_profile(load_profile("host-cpu-1t"), repeats=20, min_seconds=0.0, warmup_runs=2,
+                               warmup_seconds=0.0)
+    report = remeasure_in_fresh_process(model, profile, (1, 8, 8))
+    assert report.measured and report.profile == "host-cpu-1t" and report.samples >= 20
+    assert report.p50_ms > 0 and report.spread_ms >= 0
