@@ -317,6 +317,26 @@ def table(rows: list[dict], n: int) -> list[str]:
     return out
 
 
+def spread_table(rows: list[dict]) -> list[str]:
+    """Is the in-measurement spread a fair guess of how much p50 moves between processes?"""
+    out = ["| teacher | size | first p50 ± spread (ms) | re-measured spreads, median (ms) | half-range of re-measured p50s (ms) "
+           "| re-measured p50s within first p50 ± spread |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            continue
+        for size, first, spread, re_ in [(r["selected"], r.get("first_ms"), r.get("first_spread"), r.get("remeasured")),
+                                         (r.get("naive"), r.get("naive_first_ms"), r.get("naive_first_spread"),
+                                          r.get("naive_remeasured"))]:
+            if not re_:
+                continue
+            vals = [x["stat"] for x in re_]
+            inside = sum(abs(v - first) <= spread for v in vals)
+            out.append(f"| {r['name']} ({r['budget_text']}) | {size} | {first:.4f} ± {spread:.4f} | "
+                       f"{statistics.median(x['spread'] for x in re_):.4f} | {(max(vals) - min(vals)) / 2:.4f} | "
+                       f"{inside}/{len(vals)} |")
+    return out
+
+
 def machine() -> str:
     from compressor.hardware import cpu_model
 
@@ -351,6 +371,11 @@ def body(rows: list[dict], args: argparse.Namespace, command: str, wall: float, 
                     f"val acc {r['teacher_acc']:.1%}" for r in rows if "teacher_params" in r) + ".",
         "",
         *table(rows, n),
+        "",
+        "Spread check: the in-measurement spread (half the range of p50 over 5 blocks of one measurement) against "
+        "how far p50 actually moved between the fresh-process re-measurements:",
+        "",
+        *spread_table(rows),
         "",
     ]
     notes = []

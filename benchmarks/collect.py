@@ -5,7 +5,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ORDER = ["latency_predictor", "measure_stability", "proxy_correlation", "proxy_cost", "nested",
-         "export_speed", "int8"]
+         "export_speed", "int8", "int8_demo", "budget_claim"]
 
 HEADER = """# Benchmarks
 

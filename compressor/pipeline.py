@@ -453,11 +453,11 @@ def stage_select(sizes: list[SizeRecord], budget: Budget, profile: HardwareProfi
         check = Verification(size=size.name, first=size.latency[budget.profile], second=second,
                              holds=budget.fits(second))
         checks.append(check)
-        progress.log(f"re-measured {size.name} in a fresh process: {profile.stat} {second.value():.3f} ms "
-                     f"(first {check.first.value():.3f} ms, budget {budget.ms:.3f} ms): "
-                     f"{'holds' if check.holds else 'MISSES, trying the next size'}")
         if check.holds:
             return size.name, checks
+        progress.log(f"[yellow]{size.name} re-measured in a fresh process at {profile.stat} {second.value():.3f} ms "
+                     f"(first {check.first.value():.3f} ms) misses the {budget.ms:.3f} ms budget; "
+                     f"trying the next size[/]")
     return None, checks
 
 
