@@ -63,6 +63,7 @@ from .hardware import (
     predictor_for,
     remeasure_in_fresh_process,
 )
+from .hardware.backends import cpu_channel_block, cpu_model
 from .hardware.isa import host_cpu_class
 from .intake import load_data, load_teacher
 from .manifest import MANIFEST_NAME, write_manifest
@@ -152,7 +153,8 @@ def run(cfg: CompressConfig, console: Console | None = None) -> RunResult:
             sizes = stage_seal(sizes, budget, teacher_rec, run_dir)
     record = RunRecord(config=cfg.to_dict(), budget=budget, teacher=teacher_rec, sizes=tuple(sizes),
                        selected=selected, verification=tuple(verification), search=search_info,
-                       training=training, tensorrt=trt, stages=clock.seconds, seconds=clock.total())
+                       training=training, tensorrt=trt, host=_host(profile), stages=clock.seconds,
+                       seconds=clock.total())
     manifest = stage_record(record, run_dir)
     print_summary(console, manifest, run_dir)
     return RunResult(run_dir, manifest, selected, EXIT_OK if selected else EXIT_BUDGET_NOT_MET)
@@ -483,6 +485,12 @@ def stage_record(record: RunRecord, run_dir: Path) -> dict[str, Any]:
     write_report(run_dir, manifest)
     write_manifest(run_dir, manifest)
     return manifest
+
+
+def _host(profile: HardwareProfile) -> dict[str, Any]:
+    """What this machine's CPU decided: INT8 settings (its class) and channel rounding (its block)."""
+    return {"cpu_model": cpu_model(), "cpu_class": host_cpu_class(), "channel_block": cpu_channel_block(),
+            "round_to": profile.round_to}
 
 
 class _StageClock:

@@ -103,6 +103,8 @@ class RunRecord:
     search: Mapping[str, Any] | None = None
     training: Mapping[str, Any] | None = None
     tensorrt: Mapping[str, Any] = field(default_factory=lambda: {"available": False, "reason": ""})
+    # the machine the run measured on: what INT8 settings and channel rounding were chosen for
+    host: Mapping[str, Any] = field(default_factory=dict)
     stages: Mapping[str, float] = field(default_factory=dict)  # stage -> wall seconds
     seconds: float = 0.0
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -144,6 +146,7 @@ def to_manifest(run: RunRecord) -> dict[str, Any]:
             "over_budget_ms": closest.latency[budget.profile].value(budget.stat) - budget.ms},
         "verification": [_verification(v, budget) for v in run.verification],
         "tensorrt": dict(run.tensorrt),
+        "host": dict(run.host),
         "stages": dict(run.stages),
         "seconds": run.seconds,
     }
