@@ -440,7 +440,9 @@ def stage_select(sizes: list[SizeRecord], budget: Budget, profile: HardwareProfi
     """The most accurate size that fits (`pick.rank`), and its claim checked by a second measurement.
 
     On a profile measured here, the chosen size is timed again in a fresh process
-    after every other measurement; if that second figure misses the budget, the
+    after every other measurement; the claim holds when that second figure, with the
+    larger of its own spread and its distance from the first as its spread, still
+    fits (`LatencyReport.confirmed_by`). If it does not, the
     next-best fitting size is tried (up to `_MAX_VERIFY`), and a size that fails
     its re-measurement is not selected. Predicted profiles have nothing to re-measure.
     """
@@ -451,9 +453,10 @@ def stage_select(sizes: list[SizeRecord], budget: Budget, profile: HardwareProfi
     checks: list[Verification] = []
     for option in ranked[:_MAX_VERIFY]:
         size = by_name[option.name]
+        first = size.latency[budget.profile]
         second = remeasure_in_fresh_process(run_dir / size.files["onnx"], profile, shape)
-        check = Verification(size=size.name, first=size.latency[budget.profile], second=second,
-                             holds=budget.fits(second))
+        # the claim holds when the second figure fits with the two measurements' disagreement as its spread
+        check = Verification(size=size.name, first=first, second=second, holds=budget.fits(second.confirmed_by(first)))
         checks.append(check)
         if check.holds:
             return size.name, checks

@@ -109,9 +109,10 @@ class LatencyReport:
     batch_size: int = 1
     env: Mapping[str, Any] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
-    # How far the budget statistic moves between measurements of the same model: half the
-    # range of the statistic over consecutive blocks of the timed runs, at least its
-    # sampling error (hardware.timing). 0 for predictions. Budget.fits adds it.
+    # How far the budget statistic moved within this measurement: half its range over
+    # consecutive blocks of the timed runs, or its sampling error for short series
+    # (hardware.timing). 0 for predictions. Budget.fits adds it; `confirmed_by` widens it
+    # with a second, independent measurement.
     spread_ms: float = 0.0
 
     @classmethod
@@ -123,6 +124,17 @@ class LatencyReport:
         values["env"] = dict(values.get("env") or {})
         values["spread_ms"] = float(values.get("spread_ms") or 0.0)
         return cls(**values)
+
+    def confirmed_by(self, other: "LatencyReport") -> "LatencyReport":
+        """This report judged together with a second measurement of the same model.
+
+        One series sees how its statistic drifts within a process, not how it moves
+        between processes (allocation, cache and frequency states differ per start);
+        two independent series show that directly. The spread becomes the larger of
+        this series' own and the distance between the two statistics.
+        """
+        apart = abs(self.value() - other.value(self.stat))
+        return dataclasses.replace(self, spread_ms=max(self.spread_ms, other.spread_ms, apart))
 
     def value(self, stat: Stat | None = None) -> float:
         """The statistic a budget applies to (the profile's, unless given)."""

@@ -83,3 +83,12 @@ def test_fresh_process_remeasurement_times_the_file_again(tmp_path: Path) -> Non
     report = remeasure_in_fresh_process(model, profile, (1, 8, 8))
     assert report.measured and report.profile == "host-cpu-1t" and report.samples >= 20
     assert report.p50_ms > 0 and report.spread_ms >= 0
+
+
+def test_two_measurements_that_disagree_widen_the_spread(remeasured) -> None:
+    """0.95 then 0.99 ms: each has no spread of its own, but they are 0.04 ms apart, so 0.99 + 0.04 > 1 ms."""
+    sizes = [size("mid", 0.97, 0.95), size("small", 0.90, 0.5)]
+    remeasured.update(mid=lat(0.99), small=lat(0.5))
+    selected, checks = select(sizes)
+    assert selected == "small" and [(c.size, c.holds) for c in checks] == [("mid", False), ("small", True)]
+    assert lat(0.99).confirmed_by(lat(0.95)).spread_ms == pytest.approx(0.04)

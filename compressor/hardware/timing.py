@@ -135,7 +135,9 @@ def statistic_spread(ms: np.ndarray, stat: str) -> float:
     The timed runs are cut, in time order, into `SPREAD_BLOCKS` consecutive blocks
     and the statistic is taken on each: half the range of those block statistics is
     how much it drifted within this measurement (frequency changes, a neighbour's
-    burst), which is what a second measurement a minute later also sees. Series too
+    burst). It does not see what differs between processes (allocation, caches), so
+    a claim is also checked by a second, independent measurement
+    (`LatencyReport.confirmed_by`). Series too
     short for blocks fall back to twice the median's standard error
     (1.2533 x robust sigma / sqrt(n)).
     """
