@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -20,8 +21,24 @@ from typing import Sequence
 
 from ._version import __version__
 from .errors import EXIT_INTERNAL, EXIT_USAGE, CompressorError
+from .files import first_line
 
 SUBCOMMANDS = ("example-teacher", "profile", "profiles", "pick", "run")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line like every other error (not the usage block),
+    and a value such as `--budget -1ms` reaches its option (and its check) instead of being
+    taken for an unknown option: no option here starts with '-' and a digit."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"compress: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
 
 _EPILOG = """\
 examples:
@@ -43,7 +60,7 @@ exit codes: 0 a model meets the budget; 3 none does (the report says how close t
 
 
 def _run_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="compress",
         description="Compress a trained PyTorch teacher into several servable sizes that fit a latency budget: "
                     "search students without training, distil a nested family in one run, prune, export to "
@@ -127,7 +144,7 @@ def _run(argv: Sequence[str]) -> int:
 
 
 def _example_teacher(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="compress example-teacher",
+    p = _Parser(prog="compress example-teacher",
                                 description="Train the built-in example teacher (a ~0.5M-parameter residual CNN) "
                                             "on digits upsampled to 32x32 and save it as TorchScript.")
     p.add_argument("--out", default="teacher.pt", help="where to save it (default teacher.pt)")
@@ -148,7 +165,7 @@ def _example_teacher(argv: Sequence[str]) -> int:
 
 
 def _profile(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="compress profile", description="Measure (or predict) an ONNX model's latency.")
+    p = _Parser(prog="compress profile", description="Measure (or predict) an ONNX model's latency.")
     p.add_argument("onnx", help="ONNX file")
     p.add_argument("--profile", default="host-cpu-1t", help="hardware profile name or file (default host-cpu-1t)")
     p.add_argument("--input-shape", metavar="C,H,W", help="per-sample input shape (default: from the model)")
@@ -163,7 +180,7 @@ def _profile(argv: Sequence[str]) -> int:
 
 
 def _profiles(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="compress profiles", description="List the hardware profiles.")
+    p = _Parser(prog="compress profiles", description="List the hardware profiles.")
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     p.parse_args(list(argv))
     from .hardware.cli import cmd_profiles
@@ -172,7 +189,7 @@ def _profiles(argv: Sequence[str]) -> int:
 
 
 def _pick(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="compress pick",
+    p = _Parser(prog="compress pick",
                                 description="Print the ONNX file of the most accurate size that meets a budget.")
     p.add_argument("run_dir", help="a finished run folder")
     p.add_argument("--budget", help="latency budget with a unit, e.g. 3ms, or a fraction of the teacher's latency, "
@@ -219,10 +236,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         else:
-            print(f"compress: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+            print(f"compress: internal error: {type(e).__name__}: {first_line(e)} (rerun with --debug for the "
+                  f"traceback)",
                   file=sys.stderr)
         return EXIT_INTERNAL
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a job scheduler, `kill`, a container stop) stops a run as Ctrl-C does: every file is
+    written atomically, so the folder is left resumable, and the exit code is 130."""
+    import signal
+    import threading
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def main_entry() -> None:
+    """The `compress` program (and ``python -m compressor``): `main` with SIGTERM as a clean stop."""
+    _stop_on_sigterm()
     sys.exit(main())

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import random
 import time
 from contextlib import contextmanager
@@ -36,6 +37,7 @@ from . import prune as P
 from .budget import Budget
 from .config import CompressConfig
 from .distill import DistillConfig, choose_sizes, size_name, train_family
+from .distill.checkpoint import load_checkpoint
 from .distill.single import KDConfig, distill_single
 from .errors import (
     EXIT_BUDGET_NOT_MET,
@@ -76,11 +78,12 @@ from .record import (
     TeacherRecord,
     Verification,
     relative_to_run,
+    size_from_dict,
     to_manifest,
 )
 from .report import model_card_filename, print_summary, write_report
 from .search import SearchConfig, build_arch, run_search
-from .types import DataSplits, HardwareProfile, LatencyReport, Teacher
+from .types import DataSplits, HardwareProfile, LatencyReport, Teacher, to_jsonable
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +92,8 @@ _SHAPING = ("teacher", "data", "seed", "image_size", "method", "sizes", "epochs"
             "profile", "losses")
 # How many fitting sizes are re-measured, best first, before the run gives up on a verified pick.
 _MAX_VERIFY = 3
+# Created exclusively (O_EXCL) when a new run takes its folder; it stays, marking the folder as used.
+_CLAIM = ".compress-run"
 
 
 @dataclass(frozen=True)
@@ -144,7 +149,8 @@ def run(cfg: CompressConfig, console: Console | None = None) -> RunResult:
                 servables, search_info, training = stage_nested(teacher, data, profile, predictors[profile.name],
                                                                 budget, teacher_rec, cfg, run_dir, progress)
         with clock("export"):
-            sizes = stage_export(servables, teacher, data, budget, profiles, predictors, cfg, run_dir, progress)
+            sizes, reused = stage_export(servables, teacher, data, budget, profiles, predictors, cfg, run_dir,
+                                         progress)
         with clock("select"):
             selected, verification = stage_select(sizes, budget, profile, teacher.spec.shape, run_dir, progress)
         with clock("tensorrt"):
@@ -153,8 +159,8 @@ def run(cfg: CompressConfig, console: Console | None = None) -> RunResult:
             sizes = stage_seal(sizes, budget, teacher_rec, run_dir)
     record = RunRecord(config=cfg.to_dict(), budget=budget, teacher=teacher_rec, sizes=tuple(sizes),
                        selected=selected, verification=tuple(verification), search=search_info,
-                       training=training, tensorrt=trt, host=_host(profile), stages=clock.seconds,
-                       seconds=clock.total())
+                       training=training, tensorrt=trt, host=_host(profile), reused={"exports": reused},
+                       stages=clock.seconds, seconds=clock.total())
     manifest = stage_record(record, run_dir)
     print_summary(console, manifest, run_dir)
     return RunResult(run_dir, manifest, selected, EXIT_OK if selected else EXIT_BUDGET_NOT_MET)
@@ -176,19 +182,26 @@ def prepare_run_dir(cfg: CompressConfig) -> Path:
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = Path("runs") / f"{stamp}-{Path(cfg.teacher).stem}"
-    if run_dir.exists() and not run_dir.is_dir():
-        raise OutputError(f"output {run_dir} exists and is not a folder")
-    if run_dir.exists() and any(run_dir.iterdir()) and not cfg.resume:
-        what = "a finished run" if (run_dir / MANIFEST_NAME).exists() else "a partial run"
-        raise OutputError(f"output folder {run_dir} already holds {what}; pass --resume to continue it "
-                          "or choose another --out")
     try:
+        if run_dir.exists() and not run_dir.is_dir():
+            raise OutputError(f"output {run_dir} exists and is not a folder")
+        if run_dir.exists() and any(run_dir.iterdir()) and not cfg.resume:
+            what = "a finished run" if (run_dir / MANIFEST_NAME).exists() else "a partial run"
+            raise OutputError(f"output folder {run_dir} already holds {what}; pass --resume to continue it "
+                              "or choose another --out")
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise OutputError(f"cannot write to output folder {run_dir}: {e.strerror or e}") from None
+        if cfg.resume:
+            probe = run_dir / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        else:  # claim the folder: of two new runs racing for one --out, exactly one gets it
+            try:
+                os.close(os.open(run_dir / _CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            except FileExistsError:
+                raise OutputError(f"output folder {run_dir} was just taken by another compress run; "
+                                  "choose another --out") from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL inside the path
+        raise OutputError(f"cannot write to output folder {run_dir}: {getattr(e, 'strerror', None) or e}") from None
     return run_dir
 
 
@@ -199,7 +212,9 @@ def _check_resume_config(run_dir: Path, cfg: CompressConfig) -> None:
     if saved.exists():
         try:
             old = json.loads(saved.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+            if not isinstance(old, dict):
+                raise ValueError(f"holds a JSON {type(old).__name__}, not the run's settings")
+        except (OSError, ValueError) as e:  # ValueError: bad JSON, and garbled bytes that are not UTF-8
             raise ConfigError(f"cannot resume {run_dir}: {saved} is unreadable ({first_line(e)}); "
                               f"start a new run with another --out") from None
         changed = [k for k in _SHAPING if json.dumps(old.get(k)) != json.dumps(current.get(k))]
@@ -275,7 +290,7 @@ def stage_skeleton(teacher: Teacher, data: DataSplits, profile: HardwareProfile,
                                                                  order, profile.round_to))
     ckpt = run_dir / "student.pt"
     if cfg.resume and ckpt.exists():
-        student.load_state_dict(torch.load(ckpt, weights_only=True))
+        student.load_state_dict(load_checkpoint(ckpt))  # tensors only: a planted pickle is refused
     else:
         distill_single(student, teacher.module, data, KDConfig(epochs=cfg.epochs, batch_size=cfg.batch_size,
                                                                seed=cfg.seed), progress,
@@ -350,13 +365,22 @@ def _candidate_json(c) -> dict[str, Any]:
 
 def stage_export(servables: list[Servable], teacher: Teacher, data: DataSplits, budget: Budget,
                  profiles: list[HardwareProfile], predictors: Mapping[str, Any], cfg: CompressConfig,
-                 run_dir: Path, progress: Progress) -> list[SizeRecord]:
-    """ONNX (+ parity), TorchScript, optional INT8 per size; accuracy; latency on every profile."""
+                 run_dir: Path, progress: Progress) -> tuple[list[SizeRecord], list[str]]:
+    """ONNX (+ parity), TorchScript, optional INT8 per size; accuracy; latency on every profile.
+
+    On `--resume`, a size whose export record and files are intact is reused as it is
+    (its names are returned second)."""
     teacher_logits = predict_logits(teacher.module, data.x_val)
-    out = []
+    out, reused = [], []
     task = progress.add("export + measure sizes", total=len(servables))
     for s in servables:
         folder = run_dir / "models" / s.name
+        done = _finished_export(folder, run_dir, profiles, cfg) if cfg.resume else None
+        if done is not None:
+            out.append(dataclasses.replace(done, meets_budget=budget.fits(done.latency[budget.profile])))
+            reused.append(s.name)
+            progress.advance(task)
+            continue
         onnx = export_onnx(s.module, data.x_val[:64], folder / "model.onnx")
         files = {"onnx": relative_to_run(run_dir, onnx.path)}
         notes = list(onnx.notes)
@@ -378,9 +402,39 @@ def stage_export(servables: list[Servable], teacher: Teacher, data: DataSplits, 
         size = dataclasses.replace(size, meets_budget=budget.fits(latency[budget.profile]))
         if cfg.int8:
             size = _with_int8(size, onnx.path, logits, data, profiles, budget, teacher.spec.shape, run_dir)
-        out.append(size)
+        out.append(_record_export(size, folder, run_dir))
         progress.advance(task)
-    return out
+    return out, reused
+
+
+_EXPORT_RECORD = "size.json"
+
+
+def _record_export(size: SizeRecord, folder: Path, run_dir: Path) -> SizeRecord:
+    """Hash the size's files and write its record beside them: a resumed run reuses this export
+    only while every file still has the hash recorded here (`_finished_export`)."""
+    size = dataclasses.replace(size, sha256={role: sha256_file(run_dir / p) for role, p in size.files.items()})
+    write_json(folder / _EXPORT_RECORD, to_jsonable(size))
+    return size
+
+
+def _finished_export(folder: Path, run_dir: Path, profiles: list[HardwareProfile],
+                     cfg: CompressConfig) -> SizeRecord | None:
+    """A size exported and measured by the run being resumed, or None when anything about it is
+    missing, unreadable, different from what this run asks for, or changed on disk since."""
+    try:
+        size = size_from_dict(json.loads((folder / _EXPORT_RECORD).read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # never exported, or the record is damaged: export again
+    wanted = {p.name for p in profiles}
+    if set(size.latency) != wanted or (size.int8 is not None) != cfg.int8:
+        return None
+    for role, path in size.files.items():
+        file = run_dir / path
+        if not file.is_file() or sha256_file(file) != size.sha256.get(role):
+            log.warning("%s changed since it was exported; exporting %s again", file, size.name)
+            return None
+    return size
 
 
 def _with_int8(size: SizeRecord, onnx_path: Path, fp32_logits: torch.Tensor, data: DataSplits,
@@ -476,9 +530,9 @@ def stage_seal(sizes: list[SizeRecord], budget: Budget, teacher: TeacherRecord,
         set_onnx_metadata(run_dir / s.files["onnx"], onnx_metadata(
             name=s.name, ratio=s.ratio, accuracy=s.accuracy, teacher_agreement=s.teacher_agreement,
             latency=s.latency, budget=budget.describe(), teacher_sha256=teacher.sha256))
-        hashes = {role: sha256_file(run_dir / path) for role, path in s.files.items()}
-        files = {**s.files, "model_card": model_card_filename(s.name)}
-        out.append(dataclasses.replace(s, files=files, sha256=hashes))
+        # the metadata changed the ONNX file: hash again, and keep the export record in step
+        sealed = _record_export(s, run_dir / Path(s.files["onnx"]).parent, run_dir)
+        out.append(dataclasses.replace(sealed, files={**s.files, "model_card": model_card_filename(s.name)}))
     return out
 
 

@@ -25,7 +25,7 @@ from .manifest import SCHEMA_VERSION
 from .types import LatencyReport, to_jsonable
 
 __all__ = ["Int8Record", "RunRecord", "SizeRecord", "TeacherRecord", "Verification", "runtime_versions",
-           "to_manifest"]
+           "size_from_dict", "to_manifest"]
 
 
 @dataclass(frozen=True)
@@ -105,10 +105,27 @@ class RunRecord:
     tensorrt: Mapping[str, Any] = field(default_factory=lambda: {"available": False, "reason": ""})
     # the machine the run measured on: what INT8 settings and channel rounding were chosen for
     host: Mapping[str, Any] = field(default_factory=dict)
+    reused: Mapping[str, Any] = field(default_factory=dict)  # work a resumed run took over, e.g. {"exports": [...]}
     stages: Mapping[str, float] = field(default_factory=dict)  # stage -> wall seconds
     seconds: float = 0.0
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     versions: Mapping[str, str | None] = field(default_factory=lambda: runtime_versions())
+
+
+def size_from_dict(d: Mapping[str, Any]) -> SizeRecord:
+    """A `SizeRecord` read back from its JSON form (`to_jsonable`), e.g. a finished export on resume."""
+    int8 = d.get("int8")
+    return SizeRecord(
+        name=d["name"], ratio=d["ratio"], params=int(d["params"]), macs=int(d["macs"]), accuracy=d["accuracy"],
+        teacher_agreement=d["teacher_agreement"], onnx_max_abs_diff=d["onnx_max_abs_diff"],
+        parity_ok=bool(d["parity_ok"]), opset=int(d["opset"]),
+        latency={p: LatencyReport.from_dict(r) for p, r in d["latency"].items()},
+        files=dict(d["files"]), meets_budget=bool(d.get("meets_budget", False)), sha256=dict(d.get("sha256") or {}),
+        int8=None if not int8 else Int8Record(
+            file=int8["file"], accuracy=int8["accuracy"], agreement_with_fp32=int8["agreement_with_fp32"],
+            settings=dict(int8["settings"]), latency={p: LatencyReport.from_dict(r) for p, r in int8["latency"].items()},
+            speedup=int8.get("speedup"), note=int8.get("note", "")),
+        arch=d.get("arch"), notes=tuple(d.get("notes") or ()))
 
 
 def runtime_versions() -> dict[str, str | None]:
@@ -147,6 +164,7 @@ def to_manifest(run: RunRecord) -> dict[str, Any]:
         "verification": [_verification(v, budget) for v in run.verification],
         "tensorrt": dict(run.tensorrt),
         "host": dict(run.host),
+        "reused": dict(run.reused),
         "stages": dict(run.stages),
         "seconds": run.seconds,
     }

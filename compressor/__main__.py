@@ -1,0 +1,4 @@
+"""``python -m compressor ...`` runs the `compress` command."""
+from .cli import main_entry
+
+main_entry()
