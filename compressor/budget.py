@@ -84,7 +84,9 @@ def parse_budget(text: str | float | int) -> BudgetSpec:
         raise ConfigError(f"budget {raw!r} has no unit; write e.g. '{raw}ms' (units: us, ms, s) or '{raw}x'")
     if m := _ABSOLUTE_RE.match(raw):
         ms = float(m.group(1)) * _UNITS_MS[m.group(2)]
-        if not (math.isfinite(ms) and ms > 0):
+        if not math.isfinite(ms):
+            raise ConfigError(f"budget {raw!r} is not a finite latency")
+        if not ms > 0:
             raise ConfigError(f"budget {raw!r} must be a positive latency")
         return BudgetSpec(text=raw, ms=ms)
     if m := _RELATIVE_RE.match(raw):

@@ -145,8 +145,8 @@ def _run(argv: Sequence[str]) -> int:
 
 def _example_teacher(argv: Sequence[str]) -> int:
     p = _Parser(prog="compress example-teacher",
-                                description="Train the built-in example teacher (a ~0.5M-parameter residual CNN) "
-                                            "on digits upsampled to 32x32 and save it as TorchScript.")
+                description="Train the built-in example teacher (a ~0.5M-parameter residual CNN) "
+                            "on digits upsampled to 32x32 and save it as TorchScript.")
     p.add_argument("--out", default="teacher.pt", help="where to save it (default teacher.pt)")
     p.add_argument("--epochs", type=int, default=8, help="training epochs (default 8)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -190,7 +190,7 @@ def _profiles(argv: Sequence[str]) -> int:
 
 def _pick(argv: Sequence[str]) -> int:
     p = _Parser(prog="compress pick",
-                                description="Print the ONNX file of the most accurate size that meets a budget.")
+                description="Print the ONNX file of the most accurate size that meets a budget.")
     p.add_argument("run_dir", help="a finished run folder")
     p.add_argument("--budget", help="latency budget with a unit, e.g. 3ms, or a fraction of the teacher's latency, "
                                     "e.g. 0.5x (default: the run's budget)")

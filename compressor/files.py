@@ -15,15 +15,22 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 __all__ = ["atomic_output", "first_line", "sha256_file", "write_bytes", "write_json", "write_text",
-           "write_torch", "json_safe"]
+           "write_torch", "json_safe", "zip_bomb"]
 
 _CHUNK = 1 << 20  # 1 MiB reads: hashing speed is flat above this, memory stays small
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal colour/bold codes inside exception text
+# torch archives store their members uncompressed and .npz files deflate real data a few times
+# at most, so a zip whose members claim more than this many times its size (and more than the
+# floor) is a zip bomb, or corrupt: refused from its directory, before any member is read.
+_MAX_EXPANSION = 100
+_EXPANSION_FLOOR = 64 << 20
 
 
 @contextmanager
@@ -82,9 +89,26 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def zip_bomb(path: str | Path) -> str | None:
+    """Why the zip at `path` must not be opened (its members claim to expand to far more than
+    the file holds), or None: a sane zip, or no zip at all. Reads only the zip's directory."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            claimed = sum(max(0, i.file_size) for i in z.infolist())
+    except Exception:  # noqa: BLE001 - not a readable zip: the caller's own reader says what it is
+        return None
+    packed = os.path.getsize(path)
+    if claimed > max(_MAX_EXPANSION * packed, _EXPANSION_FLOOR):
+        return (f"its zip members claim to expand to {claimed / 2**20:,.0f} MiB from {packed / 2**20:,.2f} MiB "
+                f"on disk (a zip bomb, or a corrupt archive); refused without expanding it")
+    return None
+
+
 def first_line(e: BaseException) -> str:
     """An exception as one line: its first non-empty line, else its type name."""
-    text = str(e).strip()
+    text = _ANSI.sub("", str(e)).strip()  # torch decorates some messages with terminal bold
     return text.splitlines()[0].strip()[:300] if text else type(e).__name__
 
 

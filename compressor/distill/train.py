@@ -38,6 +38,7 @@ from torch.nn import functional as F
 from .. import prune as P
 from ..errors import ConfigError
 from ..evaluate import accuracy, predict_logits
+from ..files import first_line
 from ..progress import Progress
 from ..types import DataSplits, StudentFamily, to_jsonable
 from .augment import AUGMENTS, augment
@@ -140,11 +141,19 @@ def train_family(teacher: nn.Module, ta: nn.Module, data: DataSplits, *, sizes: 
     if ckpt is not None:
         _check_same_run(ckpt, config, sizes, ckpt_path)
         order = ckpt["family"]["channel_order"]
-    family = NestedFamily(ta, data.x_train[:2], sizes, groups=groups, order=order, round_to=config.round_to)
+    try:
+        family = NestedFamily(ta, data.x_train[:2], sizes, groups=groups, order=order, round_to=config.round_to)
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+        if ckpt is None:
+            raise
+        raise _does_not_fit(ckpt_path, e) from None
     trainer = _Trainer(teacher, family, data, config)
     try:
         if ckpt is not None:
-            trainer.load_state(ckpt)
+            try:
+                trainer.load_state(ckpt)
+            except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:  # another TA's weights
+                raise _does_not_fit(ckpt_path, e) from None
         trainer.fit(ckpt_path, progress)
         models, val_acc = trainer.last_models or trainer.evaluate()
     finally:
@@ -173,10 +182,23 @@ def _run_identity(config: DistillConfig, sizes: Sequence[SizeSpec]) -> str:
 
 
 def _check_same_run(ckpt: dict[str, Any], config: DistillConfig, sizes: Sequence[SizeSpec], path: Path) -> None:
+    if not isinstance(ckpt, dict):
+        raise ConfigError(f"checkpoint {path} is not a training checkpoint of this package; delete it to restart "
+                          f"training, or start a new run")
     if ckpt.get("format") != _FORMAT:
         raise ConfigError(f"checkpoint {path} has format {ckpt.get('format')!r}, expected {_FORMAT}")
     if ckpt.get("run") != _run_identity(config, sizes):
         raise ConfigError(f"cannot resume from {path}: sizes or distillation settings changed since it was written")
+    if not isinstance(ckpt.get("family"), dict) or "channel_order" not in ckpt["family"]:
+        raise ConfigError(f"checkpoint {path} has no channel order; delete it to restart training, "
+                          f"or start a new run")
+
+
+def _does_not_fit(path: Path, e: BaseException) -> ConfigError:
+    """A checkpoint of the same settings whose state does not fit this run's network: the assistant
+    was searched differently (e.g. the study was recomputed), or the file's contents are wrong."""
+    return ConfigError(f"cannot resume from checkpoint {path}: its state does not fit this run's assistant "
+                       f"network ({first_line(e)}); delete it to restart training, or start a new run")
 
 
 def _teacher_macs(teacher: nn.Module, example: Tensor) -> int:

@@ -51,6 +51,7 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -61,6 +62,7 @@ import torch
 from torch import nn
 
 from ..errors import BackendUnavailableError, ConfigError
+from ..files import first_line
 from ..types import HardwareProfile, LatencyReport
 from .layers import LayerCost, layer_costs
 
@@ -274,18 +276,23 @@ class LatencyPredictor:
             data = json.loads(path.read_text())
         except FileNotFoundError:
             raise ConfigError(f"{path}: latency calibration file not found") from None
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{path}: unreadable latency calibration: {e}") from None
+        except (OSError, ValueError) as e:  # JSONDecodeError, and bytes that are not even text
+            raise ConfigError(f"{path}: unreadable latency calibration: {first_line(e)}") from None
         if not isinstance(data, dict) or data.get("kind") != "compressor.latency_predictor":
             raise ConfigError(f"{path}: not a latency calibration file")
         if data.get("features") != list(FEATURES):
             raise ConfigError(f"{path}: calibration has features {data.get('features')}, this version "
                               f"uses {list(FEATURES)}; re-calibrate")
         try:
-            return cls(coef={k: float(v) for k, v in data["coef"].items()}, key=data.get("key", {}),
-                       info=data.get("info", {}))
+            coef = {k: float(v) for k, v in data["coef"].items()}
+            # a fit is non-negative and finite (NNLS): anything else is a damaged file, and would
+            # silently change every prediction (and with them the searched architecture)
+            bad = sorted(k for k, v in coef.items() if not (math.isfinite(v) and v >= 0))
+            if bad:
+                raise ValueError(f"{', '.join(bad)} not a finite non-negative number")
+            return cls(coef=coef, key=data.get("key", {}), info=data.get("info", {}))
         except (AttributeError, TypeError, ValueError) as e:
-            raise ConfigError(f"{path}: bad coefficients in latency calibration: {e}") from None
+            raise ConfigError(f"{path}: bad coefficients in latency calibration: {first_line(e)}") from None
 
     @classmethod
     def cached(cls, profile: HardwareProfile, input_shape: Sequence[int],

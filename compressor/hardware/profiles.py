@@ -319,7 +319,7 @@ def _read(path: Path) -> HardwareProfile:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{where}: hardware profile file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: not UTF-8, or a NUL inside the path
         raise ConfigError(f"{where}: cannot read hardware profile: {e}") from None
     try:
         data = tomllib.loads(text)

@@ -13,6 +13,7 @@ import torch
 from torch.nn import functional as F
 
 from ..errors import DataError
+from ..files import first_line, zip_bomb
 from ..types import DataSplits
 
 BUILTIN = ("digits", "mnist1d")
@@ -29,9 +30,13 @@ def load_data(spec: str, seed: int = 0, image_size: int | None = 32, val_fractio
         x, y = _mnist1d(seed)
         return _split("mnist1d", x, y, seed, val_fraction, 10)
     path = Path(spec)
-    if not path.exists():
+    try:
+        found, is_dir = path.exists(), path.is_dir()
+    except OSError as e:  # a name too long for the filesystem, a loop of links, ...
+        raise DataError(f"data {spec!r} cannot be opened: {e.strerror or e}") from None
+    if not found:
         raise DataError(f"data {spec!r} not found (expected 'digits', 'mnist1d', a .npz file or an image folder)")
-    if path.is_dir():
+    if is_dir:
         x, y, n = _image_folder(path, image_size)
         return _split(path.name, x, y, seed, val_fraction, n)
     if path.suffix == ".npz":
@@ -66,36 +71,60 @@ def _standardise(x: torch.Tensor) -> torch.Tensor:
 
 
 def _npz(path: Path, seed: int, val_fraction: float) -> DataSplits:
+    if not zipfile.is_zipfile(path):  # reads the end of the file only; np.load would try it as a pickle
+        raise DataError(f"cannot read {path}: not a .npz archive (a .npz file is a zip of .npy arrays, "
+                        f"as np.savez writes)")
+    if bomb := zip_bomb(path):  # np.load would inflate every member into memory
+        raise DataError(f"cannot read {path}: {bomb}")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
     except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise DataError(f"cannot read {path}: {e}") from None
+        if "allow_pickle" in str(e):  # numpy's text suggests loading it unsafely: not our advice
+            raise DataError(f"cannot read {path}: it holds pickled Python objects (loading them could run "
+                            f"code); save plain numeric arrays with np.savez") from None
+        raise DataError(f"cannot read {path}: {first_line(e)}") from None
     for key in ("x", "y"):
         if key not in arrays:
             raise DataError(f"{path} has no array {key!r} (found: {', '.join(arrays) or 'none'})")
     x, y = _check_xy(path, arrays["x"], arrays["y"])
+    _check_classes(str(path), y)
     n_classes = int(y.max()) + 1
     if "x_val" in arrays and "y_val" in arrays:
-        xv, yv = _check_xy(path, arrays["x_val"], arrays["y_val"])
+        xv, yv = _check_xy(path, arrays["x_val"], arrays["y_val"], "x_val", "y_val")
         if xv.shape[1:] != x.shape[1:]:
             raise DataError(f"{path}: x_val samples have shape {tuple(xv.shape[1:])}, x has {tuple(x.shape[1:])}")
         return DataSplits(path.stem, x, y, xv, yv, max(n_classes, int(yv.max()) + 1))
     return _split(path.stem, x, y, seed, val_fraction, n_classes)
 
 
-def _check_xy(path: Path, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def _check_xy(path: Path, x: np.ndarray, y: np.ndarray, xn: str = "x",
+              yn: str = "y") -> tuple[torch.Tensor, torch.Tensor]:
     if x.ndim < 2:
-        raise DataError(f"{path}: x must have a sample dimension and at least one feature dimension, got shape {x.shape}")
+        raise DataError(f"{path}: {xn} must have a sample dimension and at least one feature dimension, "
+                        f"got shape {x.shape}")
     if y.ndim != 1 or len(y) != len(x):
-        raise DataError(f"{path}: y must be one label per sample: x has {len(x)} samples, y has shape {y.shape}")
+        raise DataError(f"{path}: {yn} must be one label per sample: {xn} has {len(x)} samples, {yn} has shape "
+                        f"{y.shape}")
     if not np.issubdtype(x.dtype, np.number) or not np.issubdtype(y.dtype, np.integer):
-        raise DataError(f"{path}: x must be numeric and y integer class labels (got {x.dtype}, {y.dtype})")
+        raise DataError(f"{path}: {xn} must be numeric and {yn} integer class labels (got {x.dtype}, {y.dtype})")
     if len(x) == 0:
         raise DataError(f"{path}: no samples")
     if y.min() < 0:
-        raise DataError(f"{path}: labels must be 0..K-1, found {y.min()}")
-    return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.int64))
+        raise DataError(f"{path}: labels must be 0..K-1, found {y.min()} in {yn}")
+    xf = x.astype(np.float32)
+    if not np.isfinite(xf).all():  # NaN/Inf (or values beyond float32) poison every loss and statistic
+        bad = int(xf.size - np.isfinite(xf).sum())
+        raise DataError(f"{path}: {xn} holds {bad} NaN or infinite value(s) (as float32); clean the data first")
+    return torch.from_numpy(xf), torch.from_numpy(y.astype(np.int64))
+
+
+def _check_classes(name: str, y: torch.Tensor) -> None:
+    """Classification needs two classes at least: one class teaches nothing and scores 100 %."""
+    present = torch.unique(y)
+    if len(present) < 2:
+        raise DataError(f"{name}: every sample has the same label ({int(present[0])}): "
+                        f"need at least 2 classes to learn from")
 
 
 def _image_folder(path: Path, image_size: int | None) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -112,7 +141,7 @@ def _image_folder(path: Path, image_size: int | None) -> tuple[torch.Tensor, tor
             try:
                 img = Image.open(f)
                 img.load()
-            except (UnidentifiedImageError, OSError) as e:
+            except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
                 raise DataError(f"cannot read image {f}: {e}") from None
             mode = mode or ("L" if img.mode in ("L", "1", "P", "I", "I;16") else "RGB")
             size = size or ((image_size, image_size) if image_size else img.size)
@@ -122,6 +151,7 @@ def _image_folder(path: Path, image_size: int | None) -> tuple[torch.Tensor, tor
             ys.append(label)
     if not xs:
         raise DataError(f"image folder {path} contains no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    _check_classes(f"image folder {path}", torch.tensor(ys))
     x = torch.from_numpy(np.stack(xs))
     return _standardise(x), torch.tensor(ys, dtype=torch.long), len(classes)
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import TeacherLoadError
-from ..files import first_line, sha256_file
+from ..files import first_line, sha256_file, zip_bomb
 from ..types import InputSpec, Teacher
 from .lift import lift_exported
 
@@ -35,9 +35,12 @@ LIFT_ATOL = 1e-4
 def _zip_names(path: Path) -> list[str]:
     try:
         with zipfile.ZipFile(path) as z:
-            return z.namelist()
-    except (zipfile.BadZipFile, OSError):
+            names = z.namelist()
+    except Exception:  # noqa: BLE001 - not a (readable) zip: the other formats are tried
         return []
+    if bomb := zip_bomb(path):  # before torch reads (and inflates) any member
+        raise TeacherLoadError(f"teacher {path}: {bomb}")
+    return names
 
 
 def detect_format(path: Path) -> str:
@@ -49,9 +52,15 @@ def detect_format(path: Path) -> str:
         return "export"
     if names and any(n.endswith("data.pkl") for n in names):
         return "pickle"
-    head = path.read_bytes()[:2]
+    with open(path, "rb") as f:  # a few bytes, not the whole file: a teacher may be gigabytes
+        head = f.read(4)
     if head and head[0] == 0x80:  # legacy (non-zip) torch.save pickle protocol marker
         return "pickle"
+    if not head:
+        raise TeacherLoadError(f"teacher {path} is empty (0 bytes)")
+    if head == b"PK\x03\x04":  # starts like a zip, but no readable directory: cut short or damaged
+        raise TeacherLoadError(f"teacher {path} is a damaged zip archive (truncated or corrupt); "
+                               "save the model again")
     raise TeacherLoadError(
         f"teacher {path} is not a TorchScript archive, a torch.export .pt2 program or a torch.save file"
     )
@@ -79,7 +88,8 @@ def _load_raw(path: Path, arch: str | None, trust_pickle: bool) -> tuple[object,
         if fmt == "export":
             return torch.export.load(str(path)), fmt
     except Exception as e:
-        raise TeacherLoadError(f"teacher {path} looks like a {fmt} file but cannot be loaded: {first_line(e)}") from None
+        kind = {"torchscript": "TorchScript archive", "export": "torch.export program"}[fmt]
+        raise TeacherLoadError(f"teacher {path} looks like a {kind} but cannot be loaded: {first_line(e)}") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -183,10 +193,13 @@ def load_teacher(path: str | Path, sample: torch.Tensor, num_classes: int, *, ar
                  trust_pickle: bool = False, input_shape: tuple[int, ...] | None = None) -> Teacher:
     """Load, check against the data, and lift. `sample` is a real data batch (>= 2 samples)."""
     path = Path(path)
-    if not path.exists():
-        raise TeacherLoadError(f"teacher {path} does not exist")
-    if not path.is_file():
-        raise TeacherLoadError(f"teacher {path} is not a file")
+    try:
+        if not path.exists():
+            raise TeacherLoadError(f"teacher {path} does not exist")
+        if not path.is_file():
+            raise TeacherLoadError(f"teacher {path} is not a file")
+    except OSError as e:  # a name too long for the filesystem, a loop of links, ...
+        raise TeacherLoadError(f"teacher {path} cannot be opened: {e.strerror or e}") from None
     raw, fmt = _load_raw(path, arch, trust_pickle)
     shape = tuple(input_shape) if input_shape else tuple(sample.shape[1:])
     if tuple(sample.shape[1:]) != shape:
@@ -203,12 +216,20 @@ def load_teacher(path: str | Path, sample: torch.Tensor, num_classes: int, *, ar
             raise TeacherLoadError(
                 f"teacher does not accept the data: data samples have shape {shape}{want}: {first_line(e)}"
             ) from None
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != num_classes:
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise TeacherLoadError(
             f"teacher output {got} does not fit the data: expected (batch, {num_classes}) class scores "
             f"for input of shape {shape}"
         )
+    if out.shape[1] != num_classes:
+        raise TeacherLoadError(
+            f"teacher output {tuple(out.shape)} does not fit the data: expected (batch, {num_classes}) class "
+            f"scores (the data's labels run 0..{num_classes - 1}) but the teacher scores {out.shape[1]} classes"
+        )
+    if not torch.isfinite(out).all():  # NaN weights, or an overflow: nothing can be distilled from it
+        raise TeacherLoadError(f"teacher {path} outputs NaN or infinite class scores on the data "
+                               f"(are its weights NaN?)")
     spec = InputSpec(shape=shape, num_classes=num_classes)
     lifted, prunable = _lift(raw, fmt, module, sample)
     return Teacher(module=lifted, spec=spec, source=str(path), format=fmt, sha256=sha256_file(path),

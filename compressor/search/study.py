@@ -19,9 +19,11 @@ import logging
 import math
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Callable, Iterator, Literal, Mapping
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -30,17 +32,21 @@ from torch import nn
 from .. import prune as P
 from ..budget import Budget
 from ..errors import CompressorError, ConfigError
+from ..files import first_line
 from ..progress import Progress
 from ..types import Candidate, DataSplits, SearchResult, Teacher
 from .assistant import widen_to_assistant
 from .context import Batch, NormMode, Reference, TeacherContext, labelled_batch
 from .diswot import teacher_context
 from .proxies import PROXIES, Proxy, get_proxy
-from .spaces import SPACES, SearchSpace
+from .spaces import SPACES, SearchSpace, build_arch
 
 log = logging.getLogger(__name__)
 
 _JOURNAL_SUFFIXES = (".log", ".journal")
+# a RUNNING trial not heard from for this long belongs to a dead worker: the RDB heartbeat fails it then;
+# a journal has no heartbeat, so there a RUNNING trial started this long ago no longer holds a place
+_GRACE_S = 180
 
 
 class SearchError(CompressorError):
@@ -105,11 +111,77 @@ class _CandidateFailed(Exception):
 # ---------------------------------------------------------------- storage
 
 
+def _check_sqlite_file(url: str) -> None:
+    """Refuse a damaged SQLite study file before Optuna reads or writes it (SQLite has no checksums,
+    so Optuna would fail somewhere later with an internal error, or commit on top of the damage)."""
+    if not url.startswith("sqlite:///"):
+        return
+    path = Path(url[len("sqlite:///"):].split("?", 1)[0])
+    if not path.is_file() or path.stat().st_size == 0:
+        return  # no study yet (an emptied file is an empty database): the search runs from the start
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(str(path))
+        try:
+            rows = con.execute("PRAGMA quick_check").fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error as e:
+        raise _damaged_study(str(path), e) from None
+    if rows != [("ok",)]:
+        raise _damaged_study(str(path), rows[0][0] if rows and rows[0] else "failed SQLite's quick_check")
+
+
+def _damaged_study(location: str, why: BaseException | str) -> ConfigError:
+    where = location.removeprefix("sqlite:///")
+    why = f"{type(why).__name__}: {first_line(why)}" if isinstance(why, BaseException) else first_line(Exception(why))
+    return ConfigError(f"search study {where} is damaged or unreadable ({why}); delete it to run the search "
+                       f"again, or start a new run with another --out")
+
+
+@contextmanager
+def _reading_study(location: str) -> Iterator[None]:
+    """A study whose records cannot be read (a garbled row, a bad journal line) is one line naming it."""
+    import sqlalchemy.exc
+
+    try:
+        yield
+    except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError, ValueError, KeyError) as e:
+        raise _damaged_study(location, e) from None
+
+
 def _rdb(url: str) -> optuna.storages.RDBStorage:
-    # heartbeats let a worker fail the trials of a worker that died, instead of waiting on them forever
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+    import sqlalchemy
+    import sqlalchemy.exc
+
+    _check_sqlite_file(url)
+    sqlite = url.startswith("sqlite:")
+    # SQLite: pysqlite opens no transaction of its own (the BEGIN IMMEDIATE below does), and several
+    # workers on one file wait their turn to write (SQLite's default: 5 s, then "database is locked")
+    kwargs = {"connect_args": {"isolation_level": None, **({} if "timeout=" in url else {"timeout": 120})}} \
+        if sqlite else None
+    for attempt in range(6):
+        # heartbeats let a worker fail the trials of a worker that died, instead of waiting on them forever
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            try:
+                storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=60,
+                                                     grace_period=_GRACE_S)
+                break
+            except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError):
+                # workers opening a new SQLite study at once race to create its tables and version row
+                # ("table ... already exists", "UNIQUE constraint failed: alembic_version"); the loser retries
+                if not sqlite or attempt == 5:
+                    raise
+                time.sleep(0.05 * 2 ** attempt)
+    if sqlite:
+        # SQLite ignores Optuna's SELECT ... FOR UPDATE and pysqlite reads outside a transaction, so two
+        # workers could both take the same waiting trial and run it twice (the second then fails with
+        # "Cannot tell a COMPLETE trial"). Each transaction takes the write lock when it begins: a read
+        # then write is atomic, and the other workers wait for it (up to the timeout above).
+        sqlalchemy.event.listen(storage.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+    return storage
 
 
 def open_storage(storage: str | None, run_dir: Path) -> tuple[optuna.storages.BaseStorage, str]:
@@ -143,6 +215,23 @@ def _finished(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     A trial cut short by an interrupt or a dead worker has no reason and is redone."""
     return [t for t in trials if t.state == TrialState.COMPLETE
             or (t.state == TrialState.FAIL and "fail_reason" in t.user_attrs)]
+
+
+def _holds_a_place(t: FrozenTrial, journal: bool) -> bool:
+    """Whether `t` takes one of the n_trials places: finished, waiting to run, or running in a live worker
+    (a journal has no heartbeat: a RUNNING trial there is taken for dead after the grace period)."""
+    if t.state == TrialState.RUNNING:
+        return not journal or t.datetime_start is None or \
+            (datetime.now() - t.datetime_start).total_seconds() < _GRACE_S
+    return t.state == TrialState.WAITING or bool(_finished([t]))
+
+
+def _over_quota(trial: optuna.Trial, n_trials: int, journal: bool) -> bool:
+    """Whether n_trials trials numbered before `trial` already hold their places. Workers sharing a
+    study each check their new trial this way, so together they run exactly n_trials: a check on the
+    finished count alone lets every other worker's running trial overshoot it."""
+    before = [t for t in trial.study.get_trials(deepcopy=False) if t.number < trial.number]
+    return sum(_holds_a_place(t, journal) for t in before) >= n_trials
 
 
 # ---------------------------------------------------------------- the objective
@@ -191,10 +280,13 @@ class _Scorer:
         return {"latency_ms": latency, "proxy_terms": terms, "proxy_scores": scores, **figures}
 
 
-def _objective(scorer: _Scorer, budget: Budget, cache: dict[str, dict[str, Any]]):
+def _objective(scorer: _Scorer, budget: Budget, cache: dict[str, dict[str, Any]], n_trials: int, journal: bool):
     names = list(scorer.spaces)
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
+        if _over_quota(trial, n_trials, journal):  # other workers took the last places: not run, not counted
+            trial.study.stop()
+            raise optuna.TrialPruned(f"the study already has its {n_trials} trials")
         name = trial.suggest_categorical("space", names)
         arch = scorer.spaces[name].suggest(trial)
         trial.set_user_attr("arch", arch)
@@ -329,7 +421,9 @@ def run_search(teacher: Teacher, data: DataSplits, *, latency_fn: Callable[[nn.M
     `latency_fn` predicts a built network's latency in ms on the target. With the
     default storage a run without `resume` starts a fresh study; with a shared
     `storage` a worker always joins the study of that name. Trials already finished
-    (scored, or failed with a recorded reason) count toward `config.n_trials`.
+    (scored, or failed with a recorded reason) count toward `config.n_trials`; workers
+    sharing a study run exactly that many together (a trial started past it is marked
+    PRUNED without running) and each picks from the same finished trials.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -337,22 +431,29 @@ def run_search(teacher: Teacher, data: DataSplits, *, latency_fn: Callable[[nn.M
     spaces = _spaces(teacher, config)
     batch = labelled_batch(data.x_train, data.y_train, config.batch_size, config.seed)
     proxy, ctx = _context(teacher, batch, config)
-    store, location = open_storage(storage, run_dir)
-    study = _open_study(store, location, config, storage is None, resume,
-                        _signature(teacher, config, proxy.name, budget))
-    scorer = _Scorer(teacher, spaces, proxy, tuple(PROXIES.get(n) for n in config.record if n != proxy.name),
-                     batch, ctx, latency_fn)
-    scorer.ctx = ctx.with_reference(_reference(study, scorer, config))
+    location = storage or f"sqlite:///{(run_dir / 'search.db').resolve()}"
+    with _reading_study(location):  # everything read back from the study: a damaged one is one line
+        store, location = open_storage(storage, run_dir)
+        study = _open_study(store, location, config, storage is None, resume,
+                            _signature(teacher, config, proxy.name, budget))
+        journal = isinstance(store, optuna.storages.JournalStorage)
+        if storage is None:  # the run folder's own study has no other worker: a RUNNING trial was cut short
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                store.set_trial_state_values(t._trial_id, TrialState.FAIL)  # (no reason: it is redone)
+        scorer = _Scorer(teacher, spaces, proxy, tuple(PROXIES.get(n) for n in config.record if n != proxy.name),
+                         batch, ctx, latency_fn)
+        reference = _reference(study, scorer, config)
 
-    trials = study.get_trials(deepcopy=False)
-    done = len(_finished(trials))
-    if not trials:
-        for space in spaces.values():
-            for params in space.anchors():
-                study.enqueue_trial({"space": space.name, **params}, skip_if_exists=True)
-    cache = {_arch_key(t.user_attrs["arch"]): {k: t.user_attrs[k] for k in
-                                               ("latency_ms", "proxy_terms", "proxy_scores", "params", "macs")}
-             for t in trials if t.state == TrialState.COMPLETE}
+        trials = study.get_trials(deepcopy=False)
+        done = len(_finished(trials))
+        if not trials:
+            for space in spaces.values():
+                for params in space.anchors():
+                    study.enqueue_trial({"space": space.name, **params}, skip_if_exists=True)
+        cache = {_arch_key(t.user_attrs["arch"]): {k: t.user_attrs[k] for k in
+                                                   ("latency_ms", "proxy_terms", "proxy_scores", "params", "macs")}
+                 for t in trials if t.state == TrialState.COMPLETE}
+    scorer.ctx = ctx.with_reference(reference)
     task = progress.add("search students", total=config.n_trials) if progress else None
     if progress:
         progress.advance(task, done)
@@ -364,9 +465,22 @@ def run_search(teacher: Teacher, data: DataSplits, *, latency_fn: Callable[[nn.M
             study.stop()  # other workers may have finished the rest
 
     if done < config.n_trials:
-        study.optimize(_objective(scorer, budget, cache), n_trials=config.n_trials - done,
+        study.optimize(_objective(scorer, budget, cache, config.n_trials, journal), n_trials=config.n_trials - done,
                        catch=(_CandidateFailed,), callbacks=[after_trial])
+    _await_others(study, config.n_trials, journal)
     return _result(study, scorer, location, budget, teacher_latency_ms, config)
+
+
+def _await_others(study: optuna.Study, n_trials: int, journal: bool) -> None:
+    """Wait for other workers' trials still running in the study's places, so that every worker
+    picks from the same n_trials finished trials (a dead worker's, at most the grace period)."""
+    deadline = time.monotonic() + _GRACE_S
+    while time.monotonic() < deadline:
+        trials = study.get_trials(deepcopy=False)
+        if len(_finished(trials)) >= n_trials or not any(
+                t.state == TrialState.RUNNING and _holds_a_place(t, journal) for t in trials):
+            return
+        time.sleep(0.2)
 
 
 def _result(study: optuna.Study, scorer: _Scorer, location: str, budget: Budget,
@@ -385,16 +499,25 @@ def _result(study: optuna.Study, scorer: _Scorer, location: str, budget: Budget,
         log.warning("no searched student meets the %.3f ms budget; the fastest predicts %.3f ms",
                     budget.ms, best.values[1])
     student = _candidate(best)
-    space = scorer.spaces[student.arch["space"]]
-    ta = widen_to_assistant(space, student.arch, scorer.teacher, latency_fn=scorer.latency_fn,
-                            max_latency_ms=max(teacher_latency_ms, student.est_latency_ms),
-                            factors=cfg.ta_factors, example=scorer.batch[0][:2], round_to=cfg.round_to,
-                            student_latency_ms=student.est_latency_ms)
-    ta_candidate = Candidate(arch=ta.arch, proxy_scores={}, est_latency_ms=ta.latency_ms,
-                             trial_number=best.number, params=P.count_params(ta.model),
-                             macs=P.count_macs(ta.model, scorer.batch[0][:1]))
+    earlier = study.user_attrs.get("result") or {}
+    if earlier.get("student_trial") == best.number and earlier.get("ta_arch"):
+        # a resumed run keeps the assistant it chose (and trained) before: widening again against a
+        # freshly measured teacher latency could choose another, and the checkpoint would not fit it
+        ta_arch = dict(earlier["ta_arch"])
+        ta_model = build_arch(ta_arch, scorer.teacher)
+        ta_ms = scorer.latency_fn(ta_model)
+    else:
+        space = scorer.spaces[student.arch["space"]]
+        ta = widen_to_assistant(space, student.arch, scorer.teacher, latency_fn=scorer.latency_fn,
+                                max_latency_ms=max(teacher_latency_ms, student.est_latency_ms),
+                                factors=cfg.ta_factors, example=scorer.batch[0][:2], round_to=cfg.round_to,
+                                student_latency_ms=student.est_latency_ms)
+        ta_arch, ta_model, ta_ms = dict(ta.arch), ta.model, ta.latency_ms
+    ta_candidate = Candidate(arch=ta_arch, proxy_scores={}, est_latency_ms=ta_ms,
+                             trial_number=best.number, params=P.count_params(ta_model),
+                             macs=P.count_macs(ta_model, scorer.batch[0][:1]))
     study.set_user_attr("result", {"student_trial": best.number, "feasible": bool(feasible),
-                                   "ta_arch": ta.arch, "proxy": scorer.proxy.name})
+                                   "ta_arch": ta_arch, "proxy": scorer.proxy.name})
     return SearchResult(ta=ta_candidate, student=student,
                         pareto=tuple(_candidate(t) for t in _pareto(feasible or complete)),
                         study_name=cfg.study_name, storage=location, n_trials=len(complete) + len(failed),
