@@ -68,7 +68,7 @@ from .hardware import (
 from .hardware.backends import cpu_channel_block, cpu_model
 from .hardware.isa import host_cpu_class
 from .intake import load_data, load_teacher
-from .manifest import MANIFEST_NAME, write_manifest
+from .manifest import MANIFEST_NAME, relative_path, write_manifest
 from .pick import options_from, rank
 from .progress import Progress
 from .record import (
@@ -77,7 +77,6 @@ from .record import (
     SizeRecord,
     TeacherRecord,
     Verification,
-    relative_to_run,
     size_from_dict,
     to_manifest,
 )
@@ -342,7 +341,7 @@ def stage_nested(teacher: Teacher, data: DataSplits, profile: HardwareProfile, p
     }
     training = {"history": family.history, "train_seconds": family.train_seconds,
                 "sizes": {n: family.ratios[n] for n in family.models},
-                "family_weights": relative_to_run(run_dir, family.family.weights_path),
+                "family_weights": relative_path(run_dir, family.family.weights_path),
                 "losses": [{"name": n, "weight": w} for n, w in cfg.loss_weights]}
     return servables, search_info, training
 
@@ -382,10 +381,10 @@ def stage_export(servables: list[Servable], teacher: Teacher, data: DataSplits, 
             progress.advance(task)
             continue
         onnx = export_onnx(s.module, data.x_val[:64], folder / "model.onnx")
-        files = {"onnx": relative_to_run(run_dir, onnx.path)}
+        files = {"onnx": relative_path(run_dir, onnx.path)}
         notes = list(onnx.notes)
         try:
-            files["torchscript"] = relative_to_run(run_dir, export_torchscript(s.module, data.x_val[:2],
+            files["torchscript"] = relative_path(run_dir, export_torchscript(s.module, data.x_val[:2],
                                                                               folder / "model.ts.pt"))
         except Exception as e:  # noqa: BLE001 - serving from ONNX still works; say why the PyTorch file is missing
             notes.append(f"TorchScript export failed: {first_line(e)}")
@@ -456,7 +455,7 @@ def _with_int8(size: SizeRecord, onnx_path: Path, fp32_logits: torch.Tensor, dat
         note = f"INT8 is not faster than fp32 on {budget.profile} ({speedup:.2f}x); serve the fp32 model"
     else:
         note = f"INT8 is {speedup:.2f}x faster than fp32 on {budget.profile}"
-    record = Int8Record(file=relative_to_run(run_dir, q), accuracy=accuracy(q_logits, data.y_val),
+    record = Int8Record(file=relative_path(run_dir, q), accuracy=accuracy(q_logits, data.y_val),
                         agreement_with_fp32=agreement(q_logits, fp32_logits),
                         settings=dataclasses.asdict(settings), latency=latency, speedup=speedup, note=note)
     return dataclasses.replace(size, int8=record, files={**size.files, "onnx_int8": record.file})
@@ -483,7 +482,7 @@ def stage_tensorrt(sizes: list[SizeRecord], cfg: CompressConfig,
     for s in sizes:
         onnx = run_dir / s.files["onnx"]
         engine = build_tensorrt_engine(onnx, onnx.with_name("model.fp16.engine"), fp16=True)
-        out.append(dataclasses.replace(s, files={**s.files, "tensorrt": relative_to_run(run_dir, engine)}))
+        out.append(dataclasses.replace(s, files={**s.files, "tensorrt": relative_path(run_dir, engine)}))
     return out, info
 
 

@@ -15,7 +15,6 @@ import json
 import platform
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Mapping
 
 from ._version import __version__
@@ -207,9 +206,3 @@ def _verification(v: Verification, budget: Budget) -> dict[str, Any]:
     return {"size": v.size, "first": v.first, "second": v.second, "first_ms": v.first.value(budget.stat),
             "second_ms": v.second.value(budget.stat), "margin_first": budget.margin(v.first),
             "margin_second": budget.margin(v.second), "holds": v.holds}
-
-
-
-def relative_to_run(run_dir: Path, path: str | Path) -> str:
-    """A file inside the run folder as the manifest stores it: relative, POSIX separators."""
-    return Path(path).resolve().relative_to(Path(run_dir).resolve()).as_posix()
