@@ -15,6 +15,7 @@ from torch.nn import functional as F
 
 from .distill.single import KDConfig
 from .evaluate import accuracy, predict_logits
+from .files import torch_bytes, write_bytes
 from .intake.data import load_data
 from .progress import Progress
 
@@ -88,8 +89,6 @@ def train_example_teacher(out: Path, *, seed: int = 0, epochs: int = 8, image_si
     out.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         scripted = torch.jit.trace(model, data.x_val[:2])
-    tmp = out.with_name(f".{out.name}.tmp")
-    torch.jit.save(scripted, str(tmp))
-    tmp.replace(out)
+    write_bytes(out, torch_bytes(torch.jit.save, scripted))
     return {"path": str(out), "val_accuracy": acc, "params": sum(p.numel() for p in model.parameters()),
             "seconds": time.perf_counter() - start, "image_size": image_size}

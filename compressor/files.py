@@ -11,18 +11,23 @@ such as the report and `pick` never pull in torch through this module.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import json
 import math
 import os
 import re
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from .faults import crash_point
+
 __all__ = ["atomic_output", "first_line", "sha256_file", "write_bytes", "write_json", "write_text",
-           "write_torch", "json_safe", "zip_bomb"]
+           "write_torch", "torch_bytes", "json_safe", "zip_bomb"]
 
 _CHUNK = 1 << 20  # 1 MiB reads: hashing speed is flat above this, memory stays small
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal colour/bold codes inside exception text
@@ -31,6 +36,8 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal colour/bold codes insid
 # floor) is a zip bomb, or corrupt: refused from its directory, before any member is read.
 _MAX_EXPANSION = 100
 _EXPANSION_FLOOR = 64 << 20
+# Below this much free space, a failed write is taken for a full disk (`disk_full_error`).
+_NEARLY_FULL = 1 << 20
 
 
 @contextmanager
@@ -51,9 +58,34 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; run folders are meant to be shared and served
+        crash_point(f"write:{path.name}")  # the fault suite's kill between a whole file and its rename
         os.replace(tmp, path)
+    except Exception as e:
+        full = disk_full_error(e, path)
+        if full is not None:
+            raise full from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def disk_full_error(e: BaseException, path: Path) -> Exception | None:
+    """One clear error for a write that failed because the disk (or quota) is full, else None.
+
+    Writers report a full disk in their own ways: Python's OSError(ENOSPC), torch's
+    "file write failed" RuntimeError, ONNX's protobuf error; so a failed write is also
+    taken for a full disk when its folder has (next to) no space left."""
+    from .errors import OutputError
+
+    errno_full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    try:
+        nearly_full = shutil.disk_usage(path.parent).free < _NEARLY_FULL
+    except OSError:
+        nearly_full = False
+    if not (errno_full or nearly_full):
+        return None
+    return OutputError(f"cannot write {path}: no space left on the output disk; nothing written so far is "
+                       f"lost: free some space, then rerun with --resume")
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:
@@ -75,9 +107,18 @@ def write_torch(path: str | Path, obj: Any) -> Path:
     """`torch.save` of tensors and plain data (read back with ``weights_only=True``)."""
     import torch
 
-    with atomic_output(path) as tmp:
-        torch.save(obj, tmp)
-    return Path(path)
+    return write_bytes(path, torch_bytes(torch.save, obj))
+
+
+def torch_bytes(save: Any, obj: Any) -> bytes:
+    """What `save(obj, file)` (torch.save, torch.jit.save, torch.export.save) writes, as bytes.
+
+    torch's archive writer aborts the whole process when the disk fills under it (a C++
+    exception thrown from a destructor): serialized in memory first, the bytes then go to
+    disk through Python, where a full disk is an ordinary OSError (`disk_full_error`)."""
+    buffer = io.BytesIO()
+    save(obj, buffer)
+    return buffer.getvalue()
 
 
 def sha256_file(path: str | Path) -> str:

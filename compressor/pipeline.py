@@ -17,12 +17,13 @@ selection in `pick`, the manifest's shape in `record`, file writes in `files`.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import logging
 import os
 import random
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -57,6 +58,7 @@ from .export import (
     set_onnx_metadata,
     tensorrt_available,
 )
+from .faults import crash_point
 from .files import first_line, sha256_file, write_json, write_torch
 from .hardware import (
     is_measurable,
@@ -68,6 +70,7 @@ from .hardware import (
 from .hardware.backends import cpu_channel_block, cpu_model
 from .hardware.isa import host_cpu_class
 from .intake import load_data, load_teacher
+from .journal import Journal
 from .manifest import MANIFEST_NAME, relative_path, write_manifest
 from .pick import options_from, rank
 from .progress import Progress
@@ -78,6 +81,7 @@ from .record import (
     TeacherRecord,
     Verification,
     size_from_dict,
+    teacher_from_dict,
     to_manifest,
 )
 from .report import model_card_filename, print_summary, write_report
@@ -91,7 +95,8 @@ _SHAPING = ("teacher", "data", "seed", "image_size", "method", "sizes", "epochs"
             "profile", "losses")
 # How many fitting sizes are re-measured, best first, before the run gives up on a verified pick.
 _MAX_VERIFY = 3
-# Created exclusively (O_EXCL) when a new run takes its folder; it stays, marking the folder as used.
+# Created exclusively (O_EXCL) when a new run takes its folder; it stays, marking the folder as used,
+# and every run in the folder holds a lock on it (`run_folder`).
 _CLAIM = ".compress-run"
 
 
@@ -116,7 +121,11 @@ class Servable:
 # ---------------------------------------------------------------------------- the run
 
 def run(cfg: CompressConfig, console: Console | None = None) -> RunResult:
-    console = console or Console(stderr=True)
+    with ExitStack() as held:  # the run folder stays locked until the run ends
+        return _run(cfg, console or Console(stderr=True), held)
+
+
+def _run(cfg: CompressConfig, console: Console, held: ExitStack) -> RunResult:
     clock = _StageClock()
     with clock("intake"):
         profile = load_profile(cfg.profile)
@@ -125,14 +134,16 @@ def run(cfg: CompressConfig, console: Console | None = None) -> RunResult:
         data = load_data(cfg.data, seed=cfg.seed, image_size=cfg.image_size)
         teacher = load_teacher(cfg.teacher, data.x_val[:8], data.num_classes, arch=cfg.arch,
                                trust_pickle=cfg.trust_pickle, input_shape=cfg.input_shape)
-        run_dir = prepare_run_dir(cfg)
+        run_dir = held.enter_context(run_folder(cfg))
         _check_resume_config(run_dir, cfg)
+        clock.journal = journal = Journal(run_dir)
     with clock("calibration"):  # once per machine and input shape, then cached
         predictors = {p.name: predictor_for(p, teacher.spec.shape, n_models=cfg.calibration_models)
                       for p in profiles}
-    with Progress(enabled=cfg.progress, console=console) as progress:
+    with Progress(enabled=cfg.progress, console=console, journal=journal) as progress:
         with clock("teacher"):
-            teacher_rec = stage_teacher(teacher, data, profiles, predictors, run_dir)
+            teacher_rec = stage_teacher(teacher, data, profiles, predictors, run_dir, resume=cfg.resume,
+                                        journal=journal)
             budget = cfg.budget_spec.resolve(profile.name, profile.stat,
                                              _value(teacher_rec.latency.get(profile.name), profile))
         progress.log(f"[bold]compress[/] {cfg.teacher} -> {run_dir}  budget {budget.describe()}"
@@ -173,9 +184,17 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def prepare_run_dir(cfg: CompressConfig) -> Path:
-    """A new folder, or the given one. An existing finished or partial run is never
-    overwritten unless `--resume` asks to continue it."""
+@contextmanager
+def run_folder(cfg: CompressConfig) -> Iterator[Path]:
+    """The run's output folder, held for as long as the run goes on.
+
+    A new run takes a folder that is absent or empty; an existing finished or partial
+    run is only continued by `--resume`. Either way the run holds an exclusive lock on
+    the folder's claim file (`flock`, released by the kernel when the process ends,
+    however it ends), so a second run into the same folder, new or resumed, is refused
+    in one line instead of writing over the first. A resumed run then clears the
+    temporary files a killed run left (`files.atomic_output`'s ``.tmp-*``).
+    """
     if cfg.out:
         run_dir = Path(cfg.out)
     else:
@@ -189,19 +208,33 @@ def prepare_run_dir(cfg: CompressConfig) -> Path:
             raise OutputError(f"output folder {run_dir} already holds {what}; pass --resume to continue it "
                               "or choose another --out")
         run_dir.mkdir(parents=True, exist_ok=True)
-        if cfg.resume:
-            probe = run_dir / ".write-test"
-            probe.write_text("ok")
-            probe.unlink()
-        else:  # claim the folder: of two new runs racing for one --out, exactly one gets it
-            try:
-                os.close(os.open(run_dir / _CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-            except FileExistsError:
-                raise OutputError(f"output folder {run_dir} was just taken by another compress run; "
-                                  "choose another --out") from None
+        # of two new runs racing for one --out, exactly one creates the claim (O_EXCL)
+        flags = os.O_CREAT | os.O_WRONLY | (0 if cfg.resume else os.O_EXCL)
+        try:
+            fd = os.open(run_dir / _CLAIM, flags, 0o644)
+        except FileExistsError:
+            raise OutputError(f"output folder {run_dir} was just taken by another compress run; "
+                              "choose another --out") from None
     except (OSError, ValueError) as e:  # ValueError: a NUL inside the path
         raise OutputError(f"cannot write to output folder {run_dir}: {getattr(e, 'strerror', None) or e}") from None
-    return run_dir
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputError(f"output folder {run_dir} is in use by another compress run; wait for it to end "
+                              "(or stop it), then --resume") from None
+        if cfg.resume:
+            _clear_torn_writes(run_dir)
+        yield run_dir
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _clear_torn_writes(run_dir: Path) -> None:
+    """Temporary files of writes a killed run never renamed into place: never read, so removed."""
+    for tmp in run_dir.rglob(".tmp-*"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
 
 
 def _check_resume_config(run_dir: Path, cfg: CompressConfig) -> None:
@@ -225,8 +258,44 @@ def _check_resume_config(run_dir: Path, cfg: CompressConfig) -> None:
 
 # ---------------------------------------------------------------------------- teacher
 
+_TEACHER_RECORD = "teacher.json"
+
+
 def stage_teacher(teacher: Teacher, data: DataSplits, profiles: list[HardwareProfile],
-                  predictors: Mapping[str, Any], run_dir: Path) -> TeacherRecord:
+                  predictors: Mapping[str, Any], run_dir: Path, resume: bool = False,
+                  journal: Journal | None = None) -> TeacherRecord:
+    """Accuracy, size and latency of the teacher, kept in `teacher.json`.
+
+    A resumed run reuses the record of the same teacher file: measuring again would give a
+    slightly different latency, hence another relative budget (`--budget 0.5x`) than the one
+    the finished search and sizes were judged against."""
+    saved = _finished_teacher(run_dir, teacher, profiles) if resume else None
+    if saved is not None:
+        return saved
+    record = _measure_teacher(teacher, data, profiles, predictors, run_dir)
+    onnx = run_dir / "teacher.onnx"
+    write_json(run_dir / _TEACHER_RECORD, {**to_jsonable(record),
+                                           "onnx_sha256": sha256_file(onnx) if onnx.is_file() else None})
+    (journal or Journal(None)).done("teacher", teacher.sha256[:12])
+    return record
+
+
+def _finished_teacher(run_dir: Path, teacher: Teacher, profiles: list[HardwareProfile]) -> TeacherRecord | None:
+    """The saved record when it is of this teacher file and covers every profile; else None (measure)."""
+    try:
+        saved = json.loads((run_dir / _TEACHER_RECORD).read_text())
+        record = teacher_from_dict(saved)
+        onnx = run_dir / "teacher.onnx"
+        onnx_intact = saved["onnx_sha256"] == (sha256_file(onnx) if onnx.is_file() else None)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # absent or damaged: measured again
+        return None
+    if not onnx_intact or record.sha256 != teacher.sha256 or any(p.name not in record.latency for p in profiles):
+        return None
+    return record
+
+
+def _measure_teacher(teacher: Teacher, data: DataSplits, profiles: list[HardwareProfile],
+                     predictors: Mapping[str, Any], run_dir: Path) -> TeacherRecord:
     """Accuracy, size and latency of the teacher (measured via its ONNX export where possible)."""
     logits = predict_logits(teacher.module, data.x_val)
     onnx_path = None
@@ -403,6 +472,7 @@ def stage_export(servables: list[Servable], teacher: Teacher, data: DataSplits, 
             size = _with_int8(size, onnx.path, logits, data, profiles, budget, teacher.spec.shape, run_dir)
         out.append(_record_export(size, folder, run_dir))
         progress.advance(task)
+        progress.done("export", s.name)
     return out, reused
 
 
@@ -444,6 +514,7 @@ def _with_int8(size: SizeRecord, onnx_path: Path, fp32_logits: torch.Tensor, dat
     target = next(p for p in profiles if p.name == budget.profile)
     settings = int8_settings_for(_cpu_class(target))
     q = quantize_int8(onnx_path, data.x_train[:256], onnx_path.with_name("model.int8.onnx"), settings=settings)
+    crash_point("int8")
     q_logits = torch.from_numpy(onnx_predict(q, data.x_val))
     latency = {p.name: latency_report(p, shape, onnx_path=q) for p in profiles
                if p.backend == "onnxruntime-cpu" and is_measurable(p)}
@@ -539,6 +610,7 @@ def stage_record(record: RunRecord, run_dir: Path) -> dict[str, Any]:
     """Report and model cards first; the manifest last, so its presence means 'complete'."""
     manifest = to_manifest(record)
     write_report(run_dir, manifest)
+    crash_point("report")
     write_manifest(run_dir, manifest)
     return manifest
 
@@ -550,10 +622,12 @@ def _host(profile: HardwareProfile) -> dict[str, Any]:
 
 
 class _StageClock:
-    """Wall seconds per stage, for the manifest: the slow stage is visible in every run."""
+    """Wall seconds per stage, for the manifest: the slow stage is visible in every run.
+    Each finished stage is also a line in the run's journal (once the run folder exists)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self.journal = Journal(None)
         self._start = time.perf_counter()
 
     @contextmanager
@@ -563,6 +637,7 @@ class _StageClock:
             yield
         finally:
             self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.perf_counter() - start, 3)
+        self.journal.done("stage", stage, seconds=self.seconds[stage])  # not reached when the stage raised
 
     def total(self) -> float:
         return round(time.perf_counter() - self._start, 3)

@@ -1,4 +1,7 @@
-"""Progress bars for long stages (rich), silent when output is not a terminal or disabled."""
+"""Progress bars for long stages (rich), silent when output is not a terminal or disabled.
+
+`done` marks one finished unit of work (a trial, an epoch, an exported size) in the
+run's journal (`journal.Journal`), whether or not bars are shown."""
 from __future__ import annotations
 
 from typing import Any
@@ -13,12 +16,15 @@ from rich.progress import (
 )
 from rich.progress import Progress as _RichProgress
 
+from .journal import Journal
+
 
 class Progress:
     """A thin wrapper so stages do not care whether bars are shown."""
 
-    def __init__(self, enabled: bool = True, console: Console | None = None) -> None:
+    def __init__(self, enabled: bool = True, console: Console | None = None, journal: Journal | None = None) -> None:
         self.console = console or Console(stderr=True)
+        self.journal = journal or Journal(None)
         self.enabled = enabled and self.console.is_terminal
         self._p = _RichProgress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                 TimeElapsedColumn(), TimeRemainingColumn(), console=self.console,
@@ -42,3 +48,6 @@ class Progress:
 
     def log(self, msg: str) -> None:
         self.console.print(msg)
+
+    def done(self, kind: str, key: Any = None, **info: Any) -> None:
+        self.journal.done(kind, key, **info)

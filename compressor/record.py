@@ -24,7 +24,7 @@ from .manifest import SCHEMA_VERSION
 from .types import LatencyReport, to_jsonable
 
 __all__ = ["Int8Record", "RunRecord", "SizeRecord", "TeacherRecord", "Verification", "runtime_versions",
-           "size_from_dict", "to_manifest"]
+           "size_from_dict", "teacher_from_dict", "to_manifest"]
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,15 @@ def size_from_dict(d: Mapping[str, Any]) -> SizeRecord:
             settings=dict(int8["settings"]), latency={p: LatencyReport.from_dict(r) for p, r in int8["latency"].items()},
             speedup=int8.get("speedup"), note=int8.get("note", "")),
         arch=d.get("arch"), notes=tuple(d.get("notes") or ()))
+
+
+def teacher_from_dict(d: Mapping[str, Any]) -> TeacherRecord:
+    """A `TeacherRecord` read back from its JSON form, e.g. the teacher's record on resume."""
+    return TeacherRecord(
+        path=str(d["path"]), sha256=str(d["sha256"]), format=str(d["format"]), prunable=bool(d["prunable"]),
+        input_shape=tuple(int(v) for v in d["input_shape"]), num_classes=int(d["num_classes"]),
+        params=int(d["params"]), macs=int(d["macs"]), accuracy=float(d["accuracy"]),
+        latency={p: LatencyReport.from_dict(r) for p, r in d["latency"].items()})
 
 
 def runtime_versions() -> dict[str, str | None]:

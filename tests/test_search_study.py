@@ -95,6 +95,26 @@ def test_a_stopped_search_resumes_without_redoing_finished_trials(teacher, digit
     assert len([t for t in after if t.state == TrialState.COMPLETE]) == 6
 
 
+def _archs(result) -> list[str]:
+    """The finished trials' architectures, in the order they finished."""
+    import json
+
+    trials = [t for t in _load(result).trials if t.state == TrialState.COMPLETE]
+    return [json.dumps(t.user_attrs["arch"], sort_keys=True) for t in sorted(trials, key=lambda t: t.number)]
+
+
+@pytest.mark.parametrize("sampler", ["nsga2", "tpe"])
+def test_a_resumed_search_proposes_what_an_uninterrupted_one_does(teacher, digits8, tmp_path, sampler):
+    """Draws are keyed on the finished-trial count, so the trial cut short and redone on resume
+    is the same candidate, and so is every one after it (past the first NSGA-II generation)."""
+    whole = _search(teacher, digits8, tmp_path / "whole", sampler=sampler, n_trials=9)
+    with pytest.raises(KeyboardInterrupt):
+        _search(teacher, digits8, tmp_path / "cut", sampler=sampler, n_trials=9, latency=MacsLatency(interrupt_at=6))
+    resumed = _search(teacher, digits8, tmp_path / "cut", sampler=sampler, n_trials=9, resume=True)
+    assert _archs(resumed) == _archs(whole) and len(set(_archs(whole))) > 4
+    assert resumed.student.arch == whole.student.arch
+
+
 def test_resume_checks_the_study_was_run_with_the_same_settings(teacher, digits8, tmp_path):
     _search(teacher, digits8, tmp_path, n_trials=2)
     with pytest.raises(ConfigError, match="budget_ms"):

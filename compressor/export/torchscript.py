@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import ExportError
-from ..files import atomic_output, first_line
+from ..files import first_line, torch_bytes, write_bytes
 from .onnx_export import _eval_mode, _leaves, _trace_input
 
 __all__ = ["export_pt2", "export_torchscript"]
@@ -33,8 +33,7 @@ def export_torchscript(model: nn.Module, example: torch.Tensor, path: str | Path
             traced = torch.jit.trace(model, (_trace_input(x),), check_trace=False)
         except Exception as e:  # noqa: BLE001 - tracing fails in many ways
             raise ExportError(f"TorchScript trace failed: {type(e).__name__}: {first_line(e)}") from None
-        with atomic_output(path) as tmp:
-            torch.jit.save(traced, str(tmp))
+        write_bytes(path, torch_bytes(torch.jit.save, traced))
         _compare(model, torch.jit.load(str(path)), x, path)
     return path
 
@@ -49,8 +48,7 @@ def export_pt2(model: nn.Module, example: torch.Tensor, path: str | Path) -> Pat
                                           dynamic_shapes=({0: torch.export.Dim("batch")},))
         except Exception as e:  # noqa: BLE001 - export fails in many ways
             raise ExportError(f"torch.export failed: {type(e).__name__}: {first_line(e)}") from None
-        with atomic_output(path) as tmp:
-            torch.export.save(program, str(tmp))
+        write_bytes(path, torch_bytes(torch.export.save, program))
         _compare(model, torch.export.load(str(path)).module(), x, path)
     return path
 

@@ -62,7 +62,8 @@ import torch
 from torch import nn
 
 from ..errors import BackendUnavailableError, ConfigError
-from ..files import first_line
+from ..faults import crash_point
+from ..files import first_line, write_json
 from ..types import HardwareProfile, LatencyReport
 from .layers import LayerCost, layer_costs
 
@@ -216,15 +217,20 @@ class LatencyPredictor:
         return self
 
     def calibrate(self, profile: HardwareProfile, modules: Sequence[nn.Module], input_shape: Sequence[int],
-                  progress: bool = False) -> "LatencyPredictor":
+                  progress: bool = False, partial: Path | None = None) -> "LatencyPredictor":
         """Measure each module on `profile` here (exported to ONNX for ONNX Runtime and
-        TensorRT, as is for torch-cuda) and fit to the profile's statistic."""
+        TensorRT, as is for torch-cuda) and fit to the profile's statistic.
+
+        `partial`: a file that keeps the timings taken so far, so a calibration that was
+        killed goes on from its last timed model instead of timing them all again."""
         from ._onnx import export_for_timing
         from .measure import measure_module_cuda, measure_onnx
 
-        latencies: list[float] = []
+        key = calibration_key(profile, input_shape)
+        latencies = _read_partial(partial, key, len(modules))
+        resumed = len(latencies)
         with tempfile.TemporaryDirectory(prefix="compressor-calib-") as tmp:
-            for i, m in enumerate(modules):
+            for i, m in enumerate(modules[resumed:], start=resumed):
                 if profile.backend == "torch-cuda":
                     report = measure_module_cuda(m, profile, input_shape, progress=progress)
                 else:
@@ -232,7 +238,12 @@ class LatencyPredictor:
                     report = measure_onnx(path, profile, input_shape, progress=progress)
                     path.unlink()
                 latencies.append(report.value())
-        return self.fit(list(modules), latencies, input_shape, profile)
+                if partial is not None:
+                    write_json(partial, {"key": key, "latencies_ms": latencies})
+                crash_point("calibration")
+        fitted = self.fit(list(modules), latencies, input_shape, profile)
+        fitted.info["resumed_from_model"] = resumed
+        return fitted
 
     # -- predicting
     def _settings(self) -> tuple[int, str, int]:
@@ -265,8 +276,6 @@ class LatencyPredictor:
 
     def save(self, path: str | Path) -> Path:
         """Write the calibration as JSON (atomically: a crash never leaves half a file)."""
-        from ..files import write_json
-
         return write_json(path, self.to_dict())
 
     @classmethod
@@ -315,8 +324,10 @@ class LatencyPredictor:
             from .candidates import sample_candidates
 
             modules = [m for _, m in sample_candidates(n_models, input_shape, seed=seed)]
-        predictor = cls().calibrate(profile, modules, input_shape, progress=progress)
+        partial = path.with_name(path.stem + ".partial.json")
+        predictor = cls().calibrate(profile, modules, input_shape, progress=progress, partial=partial)
         predictor.save(path)
+        partial.unlink(missing_ok=True)
         return predictor
 
     def __repr__(self) -> str:
@@ -327,6 +338,22 @@ class LatencyPredictor:
 
 
 # ----------------------------------------------------------------------------- roofline
+
+
+def _read_partial(path: Path | None, key: Mapping[str, Any], n_models: int) -> list[float]:
+    """Timings a killed calibration left for the same key; anything else (absent, damaged, other
+    settings, more models than asked for) starts the calibration over."""
+    if path is None or not path.is_file():
+        return []
+    try:
+        data = json.loads(path.read_text())
+        latencies = [float(v) for v in data["latencies_ms"]]
+        if data["key"] != json.loads(json.dumps(key)) or len(latencies) > n_models \
+                or not all(math.isfinite(v) and v > 0 for v in latencies):
+            return []
+        return latencies
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
 
 
 def roofline_ms(costs: Sequence[LayerCost], profile: HardwareProfile) -> float:

@@ -7,6 +7,7 @@ with the SVG made byte-reproducible (fixed hash salt, no date).
 """
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -15,6 +16,7 @@ import matplotlib
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from ..files import write_bytes
 from ._view import (
     PREDICTED,
     all_predicted,
@@ -241,6 +243,10 @@ def _accuracies(entry: Mapping[str, Any]) -> dict[str, float | None]:
 def _save(fig: Figure, out_dir: Path, key: str, title: str, caption: str, section: str) -> Plot:
     png, svg = out_dir / f"{key}.png", out_dir / f"{key}.svg"
     with matplotlib.rc_context({"svg.hashsalt": "compressor", "svg.fonttype": "none"}):
-        fig.savefig(png, metadata={"Software": None})
-        fig.savefig(svg, metadata={"Date": None, "Creator": None})
+        # rendered in memory, then written atomically: a full disk is one clear error, not half a PNG
+        for path, fmt, metadata in ((png, "png", {"Software": None}),
+                                    (svg, "svg", {"Date": None, "Creator": None})):
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format=fmt, metadata=metadata)
+            write_bytes(path, buffer.getvalue())
     return Plot(key=key, title=title, caption=caption, section=section, png=png, svg=svg)

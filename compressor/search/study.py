@@ -14,9 +14,11 @@ a resume (the proxy's reference pool, the configuration) is stored in the study.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
+import os
 import time
 import warnings
 from contextlib import contextmanager
@@ -25,13 +27,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Mapping
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from .. import prune as P
 from ..budget import Budget
-from ..errors import CompressorError, ConfigError
+from ..errors import CompressorError, ConfigError, OutputError
 from ..files import first_line
 from ..progress import Progress
 from ..types import Candidate, DataSplits, SearchResult, Teacher
@@ -133,8 +136,18 @@ def _check_sqlite_file(url: str) -> None:
         raise _damaged_study(str(path), rows[0][0] if rows and rows[0] else "failed SQLite's quick_check")
 
 
-def _damaged_study(location: str, why: BaseException | str) -> ConfigError:
+def _disk_full(e: BaseException) -> bool:
+    """SQLite's (and a journal's) way of saying the disk is full, seen through SQLAlchemy and Optuna."""
+    text = f"{e} {e.__cause__ or ''} {e.__context__ or ''}".lower()
+    return "database or disk is full" in text or "no space left" in text or \
+        (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT))
+
+
+def _damaged_study(location: str, why: BaseException | str) -> CompressorError:
     where = location.removeprefix("sqlite:///")
+    if isinstance(why, BaseException) and _disk_full(why):  # the study is intact; only the disk is full
+        return OutputError(f"cannot write search study {where}: no space left on its disk; the finished trials "
+                           "are kept: free some space, then rerun with --resume")
     why = f"{type(why).__name__}: {first_line(why)}" if isinstance(why, BaseException) else first_line(Exception(why))
     return ConfigError(f"search study {where} is damaged or unreadable ({why}); delete it to run the search "
                        f"again, or start a new run with another --out")
@@ -149,6 +162,19 @@ def _reading_study(location: str) -> Iterator[None]:
         yield
     except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError, ValueError, KeyError) as e:
         raise _damaged_study(location, e) from None
+
+
+@contextmanager
+def _writing_study(location: str) -> Iterator[None]:
+    """A trial that cannot be stored because the disk filled: one line, the study kept for --resume."""
+    import sqlalchemy.exc
+
+    try:
+        yield
+    except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError, OSError) as e:
+        if _disk_full(e):
+            raise _damaged_study(location, e) from None
+        raise
 
 
 def _rdb(url: str) -> optuna.storages.RDBStorage:
@@ -201,13 +227,55 @@ def open_storage(storage: str | None, run_dir: Path) -> tuple[optuna.storages.Ba
     return _rdb(storage), storage
 
 
-def _sampler(cfg: SearchConfig, offset: int) -> optuna.samplers.BaseSampler:
-    # offset (trials already in the study) gives a resumed run or a joining worker its own draws
-    seed = cfg.seed + offset
+def _sampler(cfg: SearchConfig, seed: int) -> optuna.samplers.BaseSampler:
     if cfg.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(4, cfg.n_trials // 4))
     population = cfg.population_size or min(36, max(4, cfg.n_trials // 4))
     return optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
+
+
+class _SeededPerTrial(optuna.samplers.BaseSampler):
+    """The configured sampler, seeded afresh for every trial from (seed, salt, trials finished so far).
+
+    A sampler seeded once draws from one random stream, so a run killed after k trials
+    and resumed would draw trial k+1 from a fresh stream and search other students than
+    the uninterrupted run. Keyed on the finished count instead, trial k+1 gets the same
+    draws in both (the trial cut short by the kill never finished, so it does not shift
+    the count). NSGA-II and TPE keep the rest of their state in the study, so a new
+    instance per trial loses nothing. `salt` separates workers sharing one study: with
+    equal salts, workers starting together would draw the same candidates.
+    """
+
+    def __init__(self, cfg: SearchConfig, salt: int = 0) -> None:
+        self._cfg, self._salt = cfg, salt
+        self._inner = _sampler(cfg, cfg.seed)
+
+    def _seed_for(self, finished: int) -> int:
+        return int(np.random.SeedSequence([self._cfg.seed, self._salt, finished]).generate_state(1)[0])
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._inner = _sampler(self._cfg, self._seed_for(len(_finished(study.get_trials(deepcopy=False)))))
+        self._inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+        return self._inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(self._inner, optuna.samplers.NSGAIISampler):
+            # NSGA-II hands back a parent population in selection order the first time it is chosen,
+            # and in trial order once it is read back from the study: store it first, so that every
+            # trial (a resumed run's first included) crosses over the parents in the same order
+            self._inner.get_parent_population(study, self._inner.get_trial_generation(study, trial))
+        return self._inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, name: str, distribution: Any) -> Any:
+        return self._inner.sample_independent(study, trial, name, distribution)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any) -> None:
+        self._inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._salt = int.from_bytes(os.urandom(4), "little")
 
 
 def _finished(trials: list[FrozenTrial]) -> list[FrozenTrial]:
@@ -336,8 +404,10 @@ def _open_study(storage: Any, location: str, cfg: SearchConfig, default_storage:
         diff = {k: (stored.get(k), v) for k, v in signature.items() if stored.get(k) != v}
         raise ConfigError(f"study {cfg.study_name!r} in {location} was run with other settings "
                           f"(stored, now): {diff}; use another study name or output folder")
-    offset = len(probe.get_trials(deepcopy=False))
-    return optuna.load_study(study_name=cfg.study_name, storage=storage, sampler=_sampler(cfg, offset))
+    # the run folder's own study has one worker, whose draws are reproducible; a worker joining a
+    # shared study draws its own (see `_SeededPerTrial`)
+    salt = 0 if default_storage else int.from_bytes(os.urandom(4), "little")
+    return optuna.load_study(study_name=cfg.study_name, storage=storage, sampler=_SeededPerTrial(cfg, salt))
 
 
 def _reference(study: optuna.Study, scorer: _Scorer, cfg: SearchConfig) -> Reference | None:
@@ -461,12 +531,16 @@ def run_search(teacher: Teacher, data: DataSplits, *, latency_fn: Callable[[nn.M
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         if progress:
             progress.advance(task)
+            if _finished([trial]):
+                progress.done("trial", trial.number, state=trial.state.name,
+                              arch=_arch_key(trial.user_attrs["arch"]) if "arch" in trial.user_attrs else None)
         if len(_finished(study.get_trials(deepcopy=False))) >= config.n_trials:
             study.stop()  # other workers may have finished the rest
 
     if done < config.n_trials:
-        study.optimize(_objective(scorer, budget, cache, config.n_trials, journal), n_trials=config.n_trials - done,
-                       catch=(_CandidateFailed,), callbacks=[after_trial])
+        with _writing_study(location):
+            study.optimize(_objective(scorer, budget, cache, config.n_trials, journal),
+                           n_trials=config.n_trials - done, catch=(_CandidateFailed,), callbacks=[after_trial])
     _await_others(study, config.n_trials, journal)
     return _result(study, scorer, location, budget, teacher_latency_ms, config)
 

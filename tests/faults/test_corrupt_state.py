@@ -161,6 +161,8 @@ CASES = {
                                  _garble_onnx_weights, "recompute"),
     "export-record-garbled": Case(SEL + "/size.json", "garbled (middle)", _garble, "recompute"),
     "teacher-onnx-truncated": Case("teacher.onnx", "truncated (half)", _truncate, "recompute"),
+    "teacher-record-truncated": Case("teacher.json", "truncated (half)", _truncate, "recompute"),
+    "teacher-record-garbled": Case("teacher.json", "garbled (middle)", _garble, "recompute"),
     "latency-cache-truncated": Case("CACHE/latency/*.json", "truncated (half)", _truncate, "recompute"),
     "latency-cache-nan": Case("CACHE/latency/*.json", "garbled (valid JSON, a NaN coefficient)", _nan_coefficient,
                               "recompute"),
