@@ -5,6 +5,7 @@
     compress profile model.onnx --profile host-cpu-1t   # measure any ONNX file
     compress profiles                                   # list hardware profiles
     compress pick runs/x --budget 3ms --profile host-cpu-1t
+    compress report runs/x                              # render a run's report again
 
 Errors the user can fix print one line and exit 2 (usage/input) or 3 (no model
 meets the budget); `--debug` shows tracebacks instead.
@@ -12,6 +13,7 @@ meets the budget); `--debug` shows tracebacks instead.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 import sys
@@ -23,7 +25,7 @@ from ._version import __version__
 from .errors import EXIT_INTERNAL, EXIT_USAGE, CompressorError
 from .files import first_line
 
-SUBCOMMANDS = ("example-teacher", "profile", "profiles", "pick", "run")
+SUBCOMMANDS = ("example-teacher", "profile", "profiles", "pick", "report", "run")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,8 +56,20 @@ other commands (each has --help):
   compress profiles                            list hardware profiles (measured / predicted)
   compress pick RUN_DIR --budget 3ms --profile host-cpu-1t   print the best size for a budget
 
+  compress report RUN_DIR                      render a finished run's report and model cards again
+
+output: progress and logs go to stderr (bars on a terminal, one line per stage, trial, epoch and size
+otherwise); --json prints a machine-readable summary on stdout.
+
+environment:
+  COMPRESSOR_CACHE_DIR     where latency calibrations are cached (default $XDG_CACHE_HOME/compressor,
+                           else ~/.cache/compressor); one per machine, profile and input shape
+  COMPRESSOR_PROFILES_DIR  folder of hardware profiles looked up by name (default: the built-in ones)
+  COMPRESSOR_CRASH_AT      fault testing only: POINT[@N] kills the run the N-th time it passes POINT
+  NO_COLOR                 plain, uncoloured output
+
 exit codes: 0 a model meets the budget; 3 none does (the report says how close the best came);
-2 bad input or usage; 1 internal error.
+2 bad input or usage; 1 internal error; 130 stopped (Ctrl-C, SIGTERM): rerun with --resume.
 """
 
 
@@ -121,9 +135,17 @@ def _run_parser() -> argparse.ArgumentParser:
                    help="also build an fp16 TensorRT engine per size where TensorRT and a CUDA GPU are present "
                         "(elsewhere the manifest says why none was built)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="hide progress bars")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors (and --json)")
+    p.add_argument("-v", "--verbose", action="store_true", help="also log the package's decisions (INFO)")
+    p.add_argument("--json", action="store_true",
+                   help="print a machine-readable summary on stdout: run folder, selected size and its figures, "
+                        "every size (logs stay on stderr)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
     p.add_argument("--version", action="version", version=f"compress {__version__}")
     return p
+
+
+_CLI_ONLY = ("config", "debug", "quiet", "verbose", "json")  # how to print, not what to run
 
 
 def _run(argv: Sequence[str]) -> int:
@@ -131,16 +153,58 @@ def _run(argv: Sequence[str]) -> int:
 
     args = _run_parser().parse_args(list(argv))
     file_values = load_config_file(args.config) if args.config else {}
-    cli = {k: v for k, v in vars(args).items() if k not in ("config", "debug") and v is not None}
+    cli = {k: v for k, v in vars(args).items() if k not in _CLI_ONLY and v is not None}
     for key in ("input_shape", "sizes", "spaces", "also_profile", "losses", "budget"):
         if key in cli:
             cli[key] = coerce(key, cli[key], "command line")
     cfg = resolve_config(file_values, cli)
+    from rich.console import Console
+
     from . import (
         pipeline,  # heavy (torch, onnxruntime, optuna): only once the options are known good
     )
 
-    return pipeline.run(cfg).exit_code
+    result = pipeline.run(cfg, console=Console(stderr=True, quiet=args.quiet))
+    if args.json:
+        print(json.dumps(json_summary(result.manifest, result.run_dir, result.exit_code), indent=2))
+    return result.exit_code
+
+
+def json_summary(manifest: dict, run_dir: Path, exit_code: int) -> dict:
+    """What a script needs from a run, for `--json`: where it is, what was picked, and every size."""
+    budget = manifest["budget"]
+    profile, stat = budget["profile"], budget["stat"]
+
+    def size(m: dict) -> dict:
+        lat = m["latency"].get(profile) or {}
+        return {"name": m["name"], "accuracy": m["accuracy"], "latency_ms": lat.get(f"{stat}_ms"),
+                "latency_measured": lat.get("measured"), "meets_budget": m["meets_budget"], "params": m["params"],
+                "onnx": str(Path(run_dir) / m["files"]["onnx"])}
+
+    sizes = [size(m) for m in manifest["models"]]
+    return {"run_dir": str(run_dir), "exit_code": exit_code, "budget_met": manifest["budget_met"],
+            "budget": {"ms": budget["ms"], "text": budget["text"], "profile": profile, "stat": stat},
+            "selected": next((s for s in sizes if s["name"] == manifest["selected"]), None),
+            "teacher": {"accuracy": manifest["teacher"]["accuracy"],
+                        "latency_ms": (manifest["teacher"]["latency"].get(profile) or {}).get(f"{stat}_ms")},
+            "sizes": sizes, "manifest": str(Path(run_dir) / "manifest.json"),
+            "report": str(Path(run_dir) / "report.html")}
+
+
+def _report(argv: Sequence[str]) -> int:
+    p = _Parser(prog="compress report",
+                description="Render a finished run's report (report.md, report.html, plots) and model cards "
+                            "again from its manifest, e.g. after upgrading this package.")
+    p.add_argument("run_dir", help="a finished run folder")
+    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(list(argv))
+    from .manifest import read_manifest
+    from .report import write_report
+
+    run_dir = Path(args.run_dir)
+    for path in write_report(run_dir, read_manifest(run_dir)):
+        print(path)
+    return 0
 
 
 def _example_teacher(argv: Sequence[str]) -> int:
@@ -203,15 +267,18 @@ def _pick(argv: Sequence[str]) -> int:
 
 
 _COMMANDS = {"example-teacher": _example_teacher, "profile": _profile, "profiles": _profiles, "pick": _pick,
-             "run": _run}
+             "report": _report, "run": _run}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    as_json = "--json" in argv
+    level = logging.DEBUG if debug else logging.INFO if {"-v", "--verbose"} & set(argv) else \
+        logging.ERROR if {"-q", "--quiet"} & set(argv) else logging.WARNING
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # --debug is about this package's decisions, not matplotlib's font search
-    logging.getLogger("compressor").setLevel(logging.DEBUG if debug else logging.WARNING)
+    # --debug and -v are about this package's decisions, not matplotlib's font search
+    logging.getLogger("compressor").setLevel(level)
     if not debug:
         import warnings
 
@@ -226,6 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         print(f"compress: error: {e}", file=sys.stderr)
+        if as_json:  # a script reading stdout learns why there is no summary
+            print(json.dumps({"error": str(e), "exit_code": e.exit_code}))
         return e.exit_code
     except SystemExit as e:  # argparse: --help is 0, usage errors are 2
         return int(e.code) if isinstance(e.code, int) else EXIT_USAGE

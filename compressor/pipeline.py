@@ -64,6 +64,7 @@ from .hardware import (
     is_measurable,
     latency_report,
     load_profile,
+    needs_calibration,
     predictor_for,
     remeasure_in_fresh_process,
 )
@@ -126,7 +127,7 @@ def run(cfg: CompressConfig, console: Console | None = None) -> RunResult:
 
 
 def _run(cfg: CompressConfig, console: Console, held: ExitStack) -> RunResult:
-    clock = _StageClock()
+    started, clock = time.monotonic(), _StageClock()
     with clock("intake"):
         profile = load_profile(cfg.profile)
         profiles = [profile, *(load_profile(p) for p in cfg.also_profile if p != profile.name)]
@@ -136,37 +137,42 @@ def _run(cfg: CompressConfig, console: Console, held: ExitStack) -> RunResult:
                                trust_pickle=cfg.trust_pickle, input_shape=cfg.input_shape)
         run_dir = held.enter_context(run_folder(cfg))
         _check_resume_config(run_dir, cfg)
-        clock.journal = journal = Journal(run_dir)
+        journal = Journal(run_dir)
+        clock.progress = progress = held.enter_context(Progress(enabled=cfg.progress, console=console,
+                                                                  journal=journal, started=started))
     with clock("calibration"):  # once per machine and input shape, then cached
+        for p in profiles:
+            if needs_calibration(p, teacher.spec.shape):
+                progress.log(f"calibrating the latency predictor for {p.name} (once per machine and input shape): "
+                             f"timing {cfg.calibration_models} models")
         predictors = {p.name: predictor_for(p, teacher.spec.shape, n_models=cfg.calibration_models)
                       for p in profiles}
-    with Progress(enabled=cfg.progress, console=console, journal=journal) as progress:
-        with clock("teacher"):
-            teacher_rec = stage_teacher(teacher, data, profiles, predictors, run_dir, resume=cfg.resume,
-                                        journal=journal)
-            budget = cfg.budget_spec.resolve(profile.name, profile.stat,
-                                             _value(teacher_rec.latency.get(profile.name), profile))
-        progress.log(f"[bold]compress[/] {cfg.teacher} -> {run_dir}  budget {budget.describe()}"
-                     f"{'' if profile.measured else ' (predicted)'}")
-        progress.log(f"teacher: {teacher_rec.params:,} params, accuracy {teacher_rec.accuracy:.3f}, "
-                     f"{profile.stat} {_value(teacher_rec.latency.get(profile.name), profile):.3f} ms")
-        search_info = training = None
-        with clock("students"):
-            if cfg.method == "skeleton":
-                servables = stage_skeleton(teacher, data, profile, predictors[profile.name], budget, cfg,
-                                           run_dir, progress)
-            else:
-                servables, search_info, training = stage_nested(teacher, data, profile, predictors[profile.name],
-                                                                budget, teacher_rec, cfg, run_dir, progress)
-        with clock("export"):
-            sizes, reused = stage_export(servables, teacher, data, budget, profiles, predictors, cfg, run_dir,
-                                         progress)
-        with clock("select"):
-            selected, verification = stage_select(sizes, budget, profile, teacher.spec.shape, run_dir, progress)
-        with clock("tensorrt"):
-            sizes, trt = stage_tensorrt(sizes, cfg, run_dir)
-        with clock("seal"):
-            sizes = stage_seal(sizes, budget, teacher_rec, run_dir)
+    with clock("teacher"):
+        teacher_rec = stage_teacher(teacher, data, profiles, predictors, run_dir, resume=cfg.resume,
+                                    journal=journal)
+        budget = cfg.budget_spec.resolve(profile.name, profile.stat,
+                                         _value(teacher_rec.latency.get(profile.name), profile))
+    progress.log(f"[bold]compress[/] {cfg.teacher} -> {run_dir}  budget {budget.describe()}"
+                 f"{'' if profile.measured else ' (predicted)'}")
+    progress.log(f"teacher: {teacher_rec.params:,} params, accuracy {teacher_rec.accuracy:.3f}, "
+                 f"{profile.stat} {_value(teacher_rec.latency.get(profile.name), profile):.3f} ms")
+    search_info = training = None
+    with clock("students"):
+        if cfg.method == "skeleton":
+            servables = stage_skeleton(teacher, data, profile, predictors[profile.name], budget, cfg,
+                                       run_dir, progress)
+        else:
+            servables, search_info, training = stage_nested(teacher, data, profile, predictors[profile.name],
+                                                            budget, teacher_rec, cfg, run_dir, progress)
+    with clock("export"):
+        sizes, reused = stage_export(servables, teacher, data, budget, profiles, predictors, cfg, run_dir,
+                                     progress)
+    with clock("select"):
+        selected, verification = stage_select(sizes, budget, profile, teacher.spec.shape, run_dir, progress)
+    with clock("tensorrt"):
+        sizes, trt = stage_tensorrt(sizes, cfg, run_dir)
+    with clock("seal"):
+        sizes = stage_seal(sizes, budget, teacher_rec, run_dir)
     record = RunRecord(config=cfg.to_dict(), budget=budget, teacher=teacher_rec, sizes=tuple(sizes),
                        selected=selected, verification=tuple(verification), search=search_info,
                        training=training, tensorrt=trt, host=_host(profile), reused={"exports": reused},
@@ -472,7 +478,7 @@ def stage_export(servables: list[Servable], teacher: Teacher, data: DataSplits, 
             size = _with_int8(size, onnx.path, logits, data, profiles, budget, teacher.spec.shape, run_dir)
         out.append(_record_export(size, folder, run_dir))
         progress.advance(task)
-        progress.done("export", s.name)
+        progress.done("export", s.name, total=len(servables))
     return out, reused
 
 
@@ -623,11 +629,11 @@ def _host(profile: HardwareProfile) -> dict[str, Any]:
 
 class _StageClock:
     """Wall seconds per stage, for the manifest: the slow stage is visible in every run.
-    Each finished stage is also a line in the run's journal (once the run folder exists)."""
+    Each finished stage is also a unit of progress (and a line in the run's journal)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
-        self.journal = Journal(None)
+        self.progress = Progress(enabled=False)  # until the run folder exists: a journal without a file
         self._start = time.perf_counter()
 
     @contextmanager
@@ -637,7 +643,7 @@ class _StageClock:
             yield
         finally:
             self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.perf_counter() - start, 3)
-        self.journal.done("stage", stage, seconds=self.seconds[stage])  # not reached when the stage raised
+        self.progress.done("stage", stage, seconds=self.seconds[stage])  # not reached when the stage raised
 
     def total(self) -> float:
         return round(time.perf_counter() - self._start, 3)

@@ -35,6 +35,10 @@ class CountingProgress:
     def __init__(self):
         self.steps = 0
         self.descriptions = []
+        self.units = []
+
+    def done(self, kind, key=None, total=None, **info):
+        self.units.append((kind, key))
 
     def add(self, description, total):
         return 0
@@ -66,6 +70,7 @@ def test_one_run_trains_every_size_and_counts_compute(small, tmp_path):
                      arch=TA_ARCH)
     steps = 2 * (384 // 64)
     assert progress.steps == steps and any("w025" in d for d in progress.descriptions)
+    assert progress.units == [("epoch", 1), ("epoch", 2)]
     assert [h["epoch"] for h in r.history] == [1, 2] and set(r.history[-1]["val_acc"]) == {"w100", "w050", "w025"}
     assert set(r.models) == set(r.val_acc) == {"w100", "w050", "w025"} and all(0 <= a <= 1 for a in r.val_acc.values())
     assert P.count_params(r.models["w025"]) < P.count_params(r.models["w050"]) < P.count_params(r.models["w100"])
@@ -192,6 +197,7 @@ def test_resume_after_kill_continues_without_repeating_epochs(small, tmp_path):
     r = train_family(teacher, ta, small, sizes=SIZES, config=DistillConfig(epochs=3, bn_calib_samples=64),
                      run_dir=run, resume=True, progress=progress)
     assert progress.steps == (3 - done) * (384 // 64)  # finished epochs are not trained again
+    assert progress.units == [("epoch", e) for e in range(done + 1, 4)]  # and not reported done again
     assert [h["epoch"] for h in r.history] == [1, 2, 3]
     assert r.history[:done] == ckpt["history"]
 

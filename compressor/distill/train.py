@@ -302,7 +302,8 @@ class _Trainer:
             self.history.append({"epoch": self.epoch, "loss": total / self.steps_per_epoch, "val_acc": acc})
             write_torch(ckpt_path, self.state())
             if progress:
-                progress.done("epoch", self.epoch, seconds=round(self.seconds, 3))
+                progress.done("epoch", self.epoch, total=cfg.epochs,
+                              **{f"acc_{n}": round(a, 4) for n, a in acc.items()})
                 accs = " ".join(f"{n} {a:.3f}" for n, a in acc.items())
                 progress.update(task, description=f"nested distil e{self.epoch}/{cfg.epochs} | {accs}")
         self.family.train(False)

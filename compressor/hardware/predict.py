@@ -303,6 +303,13 @@ class LatencyPredictor:
         except (AttributeError, TypeError, ValueError) as e:
             raise ConfigError(f"{path}: bad coefficients in latency calibration: {first_line(e)}") from None
 
+    @staticmethod
+    def cache_path(profile: HardwareProfile, input_shape: Sequence[int], directory: str | Path | None = None) -> Path:
+        """Where the calibration for (profile, this machine, input shape) is kept."""
+        key = calibration_key(profile, input_shape)
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        return Path(directory or cache_dir() / "latency") / f"{profile.name}-{digest}.json"
+
     @classmethod
     def cached(cls, profile: HardwareProfile, input_shape: Sequence[int],
                modules: Sequence[nn.Module] | None = None, n_models: int = 40, seed: int = 0,
@@ -311,8 +318,7 @@ class LatencyPredictor:
         and caching it first if there is none. Without `modules`, `n_models` random
         candidates (`candidates.sample_candidates`) are timed: about 1-2 s each."""
         key = calibration_key(profile, input_shape)
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        path = Path(directory or cache_dir() / "latency") / f"{profile.name}-{digest}.json"
+        path = cls.cache_path(profile, input_shape, directory)
         if path.is_file():
             try:
                 found = cls.load(path)
@@ -406,6 +412,14 @@ def predictor_for(profile: HardwareProfile, input_shape: Sequence[int], **cached
 
     raise BackendUnavailableError(f"{unavailable_reason(profile)}, and profile {profile.name!r} has no "
                                   f"[device] datasheet figures to predict from")
+
+
+def needs_calibration(profile: HardwareProfile, input_shape: Sequence[int]) -> bool:
+    """Whether `predictor_for` will first time models here: a measurable profile without a cached
+    calibration (a damaged cache file also counts as cached here; it is recalibrated all the same)."""
+    from .measure import is_measurable
+
+    return is_measurable(profile) and not LatencyPredictor.cache_path(profile, input_shape).is_file()
 
 
 def predict_latency(module: nn.Module, input_shape: Sequence[int], profile: HardwareProfile,

@@ -532,8 +532,8 @@ def run_search(teacher: Teacher, data: DataSplits, *, latency_fn: Callable[[nn.M
         if progress:
             progress.advance(task)
             if _finished([trial]):
-                progress.done("trial", trial.number, state=trial.state.name,
-                              arch=_arch_key(trial.user_attrs["arch"]) if "arch" in trial.user_attrs else None)
+                progress.done("trial", trial.number, total=config.n_trials, state=trial.state.name,
+                              **({"proxy": trial.values[0], "latency_ms": trial.values[1]} if trial.values else {}))
         if len(_finished(study.get_trials(deepcopy=False))) >= config.n_trials:
             study.stop()  # other workers may have finished the rest
 
