@@ -100,6 +100,9 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random seed for data split, search and training (default 0)")
     p.add_argument("--arch", metavar="MODULE:FACTORY",
                    help="builds the network for a state_dict teacher. e.g. --arch mypkg.nets:make_cnn")
+    p.add_argument("--arch-kwargs", metavar="JSON",
+                   help="keyword arguments for the --arch factory, as a JSON object. "
+                        "e.g. --arch-kwargs '{\"num_classes\": 10}'")
     p.add_argument("--trust-pickle", action="store_true", default=None,
                    help="allow loading a whole pickled nn.Module (unpickling runs arbitrary code)")
     p.add_argument("--input-shape", metavar="C,H,W",
@@ -154,7 +157,7 @@ def _run(argv: Sequence[str]) -> int:
     args = _run_parser().parse_args(list(argv))
     file_values = load_config_file(args.config) if args.config else {}
     cli = {k: v for k, v in vars(args).items() if k not in _CLI_ONLY and v is not None}
-    for key in ("input_shape", "sizes", "spaces", "also_profile", "losses", "budget"):
+    for key in ("input_shape", "sizes", "spaces", "also_profile", "losses", "budget", "arch_kwargs"):
         if key in cli:
             cli[key] = coerce(key, cli[key], "command line")
     cfg = resolve_config(file_values, cli)

@@ -48,6 +48,7 @@ class CompressConfig:
     image_size: int = 32  # built-in digits are 8x8; upsampled so models have realistic cost
     input_shape: tuple[int, ...] | None = None
     arch: str | None = None  # package.module:factory for a state_dict teacher
+    arch_kwargs: Mapping[str, Any] | None = None  # keyword arguments for the factory, e.g. {"num_classes": 10}
     trust_pickle: bool = False
     method: str = "nested"  # "nested" (search + MatTA family) or "skeleton" (fixed width ratios)
     sizes: tuple[float, ...] | None = None
@@ -109,6 +110,16 @@ def coerce(key: str, value: Any, source: str) -> Any:
             return tuple(_TUPLES[key](v) for v in value)
         except (TypeError, ValueError):
             raise ConfigError(f"{source}: {key} must be a list, got {value!r}") from None
+    if key == "arch_kwargs":
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError as e:
+                raise ConfigError(f"{source}: arch_kwargs must be a JSON object such as '{{\"num_classes\": 10}}' "
+                                  f"({e})") from None
+        if value is not None and not (isinstance(value, dict) and all(isinstance(k, str) for k in value)):
+            raise ConfigError(f"{source}: arch_kwargs must be an object of keyword arguments, got {value!r}")
+        return value
     if key == "budget":
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise ConfigError(f"{source}: budget must be a string such as '5ms' or '0.5x', got {value!r}")

@@ -87,13 +87,14 @@ from .record import (
 )
 from .report import model_card_filename, print_summary, write_report
 from .search import SearchConfig, build_arch, run_search
+from .serving import write_serving_files
 from .types import DataSplits, HardwareProfile, LatencyReport, Teacher, to_jsonable
 
 log = logging.getLogger(__name__)
 
 # Shapes of results: the settings that, when changed, make a resumed run a different run.
 _SHAPING = ("teacher", "data", "seed", "image_size", "method", "sizes", "epochs", "proxy", "spaces", "budget",
-            "profile", "losses")
+            "profile", "losses", "arch", "arch_kwargs")
 # How many fitting sizes are re-measured, best first, before the run gives up on a verified pick.
 _MAX_VERIFY = 3
 # Created exclusively (O_EXCL) when a new run takes its folder; it stays, marking the folder as used,
@@ -134,6 +135,7 @@ def _run(cfg: CompressConfig, console: Console, held: ExitStack) -> RunResult:
         _seed_everything(cfg.seed)
         data = load_data(cfg.data, seed=cfg.seed, image_size=cfg.image_size)
         teacher = load_teacher(cfg.teacher, data.x_val[:8], data.num_classes, arch=cfg.arch,
+                               arch_kwargs=cfg.arch_kwargs,
                                trust_pickle=cfg.trust_pickle, input_shape=cfg.input_shape)
         run_dir = held.enter_context(run_folder(cfg))
         _check_resume_config(run_dir, cfg)
@@ -172,8 +174,10 @@ def _run(cfg: CompressConfig, console: Console, held: ExitStack) -> RunResult:
     with clock("tensorrt"):
         sizes, trt = stage_tensorrt(sizes, cfg, run_dir)
     with clock("seal"):
-        sizes = stage_seal(sizes, budget, teacher_rec, run_dir)
+        sizes = stage_seal(sizes, budget, teacher_rec, data, run_dir)
     record = RunRecord(config=cfg.to_dict(), budget=budget, teacher=teacher_rec, sizes=tuple(sizes),
+                       serving={"preprocess": dict(data.preprocess),
+                                "classes": list(data.class_names) or [str(i) for i in range(data.num_classes)]},
                        selected=selected, verification=tuple(verification), search=search_info,
                        training=training, tensorrt=trt, host=_host(profile), reused={"exports": reused},
                        stages=clock.seconds, seconds=clock.total())
@@ -598,17 +602,23 @@ def stage_select(sizes: list[SizeRecord], budget: Budget, profile: HardwareProfi
 
 # ---------------------------------------------------------------------------- seal + record
 
-def stage_seal(sizes: list[SizeRecord], budget: Budget, teacher: TeacherRecord,
+def stage_seal(sizes: list[SizeRecord], budget: Budget, teacher: TeacherRecord, data: DataSplits,
                run_dir: Path) -> list[SizeRecord]:
-    """Write each ONNX file's metadata, name its model card, then hash every file once."""
+    """Write each ONNX file's metadata and what a server needs beside it (preprocessing, class
+    names, `serve.py`), name its model card, then hash every file once."""
     out = []
+    names = list(data.class_names) or [str(i) for i in range(data.num_classes)]
     for s in sizes:
+        folder = run_dir / Path(s.files["onnx"]).parent
         set_onnx_metadata(run_dir / s.files["onnx"], onnx_metadata(
             name=s.name, ratio=s.ratio, accuracy=s.accuracy, teacher_agreement=s.teacher_agreement,
-            latency=s.latency, budget=budget.describe(), teacher_sha256=teacher.sha256))
+            latency=s.latency, budget=budget.describe(), teacher_sha256=teacher.sha256,
+            preprocess=dict(data.preprocess), classes=names))
+        serving = write_serving_files(folder, data.preprocess, names, data.num_classes)
+        files = {**s.files, **{role: relative_path(run_dir, p) for role, p in serving.items()}}
         # the metadata changed the ONNX file: hash again, and keep the export record in step
-        sealed = _record_export(s, run_dir / Path(s.files["onnx"]).parent, run_dir)
-        out.append(dataclasses.replace(sealed, files={**s.files, "model_card": model_card_filename(s.name)}))
+        sealed = _record_export(dataclasses.replace(s, files=files), folder, run_dir)
+        out.append(dataclasses.replace(sealed, files={**files, "model_card": model_card_filename(s.name)}))
     return out
 
 

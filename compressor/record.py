@@ -106,6 +106,8 @@ class RunRecord:
     host: Mapping[str, Any] = field(default_factory=dict)
     reused: Mapping[str, Any] = field(default_factory=dict)  # work a resumed run took over, e.g. {"exports": [...]}
     stages: Mapping[str, float] = field(default_factory=dict)  # stage -> wall seconds
+    # what a server applies to a raw sample, and the class names (also in each ONNX file's metadata)
+    serving: Mapping[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     versions: Mapping[str, str | None] = field(default_factory=lambda: runtime_versions())
@@ -174,6 +176,7 @@ def to_manifest(run: RunRecord) -> dict[str, Any]:
         "host": dict(run.host),
         "reused": dict(run.reused),
         "stages": dict(run.stages),
+        "serving": dict(run.serving),
         "seconds": run.seconds,
     }
     if run.search is not None:

@@ -55,6 +55,10 @@ class DataSplits:
     x_val: torch.Tensor
     y_val: torch.Tensor
     num_classes: int
+    # What a server must do to a raw sample to get what the model saw here (`serving.preprocess`):
+    # {"input": what a raw sample is, "steps": [{"op": "scale" | "resize" | "image" | "normalize", ...}]}
+    preprocess: Mapping[str, Any] = field(default_factory=dict)
+    class_names: tuple[str, ...] = ()
 
     @property
     def input_shape(self) -> tuple[int, ...]:

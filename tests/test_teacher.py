@@ -76,3 +76,19 @@ def test_training_checkpoints_are_unwrapped(tiny_teacher_files, digits8, tmp_pat
     reference = load_teacher(tiny_teacher_files["state_dict"], digits8.x_val[:8], 10, arch="tiny_models:make_tiny")
     x = digits8.x_val[:16]
     assert torch.equal(teacher.module(x), reference.module(x)) and teacher.format == "state_dict"
+
+
+def test_arch_kwargs_reach_the_factory(tiny_teacher_files, digits8, tmp_path, capsys):
+    """`--arch pkg.mod:Class --arch-kwargs '{...}'`: the factory is built with the given keywords."""
+    teacher = load_teacher(tiny_teacher_files["state_dict"], digits8.x_val[:8], 10, arch="tiny_models:TinyResidual",
+                           arch_kwargs={"classes": 10, "in_ch": 1})
+    assert teacher.format == "state_dict"
+    with pytest.raises(TeacherLoadError, match="arch-kwargs.*TypeError"):
+        load_teacher(tiny_teacher_files["state_dict"], digits8.x_val[:8], 10, arch="tiny_models:TinyResidual",
+                     arch_kwargs={"no_such_keyword": 1})
+    from compressor.cli import main
+
+    code = main(["--teacher", str(tiny_teacher_files["state_dict"]), "--arch", "tiny_models:TinyResidual",
+                 "--arch-kwargs", "{not json", "--budget", "1ms", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("compress: error:") and "arch_kwargs must be a JSON object" in err

@@ -17,6 +17,8 @@ from ..files import first_line, zip_bomb
 from ..types import DataSplits
 
 BUILTIN = ("digits", "mnist1d")
+# .npz data is used as stored: a server feeds samples shaped and scaled like its `x` rows
+_AS_IS = {"input": {"kind": "array", "description": "a sample as stored in the .npz 'x' array"}, "steps": []}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -24,11 +26,19 @@ def load_data(spec: str, seed: int = 0, image_size: int | None = 32, val_fractio
     """`spec` is 'digits', 'mnist1d', a `.npz` file (x, y; optional x_val, y_val) or a folder
     with one subfolder of images per class."""
     if spec == "digits":
-        x, y, names = _digits(image_size)
-        return _split("digits", x, y, seed, val_fraction, names)
+        x, y, steps = _digits(image_size)
+        x, norm = _standardise(x)
+        prep = {"input": {"kind": "array", "shape": [8, 8], "dtype": "float32",
+                          "description": "an 8x8 grayscale digit with values 0..16 (scikit-learn load_digits images)"},
+                "steps": [*steps, norm]}
+        return _split("digits", x, y, seed, val_fraction, 10, prep, tuple(str(d) for d in range(10)))
     if spec == "mnist1d":
         x, y = _mnist1d(seed)
-        return _split("mnist1d", x, y, seed, val_fraction, 10)
+        x, norm = _standardise(x)
+        prep = {"input": {"kind": "array", "shape": list(x.shape[1:]), "dtype": "float32",
+                          "description": "an mnist1d sequence (mnist1d.data.make_dataset 'x' rows)"},
+                "steps": [norm]}
+        return _split("mnist1d", x, y, seed, val_fraction, 10, prep, tuple(str(d) for d in range(10)))
     path = Path(spec)
     try:
         found, is_dir = path.exists(), path.is_dir()
@@ -37,8 +47,11 @@ def load_data(spec: str, seed: int = 0, image_size: int | None = 32, val_fractio
     if not found:
         raise DataError(f"data {spec!r} not found (expected 'digits', 'mnist1d', a .npz file or an image folder)")
     if is_dir:
-        x, y, n = _image_folder(path, image_size)
-        return _split(path.name, x, y, seed, val_fraction, n)
+        x, y, names, image_step = _image_folder(path, image_size)
+        x, norm = _standardise(x)
+        prep = {"input": {"kind": "image", "description": f"an image file, as in the class folders of {path.name}"},
+                "steps": [image_step, {"op": "scale", "factor": 1 / 255}, norm]}
+        return _split(path.name, x, y, seed, val_fraction, len(names), prep, names)
     if path.suffix == ".npz":
         return _npz(path, seed, val_fraction)
     raise DataError(f"data {spec!r} is neither a .npz file nor an image folder")
@@ -49,9 +62,11 @@ def _digits(image_size: int | None) -> tuple[torch.Tensor, torch.Tensor, int]:
 
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0  # 8x8, values 0..16
+    steps: list[dict] = [{"op": "scale", "factor": 1 / 16}]
     if image_size and image_size != 8:
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
-    return _standardise(x), torch.tensor(d.target, dtype=torch.long), 10
+        steps.append({"op": "resize", "size": [image_size, image_size], "mode": "bilinear"})
+    return x, torch.tensor(d.target, dtype=torch.long), steps
 
 
 def _mnist1d(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,12 +77,14 @@ def _mnist1d(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     d = make_dataset(args)
     x = np.concatenate([d["x"], d["x_test"]]).astype(np.float32)
     y = np.concatenate([d["y"], d["y_test"]]).astype(np.int64)
-    return _standardise(torch.from_numpy(x)), torch.from_numpy(y)
+    return torch.from_numpy(x), torch.from_numpy(y)
 
 
-def _standardise(x: torch.Tensor) -> torch.Tensor:
-    # one global mean/std keeps the transform trivially reproducible at serving time
-    return (x - x.mean()) / (x.std() + 1e-8)
+def _standardise(x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Zero mean, unit variance with one global mean/std: trivially reproducible at serving time,
+    and recorded as the `normalize` step a server applies."""
+    mean, std = float(x.mean()), float(x.std()) + 1e-8
+    return (x - mean) / std, {"op": "normalize", "mean": mean, "std": std}
 
 
 def _npz(path: Path, seed: int, val_fraction: float) -> DataSplits:
@@ -94,8 +111,8 @@ def _npz(path: Path, seed: int, val_fraction: float) -> DataSplits:
         xv, yv = _check_xy(path, arrays["x_val"], arrays["y_val"], "x_val", "y_val")
         if xv.shape[1:] != x.shape[1:]:
             raise DataError(f"{path}: x_val samples have shape {tuple(xv.shape[1:])}, x has {tuple(x.shape[1:])}")
-        return DataSplits(path.stem, x, y, xv, yv, max(n_classes, int(yv.max()) + 1))
-    return _split(path.stem, x, y, seed, val_fraction, n_classes)
+        return DataSplits(path.stem, x, y, xv, yv, max(n_classes, int(yv.max()) + 1), _AS_IS)
+    return _split(path.stem, x, y, seed, val_fraction, n_classes, _AS_IS)
 
 
 def _check_xy(path: Path, x: np.ndarray, y: np.ndarray, xn: str = "x",
@@ -153,11 +170,12 @@ def _image_folder(path: Path, image_size: int | None) -> tuple[torch.Tensor, tor
         raise DataError(f"image folder {path} contains no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     _check_classes(f"image folder {path}", torch.tensor(ys))
     x = torch.from_numpy(np.stack(xs))
-    return _standardise(x), torch.tensor(ys, dtype=torch.long), len(classes)
+    step = {"op": "image", "mode": mode, "size": list(size), "resample": "pillow-default"}
+    return x, torch.tensor(ys, dtype=torch.long), tuple(c.name for c in classes), step
 
 
 def _split(name: str, x: torch.Tensor, y: torch.Tensor, seed: int, val_fraction: float,
-           num_classes: int) -> DataSplits:
+           num_classes: int, preprocess: dict | None = None, class_names: tuple[str, ...] = ()) -> DataSplits:
     if len(x) < 2:
         raise DataError(f"{name}: need at least 2 samples to split into train and validation, got {len(x)}")
     rng = np.random.default_rng(seed)
@@ -175,4 +193,4 @@ def _split(name: str, x: torch.Tensor, y: torch.Tensor, seed: int, val_fraction:
     # shuffle the order within each split once, deterministically
     train = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))]
     return DataSplits(name, x[train].contiguous(), y[train].contiguous(), x[val].contiguous(),
-                      y[val].contiguous(), int(num_classes))
+                      y[val].contiguous(), int(num_classes), preprocess or {}, class_names)

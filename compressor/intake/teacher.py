@@ -18,7 +18,7 @@ import logging
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -80,7 +80,8 @@ def _import_factory(ref: str) -> Callable[[], nn.Module]:
         raise TeacherLoadError(f"--arch: module {mod_name!r} has no attribute {attr!r}") from None
 
 
-def _load_raw(path: Path, arch: str | None, trust_pickle: bool) -> tuple[object, str]:
+def _load_raw(path: Path, arch: str | None, trust_pickle: bool,
+              arch_kwargs: Mapping[str, Any] | None = None) -> tuple[object, str]:
     fmt = detect_format(path)
     try:
         if fmt == "torchscript":
@@ -117,7 +118,13 @@ def _load_raw(path: Path, arch: str | None, trust_pickle: bool) -> tuple[object,
             raise TeacherLoadError(
                 f"teacher {path} is a state_dict; pass --arch package.module:factory to build the network"
             )
-        model = _import_factory(arch)()
+        try:
+            model = _import_factory(arch)(**dict(arch_kwargs or {}))
+        except TeacherLoadError:
+            raise
+        except Exception as e:  # the factory is user code: a bad keyword is still one line
+            raise TeacherLoadError(f"--arch {arch}{' with --arch-kwargs' if arch_kwargs else ''} failed: "
+                                   f"{type(e).__name__}: {first_line(e)}") from None
         if not isinstance(model, nn.Module):
             raise TeacherLoadError(f"--arch {arch} returned {type(model).__name__}, not an nn.Module")
         try:
@@ -190,6 +197,7 @@ def _callable(raw: object, fmt: str) -> nn.Module:
 
 
 def load_teacher(path: str | Path, sample: torch.Tensor, num_classes: int, *, arch: str | None = None,
+                 arch_kwargs: Mapping[str, Any] | None = None,
                  trust_pickle: bool = False, input_shape: tuple[int, ...] | None = None) -> Teacher:
     """Load, check against the data, and lift. `sample` is a real data batch (>= 2 samples)."""
     path = Path(path)
@@ -200,7 +208,7 @@ def load_teacher(path: str | Path, sample: torch.Tensor, num_classes: int, *, ar
             raise TeacherLoadError(f"teacher {path} is not a file")
     except OSError as e:  # a name too long for the filesystem, a loop of links, ...
         raise TeacherLoadError(f"teacher {path} cannot be opened: {e.strerror or e}") from None
-    raw, fmt = _load_raw(path, arch, trust_pickle)
+    raw, fmt = _load_raw(path, arch, trust_pickle, arch_kwargs)
     shape = tuple(input_shape) if input_shape else tuple(sample.shape[1:])
     if tuple(sample.shape[1:]) != shape:
         raise TeacherLoadError(f"--input-shape {shape} does not match the data's sample shape {tuple(sample.shape[1:])}")
