@@ -147,3 +147,18 @@ def test_predicted_latency_shown_beside_measured():
     table = summary_table(m)
     col = table.header.index(f"Predicted {prof}")
     assert all(row[col] == "1.250 ms (+10%)" for row in table.rows[1:])
+
+
+def test_the_report_says_where_the_time_went(tmp_path: Path, no_plots: None) -> None:
+    manifest = example_manifest()
+    manifest["stages"] = {"intake": 2.0, "calibration": 0.0, "teacher": 3.0, "students": 60.0, "export": 15.0}
+    manifest["seconds"] = 80.0
+    manifest["training"] = {**manifest.get("training", {}), "train_seconds": 48.0,
+                            "history": [{"epoch": e, "val_acc": 0.5} for e in (1, 2, 3, 4)]}
+    write_report(tmp_path, manifest)
+    md = (tmp_path / "report.md").read_text()
+    assert "## Where the time went" in md and "Wall time 80 s." in md
+    assert "| students | 60.0 | 75% |" in md and "4 epochs of nested distillation, 12.0 s each" in md
+    assert "| calibration | 0.0 | 0% | latency predictor taken from the cache |" in md
+    html = (tmp_path / "report.html").read_text()
+    assert "<h2>Where the time went</h2>" in html and "<td>students</td><td>60.0</td><td>75%</td>" in html

@@ -243,3 +243,25 @@ def files_with_card(model: Mapping[str, Any]) -> list[tuple[str, str, str | None
     if "model_card" not in model["files"]:
         entries.append(("model_card", model_card_filename(model["name"]), None))
     return entries
+
+
+def time_rows(manifest: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(stage, seconds, share of the run, what it did): where the run's wall time went."""
+    stages: Mapping[str, float] = manifest.get("stages") or {}
+    total = float(manifest.get("seconds") or sum(stages.values()) or 0.0)
+    search, training = manifest.get("search") or {}, manifest.get("training") or {}
+    epochs = len(training.get("history") or [])
+    detail = {
+        "calibration": "latency predictor taken from the cache" if stages.get("calibration", 0) < 0.5
+        else "latency predictor calibrated (once per machine and input shape)",
+        "students": "; ".join(part for part in (
+            f"{search['n_trials']} search trials" if "n_trials" in search else "",
+            f"{epochs} epochs of nested distillation, {training['train_seconds'] / epochs:.1f} s each"
+            if epochs and training.get("train_seconds") else "") if part),
+        "export": f"{len(manifest['models'])} sizes exported, parity-checked and measured"
+                  + (f" ({len(manifest.get('reused', {}).get('exports', []))} reused)"
+                     if manifest.get("reused", {}).get("exports") else ""),
+        "select": "selected size re-measured in a fresh process",
+    }
+    return [(stage, f"{s:.1f}", f"{s / total:.0%}" if total > 0 else "–", detail.get(stage, ""))
+            for stage, s in stages.items()]

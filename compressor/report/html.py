@@ -22,6 +22,7 @@ from ._view import (
     link,
     summary_table,
     tensorrt_line,
+    time_rows,
 )
 from .plots import Plot
 
@@ -117,6 +118,15 @@ def render_html(manifest: Mapping[str, Any], plots: Sequence[Plot], run_dir: Pat
             f'<figure><img src="{_data_uri(plot.png)}" alt="{escape(plot.title)}">',
             f'<figcaption>{escape(plot.caption)} <a href="{escape(svg)}">SVG</a></figcaption></figure>',
         ]
+
+    rows = time_rows(manifest)
+    if rows:
+        parts += ["<h2>Where the time went</h2>", f"<p>Wall time {manifest.get('seconds', 0):.0f} s.</p>",
+                  '<div class="table-wrap"><table class="left">',
+                  "<thead><tr><th>Stage</th><th>Seconds</th><th>Share</th><th>What it did</th></tr></thead><tbody>"]
+        parts += [f"<tr><td>{escape(stage)}</td><td>{sec}</td><td>{share}</td><td>{escape(what)}</td></tr>"
+                  for stage, sec, share, what in rows]
+        parts.append("</tbody></table></div>")
 
     parts += ["<h2>Files</h2>", '<div class="table-wrap"><table class="left">',
               "<thead><tr><th>Size</th><th>Role</th><th>File</th><th>sha256 (first 12)</th></tr></thead><tbody>"]

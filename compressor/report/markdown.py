@@ -15,6 +15,7 @@ from ._view import (
     link,
     summary_table,
     tensorrt_line,
+    time_rows,
 )
 from .plots import Plot
 
@@ -58,6 +59,12 @@ def render_markdown(manifest: Mapping[str, Any], plots: Sequence[Plot], run_dir:
     problems = flags(manifest)
     if problems:
         out += ["", "## Flags", ""] + [f"- ⚠ {_cell(p)}" for p in problems]
+
+    rows = time_rows(manifest)
+    if rows:
+        out += ["", "## Where the time went", "", f"Wall time {manifest.get('seconds', 0):.0f} s.", "",
+                "| stage | seconds | share | what it did |", "|---|---|---|---|"]
+        out += [f"| {stage} | {sec} | {share} | {_cell(what)} |" for stage, sec, share, what in rows]
 
     section = None
     for plot in plots:
