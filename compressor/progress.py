@@ -56,7 +56,7 @@ class Progress:
         self._p.update(task, **kw)
 
     def log(self, msg: str) -> None:
-        self.console.print(msg)
+        self.console.print(msg, soft_wrap=self.lines)
 
     def done(self, kind: str, key: Any = None, total: int | None = None, **info: Any) -> None:
         """One unit of `kind` finished (`total`: how many this stage has, for the ETA)."""
@@ -64,7 +64,8 @@ class Progress:
         self._first.setdefault(kind, now)
         self._count[kind] += 1
         if self.lines:
-            self.console.print(self._line(kind, key, total, now, info), markup=False, highlight=False)
+            # soft_wrap: one unit, one line, however narrow the console thinks a log file is
+            self.console.print(self._line(kind, key, total, now, info), markup=False, highlight=False, soft_wrap=True)
         self.journal.done(kind, key, **info)
 
     def _line(self, kind: str, key: Any, total: int | None, now: float, info: dict[str, Any]) -> str:
