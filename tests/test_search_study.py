@@ -1,4 +1,6 @@
 """The Optuna study: budget constraint, Pareto front, failures, resume, shared storage."""
+import json
+
 import optuna
 import pytest
 import torch
@@ -128,7 +130,8 @@ def test_journal_storage_is_shared_by_workers(teacher, digits8, tmp_path):
     latency = MacsLatency()
     second = _search(teacher, digits8, tmp_path / "b", storage=str(journal), n_trials=5, latency=latency)
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
-    assert len(optuna.load_study(study_name="student-search", storage=storage).trials) == 5
+    trials = optuna.load_study(study_name="student-search", storage=storage).trials
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 5
     assert second.n_trials == 5  # the second worker ran only the one trial left
 
 
@@ -154,3 +157,16 @@ def test_an_opaque_teacher_falls_back_to_a_teacher_free_proxy(teacher, digits8, 
                      "x", "torchscript", "sha", prunable=False)
     res = _search(opaque, digits8, tmp_path, n_trials=3)
     assert "snip+params" in res.student.proxy_scores and "ensemble" not in res.student.proxy_scores
+
+
+def test_a_candidate_already_scored_is_drawn_again_not_scored_twice(teacher, digits8, tmp_path):
+    latency = MacsLatency()
+    res = _search(teacher, digits8, tmp_path, n_trials=12, latency=latency)
+    trials = _load(res).trials
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    archs = _archs(res)
+    assert len(complete) == res.n_trials == 12 and len(set(archs)) == 12  # every scored candidate is new
+    assert latency.calls <= 12 + 3  # one latency per candidate (and the reference pool's 3 at most)
+    redrawn = [t for t in trials if "duplicate_of" in t.user_attrs]
+    assert all(t.state == TrialState.PRUNED for t in redrawn)
+    assert all(json.dumps(t.params, sort_keys=True) for t in redrawn)  # drawn, then set aside unscored

@@ -250,11 +250,12 @@ class _SeededPerTrial(optuna.samplers.BaseSampler):
         self._cfg, self._salt = cfg, salt
         self._inner = _sampler(cfg, cfg.seed)
 
-    def _seed_for(self, finished: int) -> int:
-        return int(np.random.SeedSequence([self._cfg.seed, self._salt, finished]).generate_state(1)[0])
+    def _seed_for(self, finished: int, redraws: int = 0) -> int:
+        return int(np.random.SeedSequence([self._cfg.seed, self._salt, finished, redraws]).generate_state(1)[0])
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self._inner = _sampler(self._cfg, self._seed_for(len(_finished(study.get_trials(deepcopy=False)))))
+        trials = study.get_trials(deepcopy=False)
+        self._inner = _sampler(self._cfg, self._seed_for(len(_finished(trials)), _redraws(trials)))
         self._inner.before_trial(study, trial)
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
@@ -283,6 +284,25 @@ def _finished(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     A trial cut short by an interrupt or a dead worker has no reason and is redone."""
     return [t for t in trials if t.state == TrialState.COMPLETE
             or (t.state == TrialState.FAIL and "fail_reason" in t.user_attrs)]
+
+
+# A candidate already scored (or being scored) in the study is drawn again instead of scored twice;
+# after this many redraws in a row the space is taken as used up and the repeat is scored (free, cached).
+_MAX_REDRAWS = 8
+
+
+def _redraws(trials: list[FrozenTrial]) -> int:
+    """Duplicates drawn since the last finished trial: they seed the next draw apart from theirs."""
+    last = max((t.number for t in _finished(trials)), default=-1)
+    return sum(1 for t in trials if t.number > last and "duplicate_of" in t.user_attrs)
+
+
+def _duplicate_of(trial: optuna.Trial, key: str) -> int | None:
+    """An earlier trial, of any worker, that holds the same architecture: scored, or being scored."""
+    for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
+        if t.number != trial.number and "arch" in t.user_attrs and _arch_key(t.user_attrs["arch"]) == key:
+            return t.number
+    return None
 
 
 def _holds_a_place(t: FrozenTrial, journal: bool) -> bool:
@@ -357,8 +377,12 @@ def _objective(scorer: _Scorer, budget: Budget, cache: dict[str, dict[str, Any]]
             raise optuna.TrialPruned(f"the study already has its {n_trials} trials")
         name = trial.suggest_categorical("space", names)
         arch = scorer.spaces[name].suggest(trial)
-        trial.set_user_attr("arch", arch)
         key = _arch_key(arch)
+        duplicate = _duplicate_of(trial, key)
+        if duplicate is not None and _redraws(trial.study.get_trials(deepcopy=False)) < _MAX_REDRAWS:
+            trial.set_user_attr("duplicate_of", duplicate)  # not scored, not counted: the sampler draws again
+            raise optuna.TrialPruned(f"the same architecture as trial {duplicate}")
+        trial.set_user_attr("arch", arch)
         start = time.perf_counter()
         try:
             figures = cache.get(key) or scorer.evaluate(arch)
@@ -529,18 +553,19 @@ def run_search(teacher: Teacher, data: DataSplits, *, latency_fn: Callable[[nn.M
         progress.advance(task, done)
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
-        if progress:
+        if progress and _finished([trial]):
             progress.advance(task)
-            if _finished([trial]):
-                progress.done("trial", trial.number, total=config.n_trials, state=trial.state.name,
-                              **({"proxy": trial.values[0], "latency_ms": trial.values[1]} if trial.values else {}))
+            progress.done("trial", trial.number, total=config.n_trials, state=trial.state.name,
+                          **({"proxy": trial.values[0], "latency_ms": trial.values[1]} if trial.values else {}))
         if len(_finished(study.get_trials(deepcopy=False))) >= config.n_trials:
             study.stop()  # other workers may have finished the rest
 
     if done < config.n_trials:
         with _writing_study(location):
+            # no trial count here: redrawn duplicates do not count, so `after_trial` stops the study
+            # once n_trials trials have finished (in this worker or any other)
             study.optimize(_objective(scorer, budget, cache, config.n_trials, journal),
-                           n_trials=config.n_trials - done, catch=(_CandidateFailed,), callbacks=[after_trial])
+                           catch=(_CandidateFailed,), callbacks=[after_trial])
     _await_others(study, config.n_trials, journal)
     return _result(study, scorer, location, budget, teacher_latency_ms, config)
 
