@@ -49,3 +49,15 @@ def tiny_teacher_files(tmp_path_factory, digits8):
     paths["pickle"] = d / "teacher.pickle.pt"
     paths["model"] = model
     return paths
+
+
+PREDICTED_PROFILE = "test-predicted"
+
+
+@pytest.fixture(scope="session")
+def predicted_profile(tmp_path_factory) -> str:
+    """A hardware profile measured nowhere: latencies are predicted, so whole runs time nothing."""
+    path = tmp_path_factory.mktemp("profiles") / f"{PREDICTED_PROFILE}.toml"
+    path.write_text(f'name = "{PREDICTED_PROFILE}"\nbackend = "onnxruntime-cpu"\nmeasured = false\n[device]\n'
+                    'peak_gflops = { fp32 = 100.0 }\nmemory_bandwidth_gbs = 20.0\nlayer_overhead_us = 5.0\n')
+    return str(path)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -12,15 +13,6 @@ from compressor.manifest import read_manifest
 
 QUICK = ["--image-size", "8", "--epochs", "2", "--calibration-models", "6", "--budget", "10s", "--trials", "2",
          "--sizes", "1,0.5"]
-PREDICTED = """\
-name = "cli-predicted"
-backend = "onnxruntime-cpu"
-measured = false
-[device]
-peak_gflops = { fp32 = 100.0 }
-memory_bandwidth_gbs = 20.0
-layer_overhead_us = 5.0
-"""
 
 
 @pytest.fixture(autouse=True)
@@ -29,14 +21,7 @@ def _cache(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def profile(tmp_path_factory):
-    path = tmp_path_factory.mktemp("cli-profile") / "cli-predicted.toml"
-    path.write_text(PREDICTED)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def json_run(tiny_teacher_files, profile, tmp_path_factory):
+def json_run(tiny_teacher_files, predicted_profile, tmp_path_factory):
     """One nested run with --json and progress on, stderr captured (not a terminal)."""
     import contextlib
     import io
@@ -44,12 +29,14 @@ def json_run(tiny_teacher_files, profile, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli-json") / "run"
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        code = main(["--teacher", str(tiny_teacher_files["torchscript"]), "--out", str(out), "--profile", profile,
+        code = main(["--teacher", str(tiny_teacher_files["torchscript"]), "--out", str(out),
+                     "--profile", predicted_profile,
                      "--json", *QUICK])
     return code, out, stdout.getvalue(), stderr.getvalue()
 
 
-def test_json_prints_one_machine_readable_summary_on_stdout(json_run):
+def test_json_prints_one_machine_readable_summary_on_stdout(json_run, predicted_profile):
+    profile = Path(predicted_profile).stem
     code, out, stdout, _ = json_run
     assert code == EXIT_OK
     summary = json.loads(stdout)  # stdout holds the JSON and nothing else
@@ -59,8 +46,8 @@ def test_json_prints_one_machine_readable_summary_on_stdout(json_run):
     assert [s["name"] for s in summary["sizes"]] == [x["name"] for x in m["models"]]
     sel = next(x for x in m["models"] if x["name"] == m["selected"])
     assert summary["selected"]["accuracy"] == sel["accuracy"]
-    assert summary["selected"]["latency_ms"] == sel["latency"]["cli-predicted"]["p50_ms"]
-    assert summary["selected"]["onnx"].endswith("model.onnx") and summary["budget"]["profile"] == "cli-predicted"
+    assert summary["selected"]["latency_ms"] == sel["latency"][profile]["p50_ms"]
+    assert summary["selected"]["onnx"].endswith("model.onnx") and summary["budget"]["profile"] == profile
 
 
 def test_a_piped_run_prints_a_line_per_stage_trial_epoch_and_size(json_run):
@@ -75,9 +62,9 @@ def test_a_piped_run_prints_a_line_per_stage_trial_epoch_and_size(json_run):
     assert not any("\x1b[" in ln for ln in lines)  # no terminal codes in a log file
 
 
-def test_quiet_prints_nothing_but_the_json(tiny_teacher_files, profile, tmp_path, capsys):
+def test_quiet_prints_nothing_but_the_json(tiny_teacher_files, predicted_profile, tmp_path, capsys):
     code = main(["--teacher", str(tiny_teacher_files["torchscript"]), "--out", str(tmp_path / "run"),
-                 "--profile", profile, "-q", "--json", "--method", "skeleton", *QUICK])
+                 "--profile", predicted_profile, "-q", "--json", "--method", "skeleton", *QUICK])
     captured = capsys.readouterr()
     assert code == EXIT_OK and captured.err == ""
     assert json.loads(captured.out)["selected"]

@@ -22,8 +22,6 @@ from compressor.intake.data import load_data
 from compressor.manifest import read_manifest
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "compressor" / "serving" / "serve_template.py"
-PREDICTED = ('name = "serve-predicted"\nbackend = "onnxruntime-cpu"\nmeasured = false\n[device]\n'
-             'peak_gflops = { fp32 = 100.0 }\nmemory_bandwidth_gbs = 20.0\nlayer_overhead_us = 5.0\n')
 
 
 def _serve_module():
@@ -58,12 +56,10 @@ def test_the_recorded_steps_turn_raw_digits_into_what_the_model_saw(image_size):
 
 
 @pytest.fixture(scope="module")
-def run(tiny_teacher_files, tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve")
-    (root / "p.toml").write_text(PREDICTED)
-    out = root / "run"
+def run(tiny_teacher_files, predicted_profile, tmp_path_factory):
+    out = tmp_path_factory.mktemp("serve") / "run"
     code = main(["--teacher", str(tiny_teacher_files["torchscript"]), "--out", str(out), "--profile",
-                 str(root / "p.toml"), "--budget", "10s", "--method", "skeleton", "--sizes", "0.5",
+                 predicted_profile, "--budget", "10s", "--method", "skeleton", "--sizes", "0.5",
                  "--image-size", "8", "--epochs", "1", "--no-progress"])
     assert code == EXIT_OK
     return out

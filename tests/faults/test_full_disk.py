@@ -54,12 +54,9 @@ def _fill(disk: Path, leave: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def full_run(disk, tiny_teacher_files, tmp_path_factory):
+def full_run(disk, tiny_teacher_files, predicted_profile):
     """A complete run on the small disk: an earlier result to protect, and how much a run writes."""
-    profile = tmp_path_factory.mktemp("full-disk-profile") / "edge.toml"
-    profile.write_text('name = "edge-predicted"\nbackend = "onnxruntime-cpu"\nmeasured = false\n[device]\n'
-                       'peak_gflops = { fp32 = 20.0 }\nmemory_bandwidth_gbs = 10.0\nlayer_overhead_us = 20.0\n')
-    args = ["--teacher", str(tiny_teacher_files["torchscript"]), *RUN, "--profile", str(profile)]
+    args = ["--teacher", str(tiny_teacher_files["torchscript"]), *RUN, "--profile", predicted_profile]
     earlier = disk / "earlier"
     assert main([*args, "--out", str(earlier)]) == EXIT_OK
     return args, earlier, _used(earlier)
