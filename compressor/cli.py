@@ -48,6 +48,7 @@ examples:
   compress --teacher model.pt2 --budget 800us --profile host-cpu --out runs/mine
   compress --teacher teacher.pt --budget 0.5x     # half the teacher's own latency on the profile
   compress --teacher weights.pt --arch mypkg.models:resnet_small --budget 5ms --data data.npz
+  compress --teacher timm:resnet18 --weights ckpt.pth --budget 0.25x --data images/
   compress --config compress.toml --resume --out runs/mine
 
 other commands (each has --help):
@@ -82,7 +83,8 @@ def _run_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", metavar="PATH",
                    help="trained model: TorchScript archive (torch.jit.save), torch.export program (.pt2), "
-                        "state_dict (with --arch) or pickled module (with --trust-pickle). e.g. --teacher teacher.pt")
+                        "state_dict (with --arch), pickled module (with --trust-pickle), or a model zoo name "
+                        "with --weights (timm:NAME, torchvision:NAME). e.g. --teacher teacher.pt")
     p.add_argument("--budget", metavar="LATENCY",
                    help="latency budget per batch on the target profile: a latency with a unit (us, ms, s), "
                         "e.g. --budget 5ms, or a fraction of the teacher's latency there, e.g. --budget 0.5x")
@@ -101,8 +103,11 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", metavar="MODULE:FACTORY",
                    help="builds the network for a state_dict teacher. e.g. --arch mypkg.nets:make_cnn")
     p.add_argument("--arch-kwargs", metavar="JSON",
-                   help="keyword arguments for the --arch factory, as a JSON object. "
+                   help="keyword arguments for the --arch factory or the zoo model builder, as a JSON object. "
                         "e.g. --arch-kwargs '{\"num_classes\": 10}'")
+    p.add_argument("--weights", metavar="PATH",
+                   help="trained weights (state_dict or training checkpoint) of a zoo teacher. "
+                        "e.g. --teacher timm:resnet18 --weights ckpt.pth")
     p.add_argument("--trust-pickle", action="store_true", default=None,
                    help="allow loading a whole pickled nn.Module (unpickling runs arbitrary code)")
     p.add_argument("--input-shape", metavar="C,H,W",

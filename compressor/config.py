@@ -49,6 +49,7 @@ class CompressConfig:
     input_shape: tuple[int, ...] | None = None
     arch: str | None = None  # package.module:factory for a state_dict teacher
     arch_kwargs: Mapping[str, Any] | None = None  # keyword arguments for the factory, e.g. {"num_classes": 10}
+    weights: str | None = None  # trained weights of a zoo teacher (teacher = "timm:NAME" / "torchvision:NAME")
     trust_pickle: bool = False
     method: str = "nested"  # "nested" (search + MatTA family) or "skeleton" (fixed width ratios)
     sizes: tuple[float, ...] | None = None

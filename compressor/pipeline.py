@@ -71,6 +71,7 @@ from .hardware import (
 from .hardware.backends import cpu_channel_block, cpu_model
 from .hardware.isa import host_cpu_class
 from .intake import load_data, load_teacher
+from .intake.zoo import is_zoo_name
 from .journal import Journal
 from .manifest import MANIFEST_NAME, relative_path, write_manifest
 from .pick import options_from, rank
@@ -94,7 +95,7 @@ log = logging.getLogger(__name__)
 
 # Shapes of results: the settings that, when changed, make a resumed run a different run.
 _SHAPING = ("teacher", "data", "seed", "image_size", "method", "sizes", "epochs", "proxy", "spaces", "budget",
-            "profile", "losses", "arch", "arch_kwargs")
+            "profile", "losses", "arch", "arch_kwargs", "weights")
 # How many fitting sizes are re-measured, best first, before the run gives up on a verified pick.
 _MAX_VERIFY = 3
 # Created exclusively (O_EXCL) when a new run takes its folder; it stays, marking the folder as used,
@@ -136,7 +137,7 @@ def _run(cfg: CompressConfig, console: Console, held: ExitStack) -> RunResult:
         data = load_data(cfg.data, seed=cfg.seed, image_size=cfg.image_size)
         teacher = load_teacher(cfg.teacher, data.x_val[:8], data.num_classes, arch=cfg.arch,
                                arch_kwargs=cfg.arch_kwargs,
-                               trust_pickle=cfg.trust_pickle, input_shape=cfg.input_shape)
+                               trust_pickle=cfg.trust_pickle, input_shape=cfg.input_shape, weights=cfg.weights)
         run_dir = held.enter_context(run_folder(cfg))
         _check_resume_config(run_dir, cfg)
         journal = Journal(run_dir)
@@ -209,7 +210,8 @@ def run_folder(cfg: CompressConfig) -> Iterator[Path]:
         run_dir = Path(cfg.out)
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = Path("runs") / f"{stamp}-{Path(cfg.teacher).stem}"
+        name = Path(cfg.teacher.rpartition(":")[2] if is_zoo_name(cfg.teacher) else cfg.teacher).stem
+        run_dir = Path("runs") / f"{stamp}-{name}"
     try:
         if run_dir.exists() and not run_dir.is_dir():
             raise OutputError(f"output {run_dir} exists and is not a folder")

@@ -2,8 +2,10 @@
 
 Accepted: a TorchScript archive (`torch.jit.save`), a `torch.export` program
 (`.pt2`), a state_dict plus `--arch package.module:factory` (loaded with
-`weights_only=True`), and a whole pickled `nn.Module` only with
-`trust_pickle=True` (unpickling runs arbitrary code).
+`weights_only=True`), a model zoo name (``timm:resnet18``,
+``torchvision:mobilenet_v3_small``) plus its trained weights (`compressor.intake.zoo`),
+and a whole pickled `nn.Module` only with `trust_pickle=True` (unpickling runs
+arbitrary code).
 
 Opaque teachers (TorchScript, `.pt2`) have no `nn.Conv2d` for Torch-Pruning to
 cut, so they are converted to an ExportedProgram and *lifted*
@@ -27,6 +29,7 @@ from ..errors import TeacherLoadError
 from ..files import first_line, sha256_file, zip_bomb
 from ..types import InputSpec, Teacher
 from .lift import lift_exported
+from .zoo import build_zoo_model, is_zoo_name
 
 log = logging.getLogger(__name__)
 LIFT_ATOL = 1e-4
@@ -91,8 +94,35 @@ def _load_raw(path: Path, arch: str | None, trust_pickle: bool,
     except Exception as e:
         kind = {"torchscript": "TorchScript archive", "export": "torch.export program"}[fmt]
         raise TeacherLoadError(f"teacher {path} looks like a {kind} but cannot be loaded: {first_line(e)}") from None
+    obj = _torch_load(path, trust_pickle)
+    if isinstance(obj, nn.Module):
+        if not trust_pickle:  # only reachable if weights_only allowed it; stay conservative
+            raise TeacherLoadError(f"teacher {path} is a pickled module; pass --trust-pickle to load it")
+        return obj, "pickle"
+    state = _unwrap_checkpoint(obj) if isinstance(obj, dict) else None
+    if state is None:
+        raise TeacherLoadError(f"teacher {path} holds a {type(obj).__name__}, not a model or a state_dict")
+    if not arch:
+        raise TeacherLoadError(
+            f"teacher {path} is a state_dict; pass --arch package.module:factory to build the network"
+        )
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        model = _import_factory(arch)(**dict(arch_kwargs or {}))
+    except TeacherLoadError:
+        raise
+    except Exception as e:  # the factory is user code: a bad keyword is still one line
+        raise TeacherLoadError(f"--arch {arch}{' with --arch-kwargs' if arch_kwargs else ''} failed: "
+                               f"{type(e).__name__}: {first_line(e)}") from None
+    if not isinstance(model, nn.Module):
+        raise TeacherLoadError(f"--arch {arch} returned {type(model).__name__}, not an nn.Module")
+    _load_weights(model, state, f"state_dict {path} does not fit --arch {arch}")
+    return model, "state_dict"
+
+
+def _torch_load(path: Path, trust_pickle: bool) -> object:
+    """A torch.save file, read with weights_only=True unless the user trusts its pickles."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         if "weights_only" in str(e) or "Unsupported global" in str(e) or "GLOBAL" in str(e):
             if not trust_pickle:
@@ -102,37 +132,34 @@ def _load_raw(path: Path, arch: str | None, trust_pickle: bool,
                     "torch.export.save, or as a state_dict with --arch package.module:factory"
                 ) from None
             try:
-                obj = torch.load(path, map_location="cpu", weights_only=False)
+                return torch.load(path, map_location="cpu", weights_only=False)
             except Exception as e2:
                 raise TeacherLoadError(f"teacher {path} cannot be unpickled: {first_line(e2)}") from None
-        else:
-            raise TeacherLoadError(f"teacher {path} is corrupt or not a torch file: {first_line(e)}") from None
+        raise TeacherLoadError(f"teacher {path} is corrupt or not a torch file: {first_line(e)}") from None
+
+
+def _load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise TeacherLoadError(f"{what}: {first_line(e)}") from None
+
+
+def _load_zoo(name: str, weights: Path, sample: torch.Tensor, num_classes: int,
+              arch_kwargs: Mapping[str, Any] | None, trust_pickle: bool) -> tuple[nn.Module, str]:
+    """``timm:NAME`` / ``torchvision:NAME`` built for the data, with the user's trained weights."""
+    in_channels = int(sample.shape[1]) if sample.dim() == 4 else None  # images: timm builds for their channels
+    model = build_zoo_model(name, num_classes=num_classes, in_channels=in_channels, kwargs=arch_kwargs)
+    obj = _torch_load(weights, trust_pickle)
     if isinstance(obj, nn.Module):
-        if not trust_pickle:  # only reachable if weights_only allowed it; stay conservative
-            raise TeacherLoadError(f"teacher {path} is a pickled module; pass --trust-pickle to load it")
-        return obj, "pickle"
+        obj = obj.state_dict()
     state = _unwrap_checkpoint(obj) if isinstance(obj, dict) else None
-    if state is not None:
-        obj = state
-        if not arch:
-            raise TeacherLoadError(
-                f"teacher {path} is a state_dict; pass --arch package.module:factory to build the network"
-            )
-        try:
-            model = _import_factory(arch)(**dict(arch_kwargs or {}))
-        except TeacherLoadError:
-            raise
-        except Exception as e:  # the factory is user code: a bad keyword is still one line
-            raise TeacherLoadError(f"--arch {arch}{' with --arch-kwargs' if arch_kwargs else ''} failed: "
-                                   f"{type(e).__name__}: {first_line(e)}") from None
-        if not isinstance(model, nn.Module):
-            raise TeacherLoadError(f"--arch {arch} returned {type(model).__name__}, not an nn.Module")
-        try:
-            model.load_state_dict(obj, strict=True)
-        except RuntimeError as e:
-            raise TeacherLoadError(f"state_dict {path} does not fit --arch {arch}: {first_line(e)}") from None
-        return model, "state_dict"
-    raise TeacherLoadError(f"teacher {path} holds a {type(obj).__name__}, not a model or a state_dict")
+    if state is None:
+        raise TeacherLoadError(f"--weights {weights} holds a {type(obj).__name__}, not a state_dict "
+                               "or a checkpoint holding one")
+    _load_weights(model, state, f"--weights {weights} do not fit {name}"
+                  + (" with --arch-kwargs" if arch_kwargs else " (built for the data's classes and channels)"))
+    return model, name.partition(":")[0]
 
 
 # Where training scripts keep the weights inside a checkpoint dict, plain copies before
@@ -198,17 +225,32 @@ def _callable(raw: object, fmt: str) -> nn.Module:
 
 def load_teacher(path: str | Path, sample: torch.Tensor, num_classes: int, *, arch: str | None = None,
                  arch_kwargs: Mapping[str, Any] | None = None,
-                 trust_pickle: bool = False, input_shape: tuple[int, ...] | None = None) -> Teacher:
-    """Load, check against the data, and lift. `sample` is a real data batch (>= 2 samples)."""
-    path = Path(path)
+                 trust_pickle: bool = False, input_shape: tuple[int, ...] | None = None,
+                 weights: str | Path | None = None) -> Teacher:
+    """Load, check against the data, and lift. `sample` is a real data batch (>= 2 samples).
+
+    `path` is a file, or a zoo name (``timm:resnet18``) whose trained weights are in `weights`.
+    """
+    zoo = is_zoo_name(str(path))
+    if zoo and weights is None:
+        raise TeacherLoadError(f"teacher {path} needs --weights: a checkpoint of its trained weights "
+                               "(the zoo's own pretrained weights score other classes)")
+    if not zoo and weights is not None:
+        raise TeacherLoadError("--weights goes with a zoo teacher (--teacher timm:NAME or torchvision:NAME); "
+                               "a state_dict file is itself the --teacher, with --arch")
+    name, path = str(path), Path(weights if zoo else path)  # type: ignore[arg-type]
+    what = "--weights" if zoo else "teacher"
     try:
         if not path.exists():
-            raise TeacherLoadError(f"teacher {path} does not exist")
+            raise TeacherLoadError(f"{what} {path} does not exist")
         if not path.is_file():
-            raise TeacherLoadError(f"teacher {path} is not a file")
+            raise TeacherLoadError(f"{what} {path} is not a file")
     except OSError as e:  # a name too long for the filesystem, a loop of links, ...
-        raise TeacherLoadError(f"teacher {path} cannot be opened: {e.strerror or e}") from None
-    raw, fmt = _load_raw(path, arch, trust_pickle, arch_kwargs)
+        raise TeacherLoadError(f"{what} {path} cannot be opened: {e.strerror or e}") from None
+    if zoo:
+        raw, fmt = _load_zoo(name, path, sample, num_classes, arch_kwargs, trust_pickle)
+    else:
+        raw, fmt = _load_raw(path, arch, trust_pickle, arch_kwargs)
     shape = tuple(input_shape) if input_shape else tuple(sample.shape[1:])
     if tuple(sample.shape[1:]) != shape:
         raise TeacherLoadError(f"--input-shape {shape} does not match the data's sample shape {tuple(sample.shape[1:])}")
@@ -240,7 +282,7 @@ def load_teacher(path: str | Path, sample: torch.Tensor, num_classes: int, *, ar
                                f"(are its weights NaN?)")
     spec = InputSpec(shape=shape, num_classes=num_classes)
     lifted, prunable = _lift(raw, fmt, module, sample)
-    return Teacher(module=lifted, spec=spec, source=str(path), format=fmt, sha256=sha256_file(path),
+    return Teacher(module=lifted, spec=spec, source=name if zoo else str(path), format=fmt, sha256=sha256_file(path),
                    prunable=prunable)
 
 
