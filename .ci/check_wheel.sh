@@ -51,9 +51,14 @@ pip_ wheel --no-deps -w "$DIST" "$SRC"
 WHEEL="$(ls "$DIST"/compressor-*.whl)"
 "$VENV/bin/python" - "$WHEEL" <<'EOF' || fail "the wheel is incomplete: $WHEEL"
 import sys, zipfile
-names = set(zipfile.ZipFile(sys.argv[1]).namelist())
-need = ["compressor/__init__.py", "compressor/py.typed", "compressor/profiles/host-cpu-1t.toml"]
+wheel = zipfile.ZipFile(sys.argv[1])
+names = set(wheel.namelist())
+info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
+need = ["compressor/__init__.py", "compressor/py.typed", "compressor/profiles/host-cpu-1t.toml",
+        f"{info}/licenses/LICENSE"]  # PEP 639: the licence text travels in the wheel
 missing = [n for n in need if n not in names]
+if "License-Expression: Apache-2.0" not in wheel.read(f"{info}/METADATA").decode().splitlines():
+    missing.append("License-Expression: Apache-2.0 in METADATA")
 print(f"   {sys.argv[1].rsplit('/', 1)[-1]}: {len(names)} files, "
       f"{sum(n.startswith('compressor/profiles/') for n in names)} profiles")
 sys.exit(f"   missing from the wheel: {', '.join(missing)}" if missing else 0)

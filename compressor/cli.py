@@ -25,7 +25,7 @@ from ._version import __version__
 from .errors import EXIT_INTERNAL, EXIT_USAGE, CompressorError
 from .files import first_line
 
-SUBCOMMANDS = ("example-teacher", "profile", "profiles", "pick", "report", "run")
+SUBCOMMANDS = ("example-teacher", "profile", "profiles", "pick", "report", "search-worker", "run")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,6 +50,7 @@ examples:
   compress --teacher weights.pt --arch mypkg.models:resnet_small --budget 5ms --data data.npz
   compress --teacher timm:resnet18 --weights ckpt.pth --budget 0.25x --data images/
   compress --config compress.toml --resume --out runs/mine
+  torchrun --nproc-per-node 2 -m compressor --teacher teacher.pt --budget 0.5x   # distil on 2 processes
 
 other commands (each has --help):
   compress example-teacher --out teacher.pt    train the built-in example teacher (digits, ~1 min)
@@ -58,6 +59,8 @@ other commands (each has --help):
   compress pick RUN_DIR --budget 3ms --profile host-cpu-1t   print the best size for a budget
 
   compress report RUN_DIR                      render a finished run's report and model cards again
+  compress report RUN_DIR --mlflow URI         ... and log the run to MLflow
+  compress search-worker --storage URL --study NAME   score search trials of a run sharing its study
 
 output: progress and logs go to stderr (bars on a terminal, one line per stage, trial, epoch and size
 otherwise); --json prints a machine-readable summary on stdout.
@@ -67,10 +70,15 @@ environment:
                            else ~/.cache/compressor); one per machine, profile and input shape
   COMPRESSOR_PROFILES_DIR  folder of hardware profiles looked up by name (default: the built-in ones)
   COMPRESSOR_CRASH_AT      fault testing only: POINT[@N] kills the run the N-th time it passes POINT
+                           (under torchrun, COMPRESSOR_CRASH_RANK=R keeps it to rank R)
+  COMPRESSOR_STUDY_HEARTBEAT_S, COMPRESSOR_STUDY_GRACE_S
+                           a shared study's worker heartbeat (default 60 s) and how long a silent worker's
+                           trial waits before another worker scores it again (default 180 s)
   NO_COLOR                 plain, uncoloured output
 
 exit codes: 0 a model meets the budget; 3 none does (the report says how close the best came);
 2 bad input or usage; 1 internal error; 130 stopped (Ctrl-C, SIGTERM): rerun with --resume.
+--mlflow failing to log changes none of them (an error line; `compress report RUN_DIR --mlflow URI` retries).
 """
 
 
@@ -132,6 +140,9 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", metavar="URL",
                    help="Optuna storage shared by search workers: sqlite:///x.db, postgresql://..., or a journal "
                         "file path (default: SQLite in the run folder)")
+    p.add_argument("--study", metavar="NAME",
+                   help="the study's name in --storage, for `compress search-worker --study NAME` to join "
+                        "(default student-search)")
     p.add_argument("--resume", action="store_true", default=None,
                    help="continue the run in --out: finished stages, trials and epochs are not redone")
     p.add_argument("--calibration-models", type=int, metavar="N",
@@ -139,9 +150,27 @@ def _run_parser() -> argparse.ArgumentParser:
                         "(default 40)")
     p.add_argument("--int8", action="store_true", default=None,
                    help="also write an INT8 ONNX model per size (static quantization, reported next to fp32)")
+    p.add_argument("--formats", metavar="NAME,...",
+                   help="deployment formats per size: onnx (always), ort (ONNX Runtime Mobile .ort), openvino "
+                        "(OpenVINO IR .xml/.bin), executorch (.pte, XNNPACK); each is parity-checked against "
+                        "PyTorch and timed on this host, and one that cannot be made says why in the manifest. "
+                        "e.g. --formats onnx,ort,openvino,executorch")
     p.add_argument("--tensorrt", action="store_true", default=None,
                    help="also build an fp16 TensorRT engine per size where TensorRT and a CUDA GPU are present "
                         "(elsewhere the manifest says why none was built)")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"),
+                   help="where the search proxies and the distillation run (default cpu; auto: cuda where a GPU "
+                        "is available); exports and latencies are made from CPU copies either way. Under "
+                        "torchrun each rank takes the GPU of its LOCAL_RANK")
+    p.add_argument("--license", metavar="ID",
+                   help="the teacher's licence, stated in each model card's Hugging Face front matter "
+                        "(default: other, i.e. not stated). e.g. --license apache-2.0")
+    p.add_argument("--mlflow", metavar="URI",
+                   help="log the finished run to this MLflow tracking server: config as params, one child run "
+                        "per size with its figures, the selected size as a tag, manifest, report, cards and the "
+                        "selected ONNX as artefacts (experiment: $MLFLOW_EXPERIMENT_NAME, default compress; "
+                        "needs pip install 'compressor[mlflow]'). A failure to log keeps the run and its exit code. "
+                        "e.g. --mlflow sqlite:///mlflow.db")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="hide progress bars")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors (and --json)")
     p.add_argument("-v", "--verbose", action="store_true", help="also log the package's decisions (INFO)")
@@ -162,7 +191,7 @@ def _run(argv: Sequence[str]) -> int:
     args = _run_parser().parse_args(list(argv))
     file_values = load_config_file(args.config) if args.config else {}
     cli = {k: v for k, v in vars(args).items() if k not in _CLI_ONLY and v is not None}
-    for key in ("input_shape", "sizes", "spaces", "also_profile", "losses", "budget", "arch_kwargs"):
+    for key in ("input_shape", "sizes", "spaces", "also_profile", "losses", "budget", "arch_kwargs", "formats"):
         if key in cli:
             cli[key] = coerce(key, cli[key], "command line")
     cfg = resolve_config(file_values, cli)
@@ -173,8 +202,11 @@ def _run(argv: Sequence[str]) -> int:
     )
 
     result = pipeline.run(cfg, console=Console(stderr=True, quiet=args.quiet))
-    if args.json:
-        print(json.dumps(json_summary(result.manifest, result.run_dir, result.exit_code), indent=2))
+    if args.json and result.manifest:  # under torchrun only rank 0 has a run to summarise
+        summary = json_summary(result.manifest, result.run_dir, result.exit_code)
+        if result.tracking:  # with --mlflow: the MLflow run, or why logging failed
+            summary["mlflow"] = result.tracking
+        print(json.dumps(summary, indent=2))
     return result.exit_code
 
 
@@ -204,14 +236,59 @@ def _report(argv: Sequence[str]) -> int:
                 description="Render a finished run's report (report.md, report.html, plots) and model cards "
                             "again from its manifest, e.g. after upgrading this package.")
     p.add_argument("run_dir", help="a finished run folder")
+    p.add_argument("--mlflow", metavar="URI",
+                   help="then log the run to this MLflow tracking server, as `compress --mlflow` does "
+                        "(e.g. after logging at the end of the run failed)")
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(list(argv))
     from .manifest import read_manifest
     from .report import write_report
 
     run_dir = Path(args.run_dir)
-    for path in write_report(run_dir, read_manifest(run_dir)):
+    if args.mlflow is not None:
+        from .tracking import require_mlflow
+
+        require_mlflow(args.mlflow)  # before rendering anything
+    manifest = read_manifest(run_dir)
+    for path in write_report(run_dir, manifest):
         print(path)
+    if args.mlflow is not None:
+        from .tracking import log_run
+
+        info = log_run(args.mlflow, run_dir, manifest)
+        print(f"logged to MLflow: run {info['run_id']} in experiment {info['experiment']!r} ({info['uri']})",
+              file=sys.stderr)
+    return 0
+
+
+def _search_worker(argv: Sequence[str]) -> int:
+    p = _Parser(prog="compress search-worker",
+                description="Join the student search of a compress run that shares its study (--storage, --study): "
+                            "score candidates until the study has its trials, then exit. Start any number, on "
+                            "any machine that reaches the storage; the driving run waits for their trials.",
+                epilog="example:\n  compress --teacher teacher.pt --budget 0.5x --storage postgresql://u@db/optuna "
+                       "--study digits &\n  compress search-worker --storage postgresql://u@db/optuna --study digits",
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--storage", required=True, metavar="URL",
+                   help="the driving run's --storage: postgresql://..., mysql://..., sqlite:///x.db or a journal file")
+    p.add_argument("--study", default="student-search", help="the driving run's --study (default student-search)")
+    p.add_argument("--wait", type=float, default=600, metavar="SECONDS",
+                   help="how long to wait for the driving run to create the study (default 600)")
+    p.add_argument("--teacher", metavar="PATH", help="the teacher here, where it lies elsewhere than on the driver")
+    p.add_argument("--weights", metavar="PATH", help="a zoo teacher's weights here (see --teacher)")
+    p.add_argument("--data", metavar="PATH", help="the data here (see --teacher)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(list(argv))
+    from .worker import join_search
+
+    overrides = {k: getattr(args, k) for k in ("teacher", "weights", "data") if getattr(args, k)}
+    result = join_search(args.storage, args.study, overrides=overrides, wait_s=args.wait,
+                         progress=args.progress and not args.quiet)
+    if not args.quiet:
+        print(f"scored {result.scored} trials of study {result.study!r}; it holds {result.finished} of "
+              f"{result.n_trials} ({result.seconds:.0f} s)")
     return 0
 
 
@@ -275,7 +352,7 @@ def _pick(argv: Sequence[str]) -> int:
 
 
 _COMMANDS = {"example-teacher": _example_teacher, "profile": _profile, "profiles": _profiles, "pick": _pick,
-             "report": _report, "run": _run}
+             "report": _report, "search-worker": _search_worker, "run": _run}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

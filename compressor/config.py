@@ -29,6 +29,8 @@ __all__ = ["CompressConfig", "load_config_file", "parse_budget", "resolve_config
 
 METHODS = ("nested", "skeleton")
 SAMPLERS = ("nsga2", "tpe")
+# Deployment formats per size (`export.formats`); ONNX is the base and is always written.
+FORMATS = ("onnx", "ort", "openvino", "executorch")
 
 
 @dataclass(frozen=True)
@@ -61,11 +63,16 @@ class CompressConfig:
     sampler: str = "nsga2"
     losses: tuple[str, ...] = ()  # extra distillation losses, "name" or "name:weight" (e.g. dkd:0.5)
     storage: str | None = None
+    study: str = "student-search"  # the study's name in `storage` (one storage can hold many)
     resume: bool = False
     int8: bool = False
     tensorrt: bool = False
+    formats: tuple[str, ...] = ("onnx",)  # also write each size as: ort, openvino, executorch
     progress: bool = True
     calibration_models: int = 40  # models timed once per machine to fit the host latency predictor
+    license: str | None = None  # the teacher's licence, stated in the model cards (a Hub id such as apache-2.0)
+    mlflow: str | None = None  # MLflow tracking URI: the finished run is logged there (`tracking`)
+    device: str = "cpu"  # where search proxies and distillation run: cpu, cuda, or auto (cuda where there is one)
 
     def __post_init__(self) -> None:
         if isinstance(self.budget, str) and self.budget:
@@ -90,13 +97,19 @@ class CompressConfig:
         return tuple(out)
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as written to config.json, the manifest and a shared study (a password in
+        the storage URL masked: those files are shared and read by people)."""
         d = dataclasses.asdict(self)
         d["budget"] = self.budget.text if isinstance(self.budget, BudgetSpec) else self.budget
+        if self.storage:
+            from .search.study import shown
+
+            d["storage"] = shown(self.storage)
         return d
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(CompressConfig)}
-_TUPLES = {"input_shape": int, "sizes": float, "spaces": str, "also_profile": str, "losses": str}
+_TUPLES = {"input_shape": int, "sizes": float, "spaces": str, "also_profile": str, "losses": str, "formats": str}
 
 
 def coerce(key: str, value: Any, source: str) -> Any:
@@ -174,6 +187,13 @@ def resolve_config(file_values: Mapping[str, Any], cli_values: Mapping[str, Any]
     cfg.budget_spec  # noqa: B018 - raises when missing
     _check_choice("method", cfg.method, METHODS)
     _check_choice("sampler", cfg.sampler, SAMPLERS)
+    unknown_formats = [f for f in cfg.formats if f not in FORMATS]
+    if unknown_formats:
+        close = difflib.get_close_matches(unknown_formats[0], FORMATS, n=1)
+        raise ConfigError(f"formats must be among {', '.join(FORMATS)}, got {', '.join(map(repr, unknown_formats))}"
+                          + (f" (did you mean {close[0]}?)" if close else ""))
+    # ONNX first and always (every other format is checked against the same inputs), each name once
+    cfg = dataclasses.replace(cfg, formats=tuple(dict.fromkeys(("onnx", *cfg.formats))))
     if cfg.sizes is not None and not all(0 < r <= 1 for r in cfg.sizes):
         raise ConfigError(f"sizes are width ratios in (0, 1], got {cfg.sizes}")
     for key in ("epochs", "batch_size", "trials", "calibration_models"):
@@ -182,6 +202,7 @@ def resolve_config(file_values: Mapping[str, Any], cli_values: Mapping[str, Any]
     if cfg.image_size < 4:
         raise ConfigError(f"image_size must be at least 4, got {cfg.image_size}")
     _check_components(cfg)
+    _check_viewers(cfg)
     return cfg
 
 
@@ -190,12 +211,24 @@ def _check_choice(key: str, value: str, options: tuple[str, ...]) -> None:
         raise ConfigError(f"{key} must be one of {', '.join(options)}, got {value!r}")
 
 
+def _check_viewers(cfg: CompressConfig) -> None:
+    """The options that only shape what others read: the cards' licence and the MLflow target."""
+    if cfg.license is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.+-]*", cfg.license):
+        raise ConfigError(f"license must be a licence id such as apache-2.0 or mit, got {cfg.license!r}")
+    if cfg.mlflow is not None:
+        from .tracking import require_mlflow
+
+        require_mlflow(cfg.mlflow)  # before the run, not after it: a missing package costs a second
+
+
 def _check_components(cfg: CompressConfig) -> None:
     """Names resolved against their registries and files: profiles, proxy, spaces, losses."""
+    from .device import check_device
     from .distill.losses import LOSSES
     from .hardware import load_profile
     from .search import SPACES, get_proxy
 
+    check_device(cfg.device)
     for name in (cfg.profile, *cfg.also_profile):
         load_profile(name)
     try:

@@ -121,6 +121,10 @@ def normalize_paths(run_dir: Path | str, manifest: Mapping[str, Any]) -> dict[st
             model["files"] = {role: fix(path) for role, path in model["files"].items()}
         if isinstance(model, dict) and isinstance(model.get("int8"), dict):
             model["int8"]["file"] = fix(model["int8"].get("file"))
+        formats = model.get("formats") if isinstance(model, dict) else None
+        for fmt in formats.values() if isinstance(formats, dict) else ():
+            if isinstance(fmt, dict) and "file" in fmt:
+                fmt["file"] = fix(fmt["file"])
     return data
 
 
@@ -265,6 +269,13 @@ _MODEL = _Obj(
                      optional={"teacher_agreement": _NUM, "agreement_with_fp32": _NUM, "settings": _DICT,
                                "speedup": _Null(_NUM), "faster_than_fp32": _BOOL, "selectable": _BOOL}),
         "notes": _List(_STR),
+        # edge formats (--formats): one entry per requested format; `reason` says why one is not ok
+        "formats": _Map(_Obj(required={"ok": _BOOL}, optional={
+            "file": _STR, "runtime": _STR, "reason": _STR, "notes": _List(_STR), "latency": _LATENCY,
+            "parity": _Obj(required={"max_abs_diff": _Null(_NUM)},
+                           optional={"argmax_agreement": _Null(_NUM), "samples": _INT, "atol": _Null(_NUM),
+                                     "ok": _BOOL}),
+        })),
     },
 )
 

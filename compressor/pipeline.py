@@ -3,10 +3,11 @@
     intake     load the profiles, the data and the teacher; open the run folder
     teacher    the teacher's accuracy and latency on every profile; resolve the budget
     students   search + nested family (``nested``) or fixed widths (``skeleton``)
-    export     ONNX (parity-checked), TorchScript, INT8 and TensorRT per size; accuracy; latency
+    export     ONNX (parity-checked), TorchScript, INT8, edge formats and TensorRT per size; accuracy; latency
     select     the most accurate size that fits (`pick.rank`), re-measured in a fresh process
     seal       ONNX metadata, then every file hashed once
     record     report, model cards, and the manifest last (its presence means "complete")
+    track      with --mlflow, the finished run logged to MLflow (`tracking`; a failure loses nothing)
 
 Each stage writes into the run folder and resumes from what is already there
 (`--resume`): the search reopens its Optuna study, training reloads its last
@@ -27,7 +28,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -37,6 +38,7 @@ from torch import nn
 from . import prune as P
 from .budget import Budget
 from .config import CompressConfig
+from .device import resolve_device
 from .distill import DistillConfig, choose_sizes, size_name, train_family
 from .distill.checkpoint import load_checkpoint
 from .distill.single import KDConfig, distill_single
@@ -60,6 +62,7 @@ from .export import (
 )
 from .faults import crash_point
 from .files import first_line, sha256_file, write_json, write_torch
+from .follower import TrainingPlan, follow
 from .hardware import (
     is_measurable,
     latency_report,
@@ -76,6 +79,7 @@ from .journal import Journal
 from .manifest import MANIFEST_NAME, relative_path, write_manifest
 from .pick import options_from, rank
 from .progress import Progress
+from .ranks import Ranks, from_env, peers_watched, process_group
 from .record import (
     Int8Record,
     RunRecord,
@@ -88,6 +92,7 @@ from .record import (
 )
 from .report import model_card_filename, print_summary, write_report
 from .search import SearchConfig, build_arch, run_search
+from .search.study import shown
 from .serving import write_serving_files
 from .types import DataSplits, HardwareProfile, LatencyReport, Teacher, to_jsonable
 
@@ -109,6 +114,7 @@ class RunResult:
     manifest: dict  # exactly what manifest.json holds
     selected: str | None
     exit_code: int
+    tracking: dict | None = None  # with --mlflow: {uri, experiment, run_id}, or {uri, error} if logging failed
 
 
 @dataclass
@@ -124,11 +130,24 @@ class Servable:
 # ---------------------------------------------------------------------------- the run
 
 def run(cfg: CompressConfig, console: Console | None = None) -> RunResult:
+    """The run. Under torchrun (`ranks`), rank 0 runs it all and the other ranks only train the
+    nested family with it (`follower`), waiting for rank 0 until then and after."""
+    ranks = from_env()
     with ExitStack() as held:  # the run folder stays locked until the run ends
-        return _run(cfg, console or Console(stderr=True), held)
+        if ranks is not None:
+            device = resolve_device(cfg.device, ranks.local_rank)
+            held.enter_context(process_group(ranks, device))
+            held.enter_context(peers_watched(ranks))
+            if not ranks.is_main:
+                run_dir = follow(cfg, ranks, device)
+                return RunResult(run_dir or Path(cfg.out or "."), {}, None, EXIT_OK)
+        result = _run(cfg, console or Console(stderr=True), held, ranks)
+        if ranks is not None:
+            ranks.broadcast(None)  # the run is over: so is every other rank's part in it
+        return result
 
 
-def _run(cfg: CompressConfig, console: Console, held: ExitStack) -> RunResult:
+def _run(cfg: CompressConfig, console: Console, held: ExitStack, ranks: Ranks | None = None) -> RunResult:
     started, clock = time.monotonic(), _StageClock()
     with clock("intake"):
         profile = load_profile(cfg.profile)
@@ -166,7 +185,7 @@ def _run(cfg: CompressConfig, console: Console, held: ExitStack) -> RunResult:
                                        run_dir, progress)
         else:
             servables, search_info, training = stage_nested(teacher, data, profile, predictors[profile.name],
-                                                            budget, teacher_rec, cfg, run_dir, progress)
+                                                            budget, teacher_rec, cfg, run_dir, progress, ranks)
     with clock("export"):
         sizes, reused = stage_export(servables, teacher, data, budget, profiles, predictors, cfg, run_dir,
                                      progress)
@@ -183,8 +202,9 @@ def _run(cfg: CompressConfig, console: Console, held: ExitStack) -> RunResult:
                        training=training, tensorrt=trt, host=_host(profile), reused={"exports": reused},
                        stages=clock.seconds, seconds=clock.total())
     manifest = stage_record(record, run_dir)
+    tracking = stage_track(cfg, run_dir, manifest, progress)
     print_summary(console, manifest, run_dir)
-    return RunResult(run_dir, manifest, selected, EXIT_OK if selected else EXIT_BUDGET_NOT_MET)
+    return RunResult(run_dir, manifest, selected, EXIT_OK if selected else EXIT_BUDGET_NOT_MET, tracking)
 
 
 # ---------------------------------------------------------------------------- intake
@@ -374,30 +394,41 @@ def stage_skeleton(teacher: Teacher, data: DataSplits, profile: HardwareProfile,
     else:
         distill_single(student, teacher.module, data, KDConfig(epochs=cfg.epochs, batch_size=cfg.batch_size,
                                                                seed=cfg.seed), progress,
-                       label=f"distil {size_name(r)}")
+                       label=f"distil {size_name(r)}", device=resolve_device(cfg.device))
         write_torch(ckpt, student.state_dict())
     return [Servable(name=size_name(r), ratio=r, module=student.eval())]
 
 
-def stage_nested(teacher: Teacher, data: DataSplits, profile: HardwareProfile, predictor: Any, budget: Budget,
-                 teacher_rec: TeacherRecord, cfg: CompressConfig, run_dir: Path,
-                 progress: Progress) -> tuple[list[Servable], dict[str, Any], dict[str, Any]]:
-    """Search a student under the budget, widen it into a TA, train the nested family in one run."""
-    shape = teacher.spec.shape
-
+def predicted_latency(predictor: Any, shape: tuple[int, ...]) -> Callable[[nn.Module], float]:
+    """What the search judges candidates on: the profile's predicted latency of a built network, in ms."""
     def latency_fn(m: nn.Module) -> float:
         return predictor.predict_ms(m, shape)
+    return latency_fn
 
-    search_cfg = SearchConfig(spaces=tuple(s for s in cfg.spaces if s != "teacher_scaled" or teacher.prunable),
-                              proxy=cfg.proxy, n_trials=cfg.trials, sampler=cfg.sampler, seed=cfg.seed,
-                              round_to=profile.round_to)
-    if not search_cfg.spaces:
+
+def search_config(cfg: CompressConfig, teacher: Teacher, profile: HardwareProfile) -> SearchConfig:
+    """The study's settings for this run (the same in a driving run and in `compress search-worker`)."""
+    spaces = tuple(s for s in cfg.spaces if s != "teacher_scaled" or teacher.prunable)
+    if not spaces:
         raise ConfigError("the teacher cannot be pruned, so the teacher_scaled space is out; add another space "
                           "with --spaces (e.g. --spaces cnn)")
+    return SearchConfig(spaces=spaces, proxy=cfg.proxy, n_trials=cfg.trials, sampler=cfg.sampler, seed=cfg.seed,
+                        round_to=profile.round_to, study_name=cfg.study, device=cfg.device)
+
+
+def stage_nested(teacher: Teacher, data: DataSplits, profile: HardwareProfile, predictor: Any, budget: Budget,
+                 teacher_rec: TeacherRecord, cfg: CompressConfig, run_dir: Path, progress: Progress,
+                 ranks: Ranks | None = None) -> tuple[list[Servable], dict[str, Any], dict[str, Any]]:
+    """Search a student under the budget, widen it into a TA, train the nested family in one run
+    (under torchrun, with every other rank: `ranks` is rank 0's place)."""
+    latency_fn = predicted_latency(predictor, teacher.spec.shape)
     teacher_lat = teacher_rec.latency.get(profile.name)
     result = run_search(teacher, data, latency_fn=latency_fn, budget=budget,
-                        teacher_latency_ms=teacher_lat.value() if teacher_lat else float("inf"), config=search_cfg,
-                        run_dir=run_dir / "search", storage=cfg.storage, resume=cfg.resume, progress=progress)
+                        teacher_latency_ms=teacher_lat.value() if teacher_lat else float("inf"),
+                        config=search_config(cfg, teacher, profile), run_dir=run_dir / "search",
+                        storage=cfg.storage, resume=cfg.resume, progress=progress,
+                        shared={"config": cfg.to_dict(), "budget": dataclasses.asdict(budget),
+                                "predictor": predictor.to_dict() if hasattr(predictor, "to_dict") else None})
     _seed_everything(cfg.seed)
     ta = build_arch(result.ta.arch, teacher)
     example = data.x_train[:2]
@@ -410,12 +441,17 @@ def stage_nested(teacher: Teacher, data: DataSplits, profile: HardwareProfile, p
                              student_ratio=result.ta.arch.get("student_ratio"), round_to=profile.round_to)
     dcfg = DistillConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed, round_to=profile.round_to,
                          extra_losses=cfg.loss_weights, **_recipe(result.ta.arch))
+    device = resolve_device(cfg.device, ranks.local_rank if ranks else None)
+    if ranks is not None:  # the other ranks build the same TA and train it with this one
+        ranks.broadcast(TrainingPlan(ta_arch=dict(result.ta.arch), sizes=tuple(sizes), order=order, config=dcfg,
+                                     run_dir=str(run_dir)))
     family = train_family(teacher.module, ta, data, sizes=sizes, config=dcfg, run_dir=run_dir / "family",
-                          resume=cfg.resume, progress=progress, groups=groups, order=order)
+                          resume=cfg.resume, progress=progress, groups=groups, order=order, device=device,
+                          ranks=ranks)
     servables = [Servable(name=n, ratio=family.ratios[n], module=m.eval(), arch=result.ta.arch)
                  for n, m in family.models.items()]
     search_info = {
-        "storage": result.storage, "study_name": result.study_name, "n_trials": result.n_trials,
+        "storage": shown(result.storage), "study_name": result.study_name, "n_trials": result.n_trials,
         "n_failed": result.n_failed, "proxy": cfg.proxy, "feasible": result.feasible,
         "student": _candidate_json(result.student), "ta": _candidate_json(result.ta),
         "pareto": [_candidate_json(c) for c in result.pareto],
@@ -423,7 +459,8 @@ def stage_nested(teacher: Teacher, data: DataSplits, profile: HardwareProfile, p
     training = {"history": family.history, "train_seconds": family.train_seconds,
                 "sizes": {n: family.ratios[n] for n in family.models},
                 "family_weights": relative_path(run_dir, family.family.weights_path),
-                "losses": [{"name": n, "weight": w} for n, w in cfg.loss_weights]}
+                "losses": [{"name": n, "weight": w} for n, w in cfg.loss_weights],
+                "device": device.type, "ranks": ranks.world_size if ranks else 1}
     return servables, search_info, training
 
 
@@ -446,7 +483,8 @@ def _candidate_json(c) -> dict[str, Any]:
 def stage_export(servables: list[Servable], teacher: Teacher, data: DataSplits, budget: Budget,
                  profiles: list[HardwareProfile], predictors: Mapping[str, Any], cfg: CompressConfig,
                  run_dir: Path, progress: Progress) -> tuple[list[SizeRecord], list[str]]:
-    """ONNX (+ parity), TorchScript, optional INT8 per size; accuracy; latency on every profile.
+    """ONNX (+ parity), TorchScript, optional INT8 and edge formats (`--formats`) per size; accuracy;
+    latency on every profile.
 
     On `--resume`, a size whose export record and files are intact is reused as it is
     (its names are returned second)."""
@@ -482,6 +520,8 @@ def stage_export(servables: list[Servable], teacher: Teacher, data: DataSplits, 
         size = dataclasses.replace(size, meets_budget=budget.fits(latency[budget.profile]))
         if cfg.int8:
             size = _with_int8(size, onnx.path, logits, data, profiles, budget, teacher.spec.shape, run_dir)
+        if set(cfg.formats) - {"onnx"}:
+            size = _with_formats(size, s.module, onnx.path, data, profiles, teacher.spec.shape, cfg, run_dir, progress)
         out.append(_record_export(size, folder, run_dir))
         progress.advance(task)
         progress.done("export", s.name, total=len(servables))
@@ -508,7 +548,8 @@ def _finished_export(folder: Path, run_dir: Path, profiles: list[HardwareProfile
     except (OSError, ValueError, KeyError, TypeError):
         return None  # never exported, or the record is damaged: export again
     wanted = {p.name for p in profiles}
-    if set(size.latency) != wanted or (size.int8 is not None) != cfg.int8:
+    if set(size.latency) != wanted or (size.int8 is not None) != cfg.int8 or \
+            set(size.formats) != set(cfg.formats) - {"onnx"}:
         return None
     for role, path in size.files.items():
         file = run_dir / path
@@ -544,9 +585,36 @@ def _with_int8(size: SizeRecord, onnx_path: Path, fp32_logits: torch.Tensor, dat
     return dataclasses.replace(size, int8=record, files={**size.files, "onnx_int8": record.file})
 
 
+def _with_formats(size: SizeRecord, module: nn.Module, onnx_path: Path, data: DataSplits,
+                  profiles: list[HardwareProfile], shape: tuple[int, ...], cfg: CompressConfig, run_dir: Path,
+                  progress: Progress) -> SizeRecord:
+    """The size in each requested edge format beside its ONNX file (`export.formats`), parity-checked on
+    the ONNX check's inputs and timed under the run's host CPU profile; one that cannot be made says why."""
+    from rich.markup import escape
+
+    from .export.formats import export_formats, format_timing_profile
+    from .record import FormatRecord
+
+    made = export_formats(cfg.formats, module, onnx_path, data.x_val[:64], format_timing_profile(profiles), shape)
+    records, files = {}, dict(size.files)
+    for name, f in made.items():
+        rel = {role: relative_path(run_dir, p) for role, p in f.files.items()}
+        files.update(rel)
+        records[name] = FormatRecord(
+            format=name, ok=f.ok, file=rel.get(name), runtime=f.runtime, reason=f.reason, notes=f.notes,
+            max_abs_diff=f.parity.max_abs_diff if f.parity else None,
+            argmax_agreement=f.parity.argmax_agreement if f.parity else None,
+            parity_samples=f.parity.samples if f.parity else 0, atol=f.parity.atol if f.parity else None,
+            latency=f.latency)
+        if not f.ok:  # reasons quote runtimes' own log lines, brackets and all: escaped, not read as markup
+            what = "flagged" if f.produced else "not produced"
+            progress.log(f"[yellow]{escape(f'{size.name}: {name} {what}: {f.reason}')}[/]")
+    return dataclasses.replace(size, formats=records, files=files)
+
+
 def _cpu_class(profile: HardwareProfile) -> str:
     """The instruction-set class INT8 is tuned for: this host's where the profile is measured here."""
-    if profile.measured and profile.backend == "onnxruntime-cpu":
+    if profile.measured and profile.backend in ("onnxruntime-cpu", "openvino-cpu"):
         return host_cpu_class()
     return profile.isa or "unknown"
 
@@ -631,6 +699,25 @@ def stage_record(record: RunRecord, run_dir: Path) -> dict[str, Any]:
     crash_point("report")
     write_manifest(run_dir, manifest)
     return manifest
+
+
+def stage_track(cfg: CompressConfig, run_dir: Path, manifest: dict[str, Any],
+                progress: Progress) -> dict[str, str] | None:
+    """Log the finished run to MLflow (`--mlflow`), after the manifest: the run folder is complete
+    whatever MLflow does, so a failure is an error line naming the command that logs the run later,
+    and the exit code stays the budget's (0 or 3), which is what scripts branch on."""
+    if not cfg.mlflow:
+        return None
+    from .tracking import TrackingError, log_run
+
+    try:
+        info = log_run(cfg.mlflow, run_dir, manifest)
+    except TrackingError as e:
+        log.error("%s. The run's results are complete in %s; log them later with: compress report %s --mlflow %s",
+                  e, run_dir, run_dir, cfg.mlflow)
+        return {"uri": cfg.mlflow, "error": str(e)}
+    progress.log(f"logged to MLflow: run {info['run_id']} in experiment {info['experiment']!r} ({cfg.mlflow})")
+    return info
 
 
 def _host(profile: HardwareProfile) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from .files import json_safe
 from .manifest import SCHEMA_VERSION
 from .types import LatencyReport, to_jsonable
 
-__all__ = ["Int8Record", "RunRecord", "SizeRecord", "TeacherRecord", "Verification", "runtime_versions",
+__all__ = ["FormatRecord", "Int8Record", "RunRecord", "SizeRecord", "TeacherRecord", "Verification", "runtime_versions",
            "size_from_dict", "teacher_from_dict", "to_manifest"]
 
 
@@ -60,6 +60,26 @@ class Int8Record:
 
 
 @dataclass(frozen=True)
+class FormatRecord:
+    """One size in one edge format (`--formats`): its file, parity, latency, or why it is missing.
+
+    Reported beside the ONNX file, never selected in its place; `ok` is false whenever
+    `reason` says something (not produced, not loadable, outputs off, not timed)."""
+
+    format: str
+    ok: bool
+    file: str | None = None  # the main file, run-relative; every file is also in the size's `files`
+    runtime: str = ""  # what loaded, ran and timed it, with its version
+    max_abs_diff: float | None = None  # vs PyTorch on the validation batch and its first sample
+    argmax_agreement: float | None = None  # share of the batch whose top class is PyTorch's
+    parity_samples: int = 0
+    atol: float | None = None
+    latency: LatencyReport | None = None  # on this host, under the settings of `latency.profile`
+    reason: str = ""
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class SizeRecord:
     """One servable size: its files and every figure it is judged on."""
 
@@ -79,6 +99,7 @@ class SizeRecord:
     int8: Int8Record | None = None
     arch: Mapping[str, Any] | None = None
     notes: tuple[str, ...] = ()
+    formats: Mapping[str, FormatRecord] = field(default_factory=dict)  # requested edge formats (not onnx)
 
 
 @dataclass(frozen=True)
@@ -126,7 +147,18 @@ def size_from_dict(d: Mapping[str, Any]) -> SizeRecord:
             file=int8["file"], accuracy=int8["accuracy"], agreement_with_fp32=int8["agreement_with_fp32"],
             settings=dict(int8["settings"]), latency={p: LatencyReport.from_dict(r) for p, r in int8["latency"].items()},
             speedup=int8.get("speedup"), note=int8.get("note", "")),
-        arch=d.get("arch"), notes=tuple(d.get("notes") or ()))
+        arch=d.get("arch"), notes=tuple(d.get("notes") or ()),
+        formats={name: _format_from_dict(f) for name, f in (d.get("formats") or {}).items()})
+
+
+def _format_from_dict(d: Mapping[str, Any]) -> FormatRecord:
+    latency = d.get("latency")
+    return FormatRecord(
+        format=d["format"], ok=bool(d["ok"]), file=d.get("file"), runtime=d.get("runtime", ""),
+        max_abs_diff=d.get("max_abs_diff"), argmax_agreement=d.get("argmax_agreement"),
+        parity_samples=int(d.get("parity_samples") or 0), atol=d.get("atol"),
+        latency=LatencyReport.from_dict(latency) if latency else None, reason=d.get("reason", ""),
+        notes=tuple(d.get("notes") or ()))
 
 
 def teacher_from_dict(d: Mapping[str, Any]) -> TeacherRecord:
@@ -150,7 +182,9 @@ def runtime_versions() -> dict[str, str | None]:
 
     return {"compressor": __version__, "python": platform.python_version(), "torch": version("torch"),
             "onnx": version("onnx"), "onnxruntime": version("onnxruntime"), "optuna": version("optuna"),
-            "torch_pruning": version("torch-pruning")}
+            "torch_pruning": version("torch-pruning"),
+            # the edge formats' runtimes (`--formats`): their files and figures depend on them
+            "openvino": version("openvino"), "executorch": version("executorch")}
 
 
 def to_manifest(run: RunRecord) -> dict[str, Any]:
@@ -209,8 +243,30 @@ def _size(s: SizeRecord, budget: Budget) -> dict[str, Any]:
                        "faster_than_fp32": q.faster, "selectable": False, "note": q.note}
     if s.arch is not None:
         out["arch"] = dict(s.arch)
+    if s.formats:
+        out["formats"] = {name: _format(f) for name, f in s.formats.items()}
     if s.notes:
         out["notes"] = list(s.notes)
+    return out
+
+
+def _format(f: FormatRecord) -> dict[str, Any]:
+    """A format as the manifest stores it: `ok`, and what was (or could not be) made."""
+    out: dict[str, Any] = {"ok": f.ok}
+    if f.file is not None:
+        out["file"] = f.file
+    if f.runtime:
+        out["runtime"] = f.runtime
+    if f.max_abs_diff is not None or f.parity_samples:
+        out["parity"] = {"max_abs_diff": f.max_abs_diff, "argmax_agreement": f.argmax_agreement,
+                         "samples": f.parity_samples, "atol": f.atol,
+                         "ok": f.max_abs_diff is not None and f.atol is not None and f.max_abs_diff <= f.atol}
+    if f.latency is not None:
+        out["latency"] = f.latency
+    if f.reason:
+        out["reason"] = f.reason
+    if f.notes:
+        out["notes"] = list(f.notes)
     return out
 
 

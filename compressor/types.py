@@ -79,7 +79,7 @@ class HardwareProfile:
     """One target, loaded from a file in `compressor/profiles/` (see `compressor.hardware.profiles`)."""
 
     name: str
-    backend: Literal["onnxruntime-cpu", "torch-cuda", "tensorrt"]
+    backend: Literal["onnxruntime-cpu", "openvino-cpu", "torch-cuda", "tensorrt"]
     description: str = ""
     threads: int = 1  # 0 = all cores
     batch_size: int = 1

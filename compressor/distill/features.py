@@ -149,6 +149,13 @@ class FeatureTap:
                 return True
         return False
 
+    def to(self, device: torch.device | str) -> "FeatureTap":
+        """Move the network and the graph copy that runs it: the copy holds its own references to the
+        root's buffers, which `nn.Module.to` replaces rather than moves in place."""
+        self.model.to(device)
+        self._runner.to(device)
+        return self
+
     def remove(self) -> None:
         """Detach the hooks this tap put on the network."""
         for h in self._handles:

@@ -110,6 +110,12 @@ class SubNet:
             out[name] = t.clone() if t is source[name] and not t.requires_grad else t
         return out
 
+    def to(self, device: torch.device | str) -> "SubNet":
+        """Move the skeleton and the kept indices (a gather needs its index beside the tensor)."""
+        self.skeleton.to(device)
+        self.index = {n: tuple(i if i is None else i.to(device) for i in idx) for n, idx in self.index.items()}
+        return self
+
     def dense(self, source: Mapping[str, Tensor]) -> nn.Module:
         """A standalone copy with the gathered tensors (no autograd link to the TA)."""
         model = _strip_hooks(copy.deepcopy(self.skeleton))

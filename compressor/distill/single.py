@@ -29,10 +29,19 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor, t: fl
 
 
 def distill_single(student: nn.Module, teacher: nn.Module, data: DataSplits, cfg: KDConfig,
-                   progress: Progress | None = None, label: str = "distil") -> list[dict]:
-    """Train `student` in place; returns per-epoch history (loss, val accuracy)."""
+                   progress: Progress | None = None, label: str = "distil",
+                   device: torch.device | str = "cpu") -> list[dict]:
+    """Train `student` in place on `device`; returns per-epoch history (loss, val accuracy).
+    The student ends on the CPU, where it is exported."""
+    device = torch.device(device)
     g = torch.Generator().manual_seed(cfg.seed)
-    teacher_logits = predict_logits(teacher, data.x_train)  # the teacher is frozen: compute once
+    if device.type == "cpu":
+        teacher_logits = predict_logits(teacher, data.x_train)  # the teacher is frozen: compute once
+    else:
+        teacher_logits = predict_logits(teacher.to(device), data.x_train.to(device)).cpu()
+        teacher.cpu()
+    student.to(device)
+    x_val = data.x_val.to(device)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * max(1, len(data.x_train) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
@@ -45,8 +54,8 @@ def distill_single(student: nn.Module, teacher: nn.Module, data: DataSplits, cfg
         n = 0
         for i in range(0, len(perm) - cfg.batch_size + 1, cfg.batch_size):
             idx = perm[i:i + cfg.batch_size]
-            loss = kd_loss(student(data.x_train[idx]), teacher_logits[idx], data.y_train[idx],
-                           cfg.temperature, cfg.alpha)
+            loss = kd_loss(student(data.x_train[idx].to(device)), teacher_logits[idx].to(device),
+                           data.y_train[idx].to(device), cfg.temperature, cfg.alpha)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -55,9 +64,9 @@ def distill_single(student: nn.Module, teacher: nn.Module, data: DataSplits, cfg
             n += 1
             if progress:
                 progress.advance(task)
-        acc = accuracy(predict_logits(student, data.x_val), data.y_val)
+        acc = accuracy(predict_logits(student, x_val).cpu(), data.y_val)
         history.append({"epoch": epoch + 1, "loss": total / max(1, n), "val_acc": acc})
         if progress:
             progress.update(task, description=f"{label} acc {acc:.3f}")
-    student.eval()
+    student.cpu().eval()
     return history

@@ -20,12 +20,25 @@ forward + 3 × (TA + each trained student) forward MACs (backward ≈ 2× forwar
 Every epoch ends with BatchNorm recalibration and validation of every size
 and an atomic checkpoint; `resume=True` continues from the last one, so a run
 killed at any moment repeats at most the epoch it was in.
+
+Under torchrun (`ranks`), every rank draws the same batch, augmentation and
+sandwich from the shared seeded stream and runs its strided share of the batch
+(a DistributedSampler's split, per step); DistributedDataParallel averages the
+gradients, so `batch_size` stays the batch of one optimizer step, whatever the
+number of ranks, and the recipe (steps, schedule) is the single-process one.
+Rank 0 alone validates, writes checkpoints and family weights; the others
+receive its accuracies, and resume from its checkpoint, which it sends them.
+`device` (cuda, say) holds everything that trains; the sizes come back as CPU
+modules.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +51,10 @@ from torch.nn import functional as F
 from .. import prune as P
 from ..errors import ConfigError
 from ..evaluate import accuracy, predict_logits
+from ..faults import crash_point
 from ..files import first_line
 from ..progress import Progress
+from ..ranks import Ranks
 from ..types import DataSplits, StudentFamily, to_jsonable
 from .augment import AUGMENTS, augment
 from .checkpoint import load_checkpoint, write_torch
@@ -47,7 +62,7 @@ from .features import FeatureTap
 from .losses import LOSSES, Out, build_loss, kd_kl
 from .nested import NestedFamily, Ratio, SizeSpec, named_tensors, plain_ratio
 
-__all__ = ["DistillConfig", "FamilyResult", "train_family", "CHECKPOINT", "FAMILY_WEIGHTS"]
+__all__ = ["DistillConfig", "FamilyResult", "train_family", "train_family_rank", "CHECKPOINT", "FAMILY_WEIGHTS"]
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +139,8 @@ def train_family(teacher: nn.Module, ta: nn.Module, data: DataSplits, *, sizes: 
                  config: DistillConfig = DistillConfig(), run_dir: Path, resume: bool = False,
                  progress: Progress | None = None, arch: Mapping[str, Any] | None = None,
                  groups: Sequence[P.ChannelGroup] | None = None,
-                 order: Mapping[str, Sequence[int]] | None = None) -> FamilyResult:
+                 order: Mapping[str, Sequence[int]] | None = None, device: torch.device | str = "cpu",
+                 ranks: Ranks | None = None) -> FamilyResult:
     """Train `ta` (in place) and its nested `sizes` from `teacher` in one run; extract every size.
 
     `run_dir` receives `checkpoint.pt` (every epoch) and `family.pt` (the TA's
@@ -132,32 +148,24 @@ def train_family(teacher: nn.Module, ta: nn.Module, data: DataSplits, *, sizes: 
     same run (same sizes and config, else ConfigError) is continued; the TA
     must be rebuilt by the caller from the same arch. `groups`/`order` may be
     passed when already computed (choose_sizes needs them too); a resumed run
-    always uses the channel order it was trained with."""
+    always uses the channel order it was trained with. `device` holds what
+    trains; the teacher and TA are back on the CPU afterwards, and the sizes
+    are CPU modules. Under torchrun, `ranks` is rank 0's place: every other
+    rank calls `train_family_rank` with the same arguments meanwhile."""
+    if ranks is not None and not ranks.is_main:
+        raise ValueError(f"rank {ranks.rank} trains with train_family_rank; rank 0 alone calls train_family")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     sizes = [(str(n), r) for n, r in sizes]
     ckpt_path = run_dir / CHECKPOINT
     ckpt = load_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None
-    if ckpt is not None:
-        _check_same_run(ckpt, config, sizes, ckpt_path)
-        order = ckpt["family"]["channel_order"]
+    trainer = _start(teacher, ta, data, sizes, config, ckpt, ckpt_path, groups, order, device, ranks)
     try:
-        family = NestedFamily(ta, data.x_train[:2], sizes, groups=groups, order=order, round_to=config.round_to)
-    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
-        if ckpt is None:
-            raise
-        raise _does_not_fit(ckpt_path, e) from None
-    trainer = _Trainer(teacher, family, data, config)
-    try:
-        if ckpt is not None:
-            try:
-                trainer.load_state(ckpt)
-            except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:  # another TA's weights
-                raise _does_not_fit(ckpt_path, e) from None
         trainer.fit(ckpt_path, progress)
         models, val_acc = trainer.last_models or trainer.evaluate()
     finally:
-        trainer.close()  # feature hooks off the caller's teacher
+        trainer.close()  # feature hooks off the caller's teacher, which is back on the CPU
+    family = trainer.family
     weights = write_torch(run_dir / FAMILY_WEIGHTS, {"ta": ta.state_dict(), **family.state()})
     student_family = StudentFamily(
         arch=dict(arch or {}), ratios=tuple(_mean_ratio(family.ratios[n]) for n in family.names),
@@ -168,7 +176,50 @@ def train_family(teacher: nn.Module, ta: nn.Module, data: DataSplits, *, sizes: 
                         macs={n: family.subnet(n).macs for n in family.names})
 
 
+def train_family_rank(teacher: nn.Module, ta: nn.Module, data: DataSplits, *, sizes: Sequence[SizeSpec],
+                      config: DistillConfig, ranks: Ranks, groups: Sequence[P.ChannelGroup] | None = None,
+                      order: Mapping[str, Sequence[int]] | None = None, device: torch.device | str = "cpu") -> None:
+    """A torchrun rank other than 0: train this rank's share of every batch in step with rank 0's
+    `train_family` (same arguments; a resumed run continues from the checkpoint rank 0 sends).
+    Rank 0 keeps every result; this rank writes nothing."""
+    if ranks.is_main:
+        raise ValueError("rank 0 trains with train_family, which writes the checkpoints and results")
+    sizes = [(str(n), r) for n, r in sizes]
+    trainer = _start(teacher, ta, data, sizes, config, None, Path(f"rank 0's {CHECKPOINT}"), groups, order, device,
+                     ranks)
+    try:
+        trainer.fit(None, None)
+    finally:
+        trainer.close()
+
+
 # --------------------------------------------------------------------------- internals
+
+def _start(teacher: nn.Module, ta: nn.Module, data: DataSplits, sizes: list[SizeSpec], config: DistillConfig,
+           ckpt: dict[str, Any] | None, ckpt_path: Path, groups: Sequence[P.ChannelGroup] | None,
+           order: Mapping[str, Sequence[int]] | None, device: torch.device | str,
+           ranks: Ranks | None) -> "_Trainer":
+    """The run's trainer, continued from `ckpt` where there is one: under torchrun, rank 0's on every rank."""
+    if ranks is not None:
+        ckpt = ranks.broadcast(ckpt)
+    if ckpt is not None:
+        _check_same_run(ckpt, config, sizes, ckpt_path)
+        order = ckpt["family"]["channel_order"]
+    try:
+        family = NestedFamily(ta, data.x_train[:2], sizes, groups=groups, order=order, round_to=config.round_to)
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+        if ckpt is None:
+            raise
+        raise _does_not_fit(ckpt_path, e) from None
+    trainer = _Trainer(teacher, family, data, config, torch.device(device), ranks)
+    if ckpt is not None:
+        try:
+            trainer.load_state(ckpt)
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:  # another TA's weights
+            trainer.close()
+            raise _does_not_fit(ckpt_path, e) from None
+    return trainer
+
 
 def _mean_ratio(ratio: Ratio) -> float:
     if isinstance(ratio, (int, float)):
@@ -212,7 +263,13 @@ def _teacher_macs(teacher: nn.Module, example: Tensor) -> int:
 class _Trainer:
     """State of one nested run: the things a checkpoint must restore."""
 
-    def __init__(self, teacher: nn.Module, family: NestedFamily, data: DataSplits, cfg: DistillConfig) -> None:
+    def __init__(self, teacher: nn.Module, family: NestedFamily, data: DataSplits, cfg: DistillConfig,
+                 device: torch.device = torch.device("cpu"), ranks: Ranks | None = None) -> None:
+        if ranks is not None and cfg.batch_size < ranks.world_size:
+            raise ConfigError(f"batch_size {cfg.batch_size} cannot be shared by {ranks.world_size} ranks: each "
+                              f"rank needs a sample of every batch; use at least {ranks.world_size}")
+        self.device, self.ranks = device, ranks
+        self.main = ranks is None or ranks.is_main
         self.teacher = teacher.eval() if cfg.uses_teacher else teacher  # untouched when unused
         self.family, self.data, self.cfg = family, data, cfg
         self.ta = family.module
@@ -236,6 +293,30 @@ class _Trainer:
         self.epoch, self.flops, self.seconds = 0, 0, 0.0
         self.history: list[dict[str, Any]] = []
         self.last_models: tuple[dict[str, nn.Module], dict[str, float]] | None = None
+        if device.type != "cpu":  # built on the CPU above (taps and MAC counts trace CPU examples), moved whole
+            self._place(device)
+        self.net: nn.Module = _Granularities(self.ta, self.losses, family, self.taps, cfg)
+        if ranks is not None:
+            # Buffers are synchronised once, here, and never again: the only buffers, BatchNorm
+            # statistics, are recalibrated on the same samples before any size is evaluated or kept.
+            # Unused parameters: each step trains some sizes only, so the other sizes' loss adapters
+            # have no gradient (nor do they on one process: AdamW skips them alike); every student
+            # gathers all of the TA's tensors, so otherwise only a TA with idle parameters has any.
+            unused = bool(self.losses) or _idle_parameters(self.ta, example.to(device))
+            self.net = torch.nn.parallel.DistributedDataParallel(self.net, find_unused_parameters=unused,
+                                                                 forward_sync_buffers=False)
+
+    def _place(self, device: torch.device) -> None:
+        """What trains, onto `device`: teacher, TA, loss adapters, the sizes' skeletons and indices."""
+        if self.teacher_tap is not None:
+            self.teacher_tap.to(device)
+        self.ta.to(device)
+        self.losses.to(device)
+        for name in self.family.names:
+            self.family.subnet(name).to(device)
+        for tap in self.taps.values():
+            tap.to(device)
+        self.calib_x = self.calib_x.to(device)
 
     def _build_losses(self, example: Tensor) -> nn.ModuleDict:
         """One module per (student, zoo loss): adapters depend on the student's width."""
@@ -257,6 +338,8 @@ class _Trainer:
         for tap in [self.teacher_tap, *self.taps.values()]:
             if tap is not None:
                 tap.remove()
+        if self.device.type != "cpu":  # the caller's teacher and TA go back where they came from
+            self._place(torch.device("cpu"))
 
     # ---------------------------------------------------------------- state
     def state(self) -> dict[str, Any]:
@@ -278,7 +361,7 @@ class _Trainer:
         self.flops, self.seconds = int(ckpt["train_flops"]), float(ckpt["train_seconds"])
 
     # ----------------------------------------------------------------- loop
-    def fit(self, ckpt_path: Path, progress: Progress | None) -> None:
+    def fit(self, ckpt_path: Path | None, progress: Progress | None) -> None:
         cfg = self.cfg
         task = progress.add(f"nested distil ({len(self.family.names)} sizes)",
                             total=cfg.epochs * self.steps_per_epoch) if progress else None
@@ -296,50 +379,76 @@ class _Trainer:
                     progress.advance(task)
                     progress.update(task, description=f"nested distil e{self.epoch + 1}/{cfg.epochs} "
                                                       f"loss {total / (i + 1):.3f}")
-            self.last_models = models, acc = self.evaluate()
+            loss = self._agree(total / self.steps_per_epoch)
+            acc: dict[str, float] | None = None
+            if self.main:
+                self.last_models = models, acc = self.evaluate()
             self.epoch += 1
             self.seconds += time.perf_counter() - start
-            self.history.append({"epoch": self.epoch, "loss": total / self.steps_per_epoch, "val_acc": acc})
-            write_torch(ckpt_path, self.state())
-            if progress:
-                progress.done("epoch", self.epoch, total=cfg.epochs,
-                              **{f"acc_{n}": round(a, 4) for n, a in acc.items()})
-                accs = " ".join(f"{n} {a:.3f}" for n, a in acc.items())
-                progress.update(task, description=f"nested distil e{self.epoch}/{cfg.epochs} | {accs}")
+            if self.main:
+                self.history.append({"epoch": self.epoch, "loss": loss, "val_acc": acc})
+                write_torch(ckpt_path, self.state())
+                if progress:
+                    progress.done("epoch", self.epoch, total=cfg.epochs,
+                                  **{f"acc_{n}": round(a, 4) for n, a in acc.items()})
+                    accs = " ".join(f"{n} {a:.3f}" for n, a in acc.items())
+                    progress.update(task, description=f"nested distil e{self.epoch}/{cfg.epochs} | {accs}")
+            if self.ranks is not None:
+                # sent once rank 0's checkpoint and journal line are on disk: a rank killed from here on
+                # costs no finished epoch, and the journal lists it
+                acc = self.ranks.broadcast(acc)
+                if not self.main:
+                    self.history.append({"epoch": self.epoch, "loss": loss, "val_acc": acc})
+                    crash_point("epoch")  # rank 0 passes it in its journal (progress.done)
         self.family.train(False)
 
     def _step(self, x: Tensor, y: Tensor) -> float:
-        cfg, tau = self.cfg, self.cfg.temperature
+        cfg, batch = self.cfg, len(x)
+        # every rank draws the whole batch's augmentation and sandwich: the seeded stream stays one
         x = augment(x, cfg.augment, cfg.shift, self.generator)
+        students = self._sandwich()
+        share = 1.0
+        if self.ranks is not None:
+            x, y = x[self.ranks.rank::self.ranks.world_size], y[self.ranks.rank::self.ranks.world_size]
+            # DDP averages the ranks' gradients; weighing each by its share of the batch makes that
+            # average the whole batch's mean when the batch does not split evenly
+            share = len(x) * self.ranks.world_size / batch
+        x, y = x.to(self.device), y.to(self.device)
         teacher = None
         if self.teacher_tap is not None:
             with torch.no_grad():
                 teacher = Out(*self.teacher_tap(x), labels=y)
-        ta_logits = self.ta(x)
-        loss = cfg.ta_ce * F.cross_entropy(ta_logits, y)
-        if cfg.ta_kd:
-            loss = loss + cfg.ta_kd * kd_kl(ta_logits, teacher.logits, tau)
-        loss.backward()
-        total, soft = loss.item(), ta_logits.detach()
-        state = named_tensors(self.ta)
-        students = self._sandwich()
-        for name in students:
-            logits, feats = self.taps[name](x, self.family.subnet(name).tensors(state))
-            loss = cfg.student_ce * F.cross_entropy(logits, y)
-            if cfg.alpha:
-                loss = loss + cfg.alpha * kd_kl(logits, soft, tau)
-            if cfg.beta:
-                loss = loss + cfg.beta * kd_kl(logits, teacher.logits, tau)
-            for zoo, weight in cfg.extra_losses:
-                loss = loss + weight * self.losses[name][zoo](Out(logits, feats, y), teacher)
-            loss.backward()  # per size: activations of one size at a time
-            total += loss.item()
+        total, soft = 0.0, None
+        granularities = [None, *students]  # None: the TA, whose output the students learn from
+        for i, name in enumerate(granularities):
+            # gradients are averaged across ranks once, on the step's last backward pass
+            last = i == len(granularities) - 1
+            with contextlib.nullcontext() if self.ranks is None or last else self.net.no_sync():
+                loss, logits = self.net(name, x, y, teacher, soft)
+                (loss if share == 1.0 else loss * share).backward()  # per size: one size's activations at a time
+            if name is None:
+                soft = logits.detach()
+            total += loss.item() * share
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.sched.step()
-        self.flops += len(x) * (self.macs_teacher + 3 * (self.macs_ta + sum(self.family.subnet(n).macs
-                                                                           for n in students)))
+        self.flops += batch * (self.macs_teacher + 3 * (self.macs_ta + sum(self.family.subnet(n).macs
+                                                                          for n in students)))
         return total
+
+    def _agree(self, loss: float) -> float:
+        """The epoch's loss over every rank's share, once every rank is seen to hold the same weights
+        (equal averaged gradients and optimizer steps keep them equal: a difference is a bug, and
+        evaluating rank 0's weights alone would hide it)."""
+        if self.ranks is None:
+            return loss
+        with torch.no_grad():
+            fingerprint = float(sum(p.detach().double().sum() for p in self.net.parameters()))
+        gathered = self.ranks.gather((loss, fingerprint))
+        prints = [f for _, f in gathered]
+        if not all(math.isclose(f, prints[0], rel_tol=1e-6, abs_tol=1e-9) for f in prints):
+            raise RuntimeError(f"the ranks' weights differ after epoch {self.epoch + 1} (parameter sums {prints})")
+        return sum(lo for lo, _ in gathered) / len(gathered)
 
     def _sandwich(self) -> list[str]:
         """The smallest student every step, plus `n_random_widths` others drawn at random."""
@@ -352,9 +461,50 @@ class _Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> tuple[dict[str, nn.Module], dict[str, float]]:
-        """Every size extracted (dense), BatchNorm recalibrated, scored on the validation split."""
+        """Every size extracted (dense), BatchNorm recalibrated, scored on the validation split;
+        on the training device, and returned as CPU modules."""
         models, acc = {}, {}
+        x_val = self.data.x_val.to(self.device)
         for name in self.family.names:
-            models[name] = self.family.extract(name, self.calib_x)
-            acc[name] = accuracy(predict_logits(models[name], self.data.x_val), self.data.y_val)
+            model = self.family.extract(name, self.calib_x)
+            acc[name] = accuracy(predict_logits(model, x_val).cpu(), self.data.y_val)
+            models[name] = model.cpu()
         return models, acc
+
+
+def _idle_parameters(model: nn.Module, example: Tensor) -> bool:
+    """Whether a training pass of `model` leaves some parameter without a gradient (checked on a copy)."""
+    probe = copy.deepcopy(model).train()
+    probe(example).float().sum().backward()
+    return any(p.grad is None for p in probe.parameters() if p.requires_grad)
+
+
+class _Granularities(nn.Module):
+    """One granularity's loss per call: the TA's (`name` None) or a nested student's, run sliced
+    from the TA's tensors. A module, so that DistributedDataParallel sees every pass whose
+    gradients it must average across ranks (the students' passes included)."""
+
+    def __init__(self, ta: nn.Module, losses: nn.ModuleDict, family: NestedFamily, taps: Mapping[str, FeatureTap],
+                 cfg: DistillConfig) -> None:
+        super().__init__()
+        self.ta, self.losses = ta, losses  # what trains: the TA and the zoo losses' adapters
+        self.family, self.taps, self.cfg = family, dict(taps), cfg
+
+    def forward(self, name: str | None, x: Tensor, y: Tensor, teacher: Out | None,
+                soft: Tensor | None) -> tuple[Tensor, Tensor]:
+        cfg, tau = self.cfg, self.cfg.temperature
+        if name is None:
+            logits = self.ta(x)
+            loss = cfg.ta_ce * F.cross_entropy(logits, y)
+            if cfg.ta_kd:
+                loss = loss + cfg.ta_kd * kd_kl(logits, teacher.logits, tau)
+            return loss, logits
+        logits, feats = self.taps[name](x, self.family.subnet(name).tensors(named_tensors(self.ta)))
+        loss = cfg.student_ce * F.cross_entropy(logits, y)
+        if cfg.alpha:
+            loss = loss + cfg.alpha * kd_kl(logits, soft, tau)
+        if cfg.beta:
+            loss = loss + cfg.beta * kd_kl(logits, teacher.logits, tau)
+        for zoo, weight in cfg.extra_losses:
+            loss = loss + weight * self.losses[name][zoo](Out(logits, feats, y), teacher)
+        return loss, logits

@@ -1,8 +1,9 @@
 """Deployment artefacts for each servable size.
 
 ONNX (single file, dynamic batch, parity-checked, metadata), INT8 ONNX (ORT static
-QDQ), TensorRT engines (where TensorRT and a GPU exist), and TorchScript / `.pt2`
-files for PyTorch serving. Every writer is atomic: a file either appears complete
+QDQ), TensorRT engines (where TensorRT and a GPU exist), TorchScript / `.pt2`
+files for PyTorch serving, and on request edge formats (`formats`: ORT Mobile `.ort`,
+OpenVINO IR, ExecuTorch `.pte`), each parity-checked and timed where it runs. Every writer is atomic: a file either appears complete
 or not at all.
 """
 from ..files import sha256_file
@@ -10,6 +11,13 @@ from ..hardware.tensorrt import (
     TRT_UNAVAILABLE,
     build_tensorrt_engine,
     tensorrt_available,
+)
+from .formats import (
+    FORMATS,
+    FormatExport,
+    FormatParity,
+    export_formats,
+    format_timing_profile,
 )
 from .onnx_export import (
     DEFAULT_OPSET,
@@ -30,14 +38,19 @@ from .torchscript import export_pt2, export_torchscript
 
 __all__ = [
     "DEFAULT_OPSET",
+    "FORMATS",
+    "FormatExport",
+    "FormatParity",
     "Int8Settings",
     "TRT_UNAVAILABLE",
     "OnnxExport",
     "TensorCalibrationReader",
     "build_tensorrt_engine",
+    "export_formats",
     "export_onnx",
     "export_pt2",
     "export_torchscript",
+    "format_timing_profile",
     "int8_settings_for",
     "onnx_metadata",
     "onnx_predict",

@@ -52,6 +52,7 @@ __all__ = [
     "export_onnx",
     "onnx_metadata",
     "onnx_predict",
+    "outputs_diff",
     "read_onnx_metadata",
     "set_onnx_metadata",
 ]
@@ -303,23 +304,39 @@ def _leaves(out: Any) -> list[torch.Tensor]:
     return []
 
 
-def _parity(proto: onnx.ModelProto, reference: Mapping[str, tuple[torch.Tensor, list[torch.Tensor]]]
-            ) -> tuple[float, str | None]:
+Reference = Mapping[str, tuple[torch.Tensor, list[torch.Tensor]]]
+"""Label ('batch', 'single') -> (input, PyTorch's outputs on it)."""
+
+
+def _parity(proto: onnx.ModelProto, reference: Reference) -> tuple[float, str | None]:
     """Max abs diff of ONNX Runtime vs PyTorch over every reference input, or (inf, why)."""
     try:
         session = _session(proto.SerializeToString(), threads=None)
-        worst = 0.0
-        for label, (x, expected) in reference.items():
-            got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-            if len(got) != len(expected):
-                return math.inf, f"{len(got)} outputs, PyTorch gives {len(expected)}"
-            for g, e in zip(got, expected):
-                if g.shape != tuple(e.shape):
-                    return math.inf, f"output shape {g.shape} != {tuple(e.shape)} at {label} input"
-                worst = max(worst, _max_abs_diff(g, e.numpy()))
-        return worst, None
+        got = {label: session.run(None, {session.get_inputs()[0].name: x.numpy()})
+               for label, (x, _) in reference.items()}
     except Exception as e:  # noqa: BLE001 - any runtime failure is a parity failure
         return math.inf, f"{type(e).__name__}: {first_line(e)}"
+    return outputs_diff(got, reference)
+
+
+def outputs_diff(got: Mapping[str, Sequence[np.ndarray]], reference: Reference) -> tuple[float, str | None]:
+    """Max abs diff of a runtime's outputs (per reference label) vs PyTorch's, or (inf, why).
+
+    The one comparison every exported format is judged by: ONNX here, and the edge
+    formats (`formats`) on the same reference inputs."""
+    worst = 0.0
+    for label, (_, expected) in reference.items():
+        outs = got.get(label)
+        if outs is None:
+            return math.inf, f"no outputs for the {label} input"
+        if len(outs) != len(expected):
+            return math.inf, f"{len(outs)} outputs, PyTorch gives {len(expected)}"
+        for g, e in zip(outs, expected):
+            g = np.asarray(g)
+            if g.shape != tuple(e.shape):
+                return math.inf, f"output shape {g.shape} != {tuple(e.shape)} at {label} input"
+            worst = max(worst, _max_abs_diff(g, e.numpy()))
+    return worst, None
 
 
 def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:

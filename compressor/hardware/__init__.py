@@ -2,8 +2,8 @@
 
 - `profiles`: one validated TOML file per target in ``compressor/profiles/`` (`load_profile`,
   `list_profiles`, `round_channels`);
-- `measure`: timing on this machine (ONNX Runtime CPU; PyTorch CUDA and TensorRT
-  where present) with one shared warm-up / repeat / noise policy (`timing`);
+- `measure`: timing on this machine (ONNX Runtime or OpenVINO on the CPU; PyTorch CUDA
+  and TensorRT where present) with one shared warm-up / repeat / noise policy (`timing`);
 - `layers` + `predict`: per-layer costs, a cost model fitted on this host, and a
   datasheet roofline for targets we cannot reach;
 - `latency`: measured-or-predicted reports (the one place that decides which), and

@@ -1,8 +1,8 @@
-"""Runtimes that can time a model: ONNX Runtime on the CPU, PyTorch on CUDA, TensorRT.
+"""Runtimes that can time a model: ONNX Runtime and OpenVINO on the CPU, PyTorch on CUDA, TensorRT.
 
-Each backend turns an artefact (an ONNX file or an `nn.Module`) into a *timed
-run* for `timing.measure_timed_run` and says what environment it measured in.
-Optional runtimes (CUDA, TensorRT) are imported only when used and raise
+Each backend turns an artefact (an ONNX file, an OpenVINO IR or an `nn.Module`) into a
+*timed run* for `timing.measure_timed_run` and says what environment it measured in.
+Optional runtimes (OpenVINO, CUDA, TensorRT) are imported only when used and raise
 `BackendUnavailableError` with the reason when absent, so this module imports on
 any machine.
 """
@@ -28,12 +28,14 @@ from .timing import TimedRun, measure_timed_run
 
 __all__ = [
     "Backend",
+    "OpenVinoCpuBackend",
     "OrtCpuBackend",
     "TensorRTBackend",
     "TorchCudaBackend",
     "cpu_channel_block",
     "cpu_model",
     "get_backend",
+    "model_input_shape",
     "onnx_input_shape",
     "usable_cores",
 ]
@@ -229,6 +231,137 @@ class OrtCpuBackend:
         return measure_timed_run(timed_run, profile, env, progress=progress)
 
 
+# ----------------------------------------------------------------------------- OpenVINO
+
+
+def model_input_shape(path: str | Path) -> tuple[int, ...]:
+    """The per-sample input shape stored in a model file: ONNX (`onnx_input_shape`),
+    ONNX Runtime's `.ort` format, or an OpenVINO IR (`.xml`). Raises `ConfigError`
+    when it cannot be read or a non-batch dimension is symbolic."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".ort", ".xml"):
+        return onnx_input_shape(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: model file not found")
+    try:
+        if suffix == ".ort":
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 3
+            inputs = ort.InferenceSession(str(path), sess_options=opts,
+                                          providers=["CPUExecutionProvider"]).get_inputs()
+            dims: list[Any] = list(inputs[0].shape) if len(inputs) == 1 else []
+        else:
+            model = _openvino_core().read_model(str(path))
+            inputs = model.inputs
+            dims = [d.get_length() if d.is_static else None for d in inputs[0].get_partial_shape()] \
+                if len(inputs) == 1 else []
+    except Exception as e:  # noqa: BLE001 - each runtime raises its own types on a bad file
+        raise ConfigError(f"{path}: not a readable {suffix[1:]} model: {e}") from None
+    if len(inputs) != 1:
+        raise ConfigError(f"{path}: has {len(inputs)} inputs; latency is measured for one-input models")
+    shape = dims[1:]
+    if not shape or any(not isinstance(d, int) or d < 1 for d in shape):
+        raise ConfigError(f"{path}: input has symbolic non-batch dimensions {dims}; give the input shape explicitly")
+    return tuple(int(d) for d in shape)
+
+
+@functools.cache
+def _openvino_core() -> Any:
+    """One OpenVINO `Core` per process: it discovers its device plugins once."""
+    import openvino as ov
+
+    return ov.Core()
+
+
+class OpenVinoCpuBackend:
+    """OpenVINO's CPU plugin, timing an ONNX file or an OpenVINO IR (`.xml` + `.bin`).
+
+    Compiled for the profile's batch (a static shape, as an edge deployment compiles
+    it and as the plugin optimises best), with one stream and the LATENCY hint (one
+    request at a time, as ONNX Runtime is timed) and the profile's thread count. The
+    inference precision is pinned to f32: on CPUs with bf16 units the plugin
+    otherwise computes in bf16 by default, which would time, and answer with, a less
+    exact model than the fp32 one a budget is set for.
+    """
+
+    name = "openvino-cpu"
+
+    def unavailable_reason(self) -> str | None:
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            return "OpenVINO: not installed (pip install openvino)"
+        try:
+            devices = _openvino_core().available_devices
+        except Exception as e:  # noqa: BLE001 - a broken install fails in its own ways
+            return f"OpenVINO: its runtime cannot start: {e}"
+        if "CPU" not in devices:
+            return f"OpenVINO: no CPU device in this build (devices: {', '.join(devices) or 'none'})"
+        return None
+
+    def compile(self, path: str | Path, *, threads: int | None = None,
+                batch_shape: Sequence[int] | None = None) -> Any:
+        """The model at `path` compiled for the CPU; `batch_shape` fixes its input's shape
+        (None keeps the file's, e.g. a dynamic batch)."""
+        import openvino as ov
+
+        core = _openvino_core()
+        try:
+            model = core.read_model(str(path))
+        except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError and friends
+            raise ExportError(f"{path}: OpenVINO cannot read the model: {e}") from None
+        if len(model.inputs) != 1:
+            raise ConfigError(f"{path}: has {len(model.inputs)} inputs; latency is measured for one-input models")
+        if batch_shape is not None:
+            try:
+                model.reshape(ov.PartialShape([int(d) for d in batch_shape]))
+            except Exception as e:  # noqa: BLE001
+                raise ConfigError(f"{path}: input {model.inputs[0].get_any_name()!r} cannot take the shape "
+                                  f"{tuple(batch_shape)}: {e}") from None
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        try:
+            return core.compile_model(model, "CPU", config)
+        except Exception as e:  # noqa: BLE001
+            raise ExportError(f"{path}: OpenVINO cannot compile the model for the CPU: {e}") from None
+
+    def measure(self, artifact: str | Path | nn.Module, profile: HardwareProfile,
+                input_shape: Sequence[int], progress: bool = False) -> LatencyReport:
+        if isinstance(artifact, nn.Module):
+            raise ConfigError(f"profile {profile.name!r} ({self.name}) measures ONNX or OpenVINO IR files, "
+                              f"not modules")
+        reason = self.unavailable_reason()
+        if reason:
+            raise BackendUnavailableError(reason)
+        import openvino as ov
+
+        shape = _batch_shape(profile, input_shape)
+        threads = profile.threads or usable_cores()
+        compiled = self.compile(artifact, threads=threads, batch_shape=shape)
+        dtype = compiled.inputs[0].get_element_type().to_dtype()
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal(shape).astype(dtype) if np.issubdtype(dtype, np.floating) \
+            else rng.integers(0, 2, size=shape).astype(dtype)  # token ids, indices: valid everywhere
+        request = compiled.create_infer_request()
+        request.set_input_tensor(ov.Tensor(x))  # set once: each run times inference, not the copy in
+        infer, clock = request.infer, time.perf_counter
+
+        def timed_run() -> float:
+            t0 = clock()
+            infer()
+            return clock() - t0
+
+        env = {"backend": self.name, "openvino_version": ov.get_version(), "inference_threads": threads,
+               "streams": 1, "performance_hint": "LATENCY", "inference_precision": "f32",
+               "cpu_model": cpu_model(), "usable_cores": usable_cores(), "batch_size": profile.batch_size,
+               "precision": profile.precision, "input_shape": list(input_shape)}
+        return measure_timed_run(timed_run, profile, env, progress=progress)
+
+
 # ----------------------------------------------------------------------------- PyTorch on CUDA
 
 
@@ -345,7 +478,7 @@ class TensorRTBackend:
 
 
 _BACKENDS: Mapping[str, Backend] = {
-    b.name: b for b in (OrtCpuBackend(), TorchCudaBackend(), TensorRTBackend())
+    b.name: b for b in (OrtCpuBackend(), OpenVinoCpuBackend(), TorchCudaBackend(), TensorRTBackend())
 }
 
 

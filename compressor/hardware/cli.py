@@ -12,7 +12,7 @@ from rich.console import Console
 
 from ..budget import parse_budget
 from ..errors import BackendUnavailableError, ConfigError
-from .backends import onnx_input_shape
+from .backends import model_input_shape
 from .display import profiles_table, report_table
 from .measure import measure_onnx, unavailable_reason
 from .profiles import list_profiles, load_profile
@@ -30,7 +30,9 @@ def cmd_profile(onnx_path: str, profile: str, input_shape: Sequence[int] | None 
                 budget: str | None = None, console: Console | None = None) -> int:
     """Measure `onnx_path` on `profile` and print a short table.
 
-    The per-sample input shape is read from the ONNX file unless given. A
+    `onnx_path` is an ONNX file (any CPU profile), an ONNX Runtime `.ort` file
+    (onnxruntime-cpu profiles) or an OpenVINO IR `.xml` (openvino-cpu profiles). The
+    per-sample input shape is read from the file unless given. A
     predicted-only profile needs the PyTorch model to predict from, so this
     command (which has only the ONNX file) refuses it with the reason.
     """
@@ -41,7 +43,7 @@ def cmd_profile(onnx_path: str, profile: str, input_shape: Sequence[int] | None 
         raise BackendUnavailableError(f"cannot measure on this machine: {reason}")
     if budget and parse_budget(budget).relative:
         raise ConfigError(f"budget {budget} is relative to a teacher; `compress profile` needs an absolute one")
-    shape = tuple(input_shape) if input_shape else onnx_input_shape(onnx_path)
+    shape = tuple(input_shape) if input_shape else model_input_shape(onnx_path)
     judged = parse_budget(budget).resolve(prof.name, prof.stat) if budget else None
     report = measure_onnx(onnx_path, prof, shape, progress=sys.stderr.isatty())
     console.print(report_table(report, title=f"{onnx_path} on {prof.name} (input {shape}, measured)",

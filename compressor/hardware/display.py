@@ -99,7 +99,7 @@ def profiles_table(profiles: Sequence[HardwareProfile]) -> Table:
         else:
             latency = "[red]unavailable"
             notes.append(f"{p.name}: {reason}")
-        table.add_row(p.name, p.backend, latency, _threads(p.threads) if p.backend == "onnxruntime-cpu" else "-",
+        table.add_row(p.name, p.backend, latency, _threads(p.threads) if p.backend in ("onnxruntime-cpu", "openvino-cpu") else "-",
                       str(p.batch_size), p.precision, p.stat, str(p.round_to))
     if notes:
         table.caption = "\n".join(notes)

@@ -38,7 +38,9 @@ def _check(profile: HardwareProfile) -> None:
 
 def measure_onnx(onnx_path: str | Path, profile: HardwareProfile, input_shape: Sequence[int],
                  progress: bool = False) -> LatencyReport:
-    """Measure an ONNX file on `profile` (ONNX Runtime CPU or TensorRT).
+    """Measure an ONNX file on `profile` (ONNX Runtime or OpenVINO on the CPU, or TensorRT).
+
+    ONNX Runtime also reads its `.ort` format and OpenVINO its IR (`.xml`).
 
     `input_shape` is ONE sample's shape; the batch comes from the profile and the
     model must have a dynamic (or matching) batch dimension. Raises

@@ -141,13 +141,25 @@ def calibration_key(profile: HardwareProfile, input_shape: Sequence[int]) -> dic
         ort_version = onnxruntime.__version__
     except ImportError:
         ort_version = None
-    gpu = torch.cuda.get_device_name() if profile.backend != "onnxruntime-cpu" and torch.cuda.is_available() \
+    gpu = torch.cuda.get_device_name() if profile.backend in ("torch-cuda", "tensorrt") and torch.cuda.is_available() \
         else None
     return {"format": FORMAT_VERSION, "gpu": gpu, "profile": profile.name, "backend": profile.backend,
             "threads": profile.threads or usable_cores(), "batch_size": profile.batch_size,
             "precision": profile.precision, "cpu_model": cpu_model(), "ort_version": ort_version,
-            "channel_block": cpu_channel_block() if profile.backend == "onnxruntime-cpu" else 1,
-            "input_shape": [int(d) for d in input_shape]}
+            # OpenVINO's oneDNN convolutions block channels as MLAS's do (16 with AVX-512, 8 with AVX2)
+            "channel_block": cpu_channel_block() if profile.backend in ("onnxruntime-cpu", "openvino-cpu") else 1,
+            "input_shape": [int(d) for d in input_shape],
+            # OpenVINO profiles time with OpenVINO: a new release is a new calibration (ORT keys stay as they were)
+            **({"openvino_version": _openvino_version()} if profile.backend == "openvino-cpu" else {})}
+
+
+def _openvino_version() -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version("openvino")
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def cache_dir() -> Path:

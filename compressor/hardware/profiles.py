@@ -11,7 +11,7 @@ every latency figure taken with it quietly wrong.
 File layout (top-level keys map 1:1 onto `HardwareProfile` fields)::
 
     name = "host-cpu-1t"            # required; equals the file's stem
-    backend = "onnxruntime-cpu"     # required; onnxruntime-cpu | torch-cuda | tensorrt
+    backend = "onnxruntime-cpu"     # required; onnxruntime-cpu | openvino-cpu | torch-cuda | tensorrt
     measured = true                 # false: a target we can only predict for
     threads = 1                     # 0 = all cores
     batch_size = 1
@@ -77,6 +77,9 @@ STATS = ("p50", "p90", "p99")
 # describe a deployment nobody should choose.
 BACKEND_PRECISIONS: Mapping[str, tuple[str, ...]] = {
     "onnxruntime-cpu": ("fp32", "int8"),
+    # fp32 only: the OpenVINO backend pins f32 inference precision, and INT8 copies are
+    # timed on ONNX Runtime profiles (an int8 OpenVINO figure has not been checked here)
+    "openvino-cpu": ("fp32",),
     "torch-cuda": ("fp32", "fp16"),
     "tensorrt": ("fp32", "fp16", "int8"),
 }
@@ -255,13 +258,14 @@ def parse_profile(data: Mapping[str, Any], where: str) -> HardwareProfile:
 
 def _resolve_auto(where: str, values: dict[str, Any]) -> dict[str, Any]:
     """``round_to = "auto"``: this CPU's channel block (MLAS computes convolutions
-    in blocks of 16 channels with AVX-512, 8 with AVX2), at least 8. Only a
-    profile measured on this machine's CPU can ask for it."""
+    in blocks of 16 channels with AVX-512, 8 with AVX2; OpenVINO's oneDNN kernels use
+    the same blocked layouts), at least 8. Only a profile measured on this machine's
+    CPU can ask for it."""
     if values.get("round_to") != "auto":
         return values
-    if values.get("backend") != "onnxruntime-cpu" or values.get("measured") is False:
-        raise ConfigError(f'{where}: key \'round_to\' may be "auto" only for a measured onnxruntime-cpu '
-                          f"profile (it reads this machine's CPU)")
+    if values.get("backend") not in ("onnxruntime-cpu", "openvino-cpu") or values.get("measured") is False:
+        raise ConfigError(f'{where}: key \'round_to\' may be "auto" only for a measured onnxruntime-cpu or '
+                          f"openvino-cpu profile (it reads this machine's CPU)")
     from .backends import cpu_channel_block
 
     return {**values, "round_to": max(8, cpu_channel_block())}

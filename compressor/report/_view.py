@@ -153,6 +153,49 @@ def summary_table(manifest: Mapping[str, Any]) -> Table:
     return Table(header=header, rows=rows, kinds=kinds)
 
 
+def formats_table(manifest: Mapping[str, Any]) -> Table | None:
+    """Each size in each requested format (`--formats`), its ONNX file first for comparison: file,
+    parity against PyTorch, latency on this host, and why a format is missing or flagged.
+    None when the run asked for ONNX only."""
+    if not any(m.get("formats") for m in manifest["models"]):
+        return None
+    header = ["Size", "Format", "File", "Runtime", "Max abs diff", "Top-1 agreement", "Latency (this host)", "Status"]
+    rows: list[list[str]] = []
+    kinds: list[str] = []
+    for m in manifest["models"]:
+        formats = m.get("formats") or {}
+        # the ONNX figure on the profile whose settings the formats were timed under
+        timed_on = next((f["latency"].get("profile") for f in formats.values() if f.get("latency")), None)
+        onnx_latency = m["latency"].get(timed_on) if timed_on else None
+        rows.append([m["name"], "onnx", m["files"]["onnx"], "ONNX Runtime", fmt_diff(m["onnx_max_abs_diff"]), "—",
+                     fmt_latency(onnx_latency), "ok" if m["parity_ok"] else "FLAGGED: outputs differ from PyTorch"])
+        kinds.append("size" if m["parity_ok"] else "flagged")
+        for name, f in formats.items():
+            parity = f.get("parity") or {}
+            if f["ok"]:
+                status = "ok"
+            elif f.get("file"):
+                status = f"FLAGGED: {f.get('reason') or 'not checked'}"
+            else:
+                status = f"not produced: {f.get('reason') or 'no reason recorded'}"
+            rows.append([m["name"], name, f.get("file") or "—", f.get("runtime") or "—",
+                         fmt_diff(parity["max_abs_diff"]) if parity else "—",
+                         fmt_pct(parity.get("argmax_agreement")), fmt_latency(f.get("latency")), status])
+            kinds.append("size" if f["ok"] else "flagged")
+    return Table(header=header, rows=rows, kinds=kinds)
+
+
+def formats_note(manifest: Mapping[str, Any]) -> str:
+    """What the formats table's latency column means (the same settings for every format)."""
+    timed_on = sorted({f["latency"]["profile"] for m in manifest["models"] for f in (m.get("formats") or {}).values()
+                       if f.get("latency")})
+    where = f"under the settings of {', '.join(timed_on)} (threads, batch, warm-up, repeats)" if timed_on \
+        else "under one host CPU profile's settings"
+    return (f"Every format is measured on this host, each in its own runtime, {where}, so its figure stands "
+            "beside the ONNX figure (each latency is that profile's statistic); parity is against PyTorch on "
+            "the validation inputs the ONNX file was checked on.")
+
+
 def _fmt_predicted(report: Mapping[str, Any] | None) -> str:
     env = (report or {}).get("env") or {}
     if "predicted_ms" not in env:
@@ -209,6 +252,10 @@ def flags(manifest: Mapping[str, Any]) -> list[str]:
                 out.append(f"{m['name']} on {profile}: {w}")
         if m.get("int8") and m["int8"].get("speedup") is not None and not m["int8"].get("faster_than_fp32"):
             out.append(f"{m['name']}: {m['int8'].get('note')}")
+        for name, f in (m.get("formats") or {}).items():
+            if not f["ok"]:
+                what = "flagged" if f.get("file") else "not produced"
+                out.append(f"{m['name']}: {name} {what}: {f.get('reason') or 'no reason recorded'}")
     for v in manifest.get("verification", []):
         if not v["holds"]:
             out.append(f"{v['size']} met the budget when first measured but not when re-measured "

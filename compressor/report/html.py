@@ -18,6 +18,8 @@ from ._view import (
     files_with_card,
     flags,
     fmt_count,
+    formats_note,
+    formats_table,
     headline,
     link,
     summary_table,
@@ -74,6 +76,7 @@ def render_html(manifest: Mapping[str, Any], plots: Sequence[Plot], run_dir: Pat
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        '<link rel="icon" href="data:,">',  # served over HTTP, the browser would ask for a /favicon.ico: a 404
         f"<title>Compression report: {escape(str(manifest['budget']['text']))} on "
         f"{escape(str(manifest['budget']['profile']))}</title>",
         f"<style>{_CSS}</style></head><body><main>",
@@ -101,6 +104,16 @@ def render_html(manifest: Mapping[str, Any], plots: Sequence[Plot], run_dir: Pat
         "agreement with the teacher.</p>",
     ]
 
+    fmts = formats_table(manifest)
+    if fmts is not None:
+        parts += ["<h2>Formats</h2>", '<div class="table-wrap"><table class="left">',
+                  "<thead><tr>" + "".join(f"<th>{escape(h)}</th>" for h in fmts.header) + "</tr></thead><tbody>"]
+        # the status cell holds a whole reason when a format is missing: let it wrap
+        parts += [f'<tr class="{kind}">' + "".join(f"<td>{_cell(c)}</td>" for c in row[:-1])
+                  + f'<td style="white-space:normal;min-width:18em">{_cell(row[-1])}</td></tr>'
+                  for row, kind in zip(fmts.rows, fmts.kinds)]
+        parts += ["</tbody></table></div>", f'<p class="muted">{escape(formats_note(manifest))}</p>']
+
     parts += ["<h2>Budget claim</h2>", "<ul>"] + [f"<li>{escape(line)}</li>" for line in claim_lines(manifest)] \
         + ["</ul>"]
     problems = flags(manifest)
@@ -115,7 +128,7 @@ def render_html(manifest: Mapping[str, Any], plots: Sequence[Plot], run_dir: Pat
             parts.append(f"<h2>{escape(section)}</h2>")
         svg = plot.svg.relative_to(run_dir).as_posix()
         parts += [
-            f'<figure><img src="{_data_uri(plot.png)}" alt="{escape(plot.title)}">',
+            f'<figure id="{escape(plot.key)}"><img src="{_data_uri(plot.png)}" alt="{escape(plot.title)}">',
             f'<figcaption>{escape(plot.caption)} <a href="{escape(svg)}">SVG</a></figcaption></figure>',
         ]
 

@@ -11,6 +11,8 @@ from ._view import (
     files_with_card,
     flags,
     fmt_count,
+    formats_note,
+    formats_table,
     headline,
     link,
     summary_table,
@@ -53,6 +55,13 @@ def render_markdown(manifest: Mapping[str, Any], plots: Sequence[Plot], run_dir:
         out.append("| " + " | ".join(cells) + " |")
     out += ["", f"Latencies marked ({PREDICTED}) come from a model of the hardware, not a measurement. "
                 "Accuracy is on the validation split; teacher agreement is top-1 agreement with the teacher."]
+
+    fmts = formats_table(manifest)
+    if fmts is not None:
+        out += ["", "## Formats", "", "| " + " | ".join(_cell(h) for h in fmts.header) + " |",
+                "|" + "---|" * len(fmts.header)]
+        out += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in fmts.rows]
+        out += ["", formats_note(manifest)]
 
     out += ["", "## Budget claim", ""] + [f"- {line}" for line in claim_lines(manifest)]
 

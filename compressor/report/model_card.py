@@ -3,7 +3,9 @@
 A card travels with its ONNX file to whoever serves it, often without the rest
 of the run folder, so it restates what a consumer must know on its own: where
 the model came from, the figures it was picked on and whether each was measured
-or predicted, what it is for, and where it falls short.
+or predicted, what it is for, and where it falls short. Its YAML front matter
+(`card_metadata`) makes it a Hugging Face model card as well: licence, library,
+tags and the accuracy as a `model-index` result.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from ._view import (
     mean_ratio,
     model_card_filename,
 )
+from .card_metadata import UNSTATED_LICENSE, card_fields, render_card
 
 __all__ = ["model_card_filename", "render_model_card", "write_model_card"]
 
@@ -38,7 +41,7 @@ _METHODS = {
 
 
 def render_model_card(manifest: Mapping[str, Any], name: str) -> str:
-    """Markdown text of the card for size `name`."""
+    """Markdown text of the card for size `name`, front matter first."""
     model = next((m for m in manifest["models"] if m["name"] == name), None)
     if model is None:
         raise ConfigError(f"no size {name!r} in the manifest; sizes: {[m['name'] for m in manifest['models']]}")
@@ -73,6 +76,7 @@ def render_model_card(manifest: Mapping[str, Any], name: str) -> str:
         f"- Exported to ONNX and checked against PyTorch on validation inputs: max abs diff "
         f"{fmt_diff(model['onnx_max_abs_diff'])} ({'within tolerance' if model['parity_ok'] else 'FLAGGED'}).",
         f"- Produced by compressor {manifest['compressor_version']} on {manifest['created']}.",
+        f"- Licence: {_licence(config)}.",
         "",
         "## Measured figures",
         "",
@@ -114,7 +118,14 @@ def render_model_card(manifest: Mapping[str, Any], name: str) -> str:
         "",
     ]
     lines += [f"- {item}" for item in _limitations(manifest, model)]
-    return "\n".join(lines) + "\n"
+    return render_card(card_fields(manifest, model), "\n".join(lines) + "\n")
+
+
+def _licence(config: Mapping[str, Any]) -> str:
+    if config.get("license"):
+        return f"`{config['license']}`, as the run was told (`--license`); the weights derive from the teacher's"
+    return (f"not stated (`{UNSTATED_LICENSE}` in the front matter): the weights derive from the teacher's, so "
+            "its licence applies; `--license` records it")
 
 
 def _limitations(manifest: Mapping[str, Any], model: Mapping[str, Any]) -> list[str]:

@@ -33,6 +33,7 @@ __all__ = ["Plot", "accuracy_latency_plot", "make_plots", "search_front_plot", "
 _SIZE = (7.0, 4.6)  # inches: readable at 700 px wide in the report
 _DPI = 110
 _FP32, _INT8, _TEACHER, _BUDGET, _SELECTED = "#1f77b4", "#ff7f0e", "#222222", "#d62728", "#2ca02c"
+_OFF_SCALE = 4.0  # a budget this many times beyond the x range is named at the edge, not drawn to scale
 
 
 @dataclass(frozen=True)
@@ -129,12 +130,21 @@ def accuracy_latency_plot(manifest: Mapping[str, Any], profile: str, out_dir: Pa
 
 
 def _budget_line(ax: Axes, budget: Mapping[str, Any], profile: str) -> None:
-    """Dashed line at the budget, labelled on whichever side has room (limits must be final)."""
+    """Dashed line at the budget, labelled on whichever side has room (limits must be final).
+
+    A budget far above every point (e.g. 10s for sizes of 0.05 ms) is named at the right edge
+    instead: drawn to scale it would squash every point against the left axis.
+    """
     lo, hi = ax.get_xlim()
+    note = "" if profile == budget["profile"] else f", set for {budget['profile']}"
+    if hi > 0 and budget["ms"] > _OFF_SCALE * hi:
+        ax.annotate(f"budget {budget['text']} ({budget['stat']}{note}) off scale", (1, 0.5), xytext=(-3, 0),
+                    xycoords="axes fraction", textcoords="offset points", va="center", ha="right", rotation=90,
+                    fontsize=8, color=_BUDGET)  # along the right edge: clear of points, labels and legend
+        return
     ax.set_xlim(min(lo, budget["ms"] * 0.9), max(hi, budget["ms"] * 1.1))  # the line is always in view
     lo, hi = ax.get_xlim()
     ax.axvline(budget["ms"], color=_BUDGET, ls="--", lw=1.3, zorder=0)
-    note = "" if profile == budget["profile"] else f", set for {budget['profile']}"
     right = (budget["ms"] - lo) / (hi - lo) < 0.5
     ax.annotate(f"budget {budget['text']} ({budget['stat']}{note})", (budget["ms"], 1),
                 xytext=(4 if right else -4, -4), xycoords=("data", "axes fraction"), textcoords="offset points",
@@ -167,7 +177,8 @@ def _legend(ax: Axes, *, has_measured: bool, has_predicted: bool, has_int8: bool
     if has_selected:
         handles.append(Line2D([], [], marker="o", ls="", mfc="none", mec=_SELECTED, mew=2, ms=13, label="selected"))
     handles.append(Line2D([], [], ls="--", color=_BUDGET, label="budget"))
-    ax.legend(handles=handles, loc="lower right", fontsize=8, framealpha=0.9)
+    # beside the axes, not on them: inside, a corner legend hid whichever point sat in that corner
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0, fontsize=8)
 
 
 def search_front_plot(manifest: Mapping[str, Any], out_dir: Path) -> Plot | None:
@@ -187,12 +198,13 @@ def search_front_plot(manifest: Mapping[str, Any], out_dir: Path) -> Plot | None
         ax.scatter(xs, ys, s=40, color="white", edgecolors=_FP32, linewidths=1.5, linestyle="--", zorder=3)
         labels = [(f"{fmt_count(params)} params", x, y, {"fontsize": 7.5, "color": "#555555"})
                   for x, y, params in pts if params]
-        ax.set_xlabel(f"latency on {manifest['budget']['profile']} (ms, {PREDICTED})")
         ax.set_ylabel(f"{proxy} proxy score")
         ax.grid(alpha=0.25)
         ax.margins(x=0.15, y=0.12)
         _budget_line(ax, manifest["budget"], manifest["budget"]["profile"])
         _place_labels(ax, labels)
+    # one shared x label: side by side, a label per panel runs into its neighbours
+    fig.supxlabel(f"latency on {manifest['budget']['profile']} (ms, {PREDICTED})", fontsize=10)
     fig.suptitle("Search Pareto front (latencies predicted, not measured)", fontsize=11)
     caption = (f"The {len(front)} candidates on the search's Pareto front: zero-cost proxy score (higher is "
                f"better) against {PREDICTED} latency. The dashed red line is the budget.")

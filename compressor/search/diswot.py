@@ -63,20 +63,22 @@ def _zero_head_gradient(features: torch.Tensor, labels: torch.Tensor, classes: i
     """∂CE/∂W of a zero linear classifier (softmax uniform): ((1/K − onehot(y))ᵀ h) / B.
 
     Exactly what backpropagation gives for a mean-reduced CE, without a backward pass."""
-    residual = torch.full((len(labels), classes), 1.0 / classes, dtype=features.dtype)
-    residual[torch.arange(len(labels)), labels] -= 1.0
+    residual = torch.full((len(labels), classes), 1.0 / classes, dtype=features.dtype, device=features.device)
+    residual[torch.arange(len(labels), device=labels.device), labels] -= 1.0
     return residual.T @ features.detach() / len(labels)
 
 
 def signals(model: nn.Module, batch: Batch, seed: int, head: Head = "zero") -> DisWOTSignals:
     """The DisWOT signals of a DisWOT-initialised copy of `model` on `batch`, in train mode
-    (batch norm uses batch statistics, as at the start of training).
+    (batch norm uses batch statistics, as at the start of training), run where the batch lies
+    (initialised on the CPU first, so the weights are the same on every device). The signals
+    come back on the CPU: small matrices, compared with the teacher's wherever it was measured.
 
     With a zero linear head on pooled features one forward pass without gradients is
     enough (the gradient is analytic); otherwise CE is backpropagated once through a
     copy whose gradients start at None (zeroed)."""
     x, y = batch
-    net = diswot_init(copy.deepcopy(model), seed).train()
+    net = diswot_init(copy.deepcopy(model), seed).to(x.device).train()
     tap = FeatureMapTap(batch=len(x))
     watch = _HeadWatch(net, tap)
     try:
@@ -108,7 +110,7 @@ def signals(model: nn.Module, batch: Batch, seed: int, head: Head = "zero") -> D
         cams = class_activation_maps(fmap, grad, y)
     except ValueError:  # a head that does not read the map's channels: no CAM for this network
         cams = None
-    return DisWOTSignals(class_gram(grad), batch_gram(fmap), cams)
+    return DisWOTSignals(class_gram(grad).cpu(), batch_gram(fmap).cpu(), None if cams is None else cams.cpu())
 
 
 def teacher_context(teacher: nn.Module, batch: Batch, seed: int = 0,

@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import socket
 import time
 import warnings
 from contextlib import contextmanager
@@ -34,7 +35,9 @@ from torch import nn
 
 from .. import prune as P
 from ..budget import Budget
+from ..device import check_device, resolve_device
 from ..errors import CompressorError, ConfigError, OutputError
+from ..faults import crash_point
 from ..files import first_line
 from ..progress import Progress
 from ..types import Candidate, DataSplits, SearchResult, Teacher
@@ -47,9 +50,26 @@ from .spaces import SPACES, SearchSpace, build_arch
 log = logging.getLogger(__name__)
 
 _JOURNAL_SUFFIXES = (".log", ".journal")
-# a RUNNING trial not heard from for this long belongs to a dead worker: the RDB heartbeat fails it then;
-# a journal has no heartbeat, so there a RUNNING trial started this long ago no longer holds a place
-_GRACE_S = 180
+
+
+def _grace_s() -> float:
+    """A RUNNING trial not heard from for this long belongs to a dead worker: the RDB heartbeat fails
+    it then (and the retry callback queues its candidate again); a journal has no heartbeat, so there
+    a RUNNING trial started this long ago no longer holds a place."""
+    return float(os.environ.get("COMPRESSOR_STUDY_GRACE_S", 180))
+
+
+def _heartbeat_s() -> int:
+    """How often a worker's RDB heartbeat marks its running trial alive (Optuna wants whole seconds)."""
+    return max(1, int(float(os.environ.get("COMPRESSOR_STUDY_HEARTBEAT_S", 60))))
+
+
+# a candidate whose worker died is run again by another worker, at most this many times
+_MAX_RETRY = 2
+
+
+# The study attribute holding the driving run's settings, which `compress search-worker` reads
+RUN_ATTR = "run"
 
 
 class SearchError(CompressorError):
@@ -81,6 +101,7 @@ class SearchConfig:
     round_to: int = 8
     population_size: int | None = None  # NSGA-II; default: n_trials // 4, between 4 and 36
     fallback_proxy: str = "snip+params"  # when the teacher has no layers DisWOT can read: best teacher-free pair
+    device: str = "cpu"  # where the proxies' forward and backward passes run: cpu, cuda or auto (--device)
 
     def __post_init__(self) -> None:
         if not self.spaces:
@@ -105,6 +126,7 @@ class SearchConfig:
             raise ConfigError(f"round_to must be at least 1 but got {self.round_to}.")
         if any(f < 1.0 for f in self.ta_factors):
             raise ConfigError(f"ta_factors must be at least 1 but got {self.ta_factors}.")
+        check_device(self.device)
 
 
 class _CandidateFailed(Exception):
@@ -143,8 +165,26 @@ def _disk_full(e: BaseException) -> bool:
         (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT))
 
 
+def shown(location: str) -> str:
+    """A storage location fit for a message or a log: a database URL's password masked."""
+    if "://" not in location or "@" not in location:
+        return location
+    try:
+        import sqlalchemy
+
+        return sqlalchemy.engine.make_url(location).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy parses: drop everything before the host
+        return location.split("://", 1)[0] + "://***@" + location.rsplit("@", 1)[1]
+
+
 def _damaged_study(location: str, why: BaseException | str) -> CompressorError:
-    where = location.removeprefix("sqlite:///")
+    where = shown(location.removeprefix("sqlite:///"))
+    import sqlalchemy.exc
+
+    if isinstance(why, sqlalchemy.exc.OperationalError) and not location.startswith("sqlite:"):
+        # a database server that cannot be reached (down, wrong host, port or credentials): nothing is damaged
+        return ConfigError(f"cannot reach the search study's database {where}: {first_line(why.orig or why)}; "
+                           "check that the server runs and the URL is right")
     if isinstance(why, BaseException) and _disk_full(why):  # the study is intact; only the disk is full
         return OutputError(f"cannot write search study {where}: no space left on its disk; the finished trials "
                            "are kept: free some space, then rerun with --resume")
@@ -177,10 +217,30 @@ def _writing_study(location: str) -> Iterator[None]:
         raise
 
 
+def _driver_url(url: str) -> str:
+    """`postgresql://` names SQLAlchemy's default driver, psycopg2; where only psycopg 3 (the
+    `postgres` extra) is installed, the same URL is opened with it."""
+    import importlib.util
+
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg2") is None \
+            and importlib.util.find_spec("psycopg") is not None:
+        return "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url
+
+
+def _retry_dead_workers() -> dict[str, Any]:
+    """RDBStorage's argument that queues a dead worker's trial again (renamed in Optuna 4.9)."""
+    if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):
+        return {"heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(
+            max_retry=_MAX_RETRY)}
+    return {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=_MAX_RETRY)}
+
+
 def _rdb(url: str) -> optuna.storages.RDBStorage:
     import sqlalchemy
     import sqlalchemy.exc
 
+    url = _driver_url(url)
     _check_sqlite_file(url)
     sqlite = url.startswith("sqlite:")
     # SQLite: pysqlite opens no transaction of its own (the BEGIN IMMEDIATE below does), and several
@@ -192,8 +252,10 @@ def _rdb(url: str) -> optuna.storages.RDBStorage:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             try:
-                storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=60,
-                                                     grace_period=_GRACE_S)
+                storage = optuna.storages.RDBStorage(
+                    url, engine_kwargs=kwargs, heartbeat_interval=_heartbeat_s(),
+                    grace_period=max(int(_grace_s()), _heartbeat_s() + 1),
+                    **_retry_dead_workers())
                 break
             except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError):
                 # workers opening a new SQLite study at once race to create its tables and version row
@@ -310,7 +372,7 @@ def _holds_a_place(t: FrozenTrial, journal: bool) -> bool:
     (a journal has no heartbeat: a RUNNING trial there is taken for dead after the grace period)."""
     if t.state == TrialState.RUNNING:
         return not journal or t.datetime_start is None or \
-            (datetime.now() - t.datetime_start).total_seconds() < _GRACE_S
+            (datetime.now() - t.datetime_start).total_seconds() < _grace_s()
     return t.state == TrialState.WAITING or bool(_finished([t]))
 
 
@@ -325,6 +387,11 @@ def _over_quota(trial: optuna.Trial, n_trials: int, journal: bool) -> bool:
 # ---------------------------------------------------------------- the objective
 
 
+def _worker() -> str:
+    """Which process scored a trial: the figures per worker, and a dead worker's trials, are read from it."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def _arch_key(arch: Mapping[str, Any]) -> str:
     return json.dumps(arch, sort_keys=True)
 
@@ -337,14 +404,15 @@ class _Scorer:
     spaces: dict[str, SearchSpace]
     proxy: Proxy
     record: tuple[Proxy, ...]
-    batch: Batch
+    batch: Batch  # on the CPU, where candidates are built, timed and counted
     ctx: TeacherContext
     latency_fn: Callable[[nn.Module], float]
+    proxy_batch: Batch  # `batch` on the proxies' device
 
     def terms(self, model: nn.Module) -> dict[str, float]:
         out: dict[str, float] = {}
         for p in {p.measure: p for p in (self.proxy, *self.record)}.values():
-            out.update(p.measure(model, self.batch, self.ctx))
+            out.update(p.measure(model, self.proxy_batch, self.ctx))
         return out
 
     def evaluate(self, arch: Mapping[str, Any]) -> dict[str, Any]:
@@ -383,6 +451,8 @@ def _objective(scorer: _Scorer, budget: Budget, cache: dict[str, dict[str, Any]]
             trial.set_user_attr("duplicate_of", duplicate)  # not scored, not counted: the sampler draws again
             raise optuna.TrialPruned(f"the same architecture as trial {duplicate}")
         trial.set_user_attr("arch", arch)
+        trial.set_user_attr("worker", _worker())
+        crash_point("scoring")  # the fault suite's kill of a worker in the middle of a trial
         start = time.perf_counter()
         try:
             figures = cache.get(key) or scorer.evaluate(arch)
@@ -410,7 +480,7 @@ def _signature(teacher: Teacher, cfg: SearchConfig, proxy: str, budget: Budget) 
 
 
 def _open_study(storage: Any, location: str, cfg: SearchConfig, default_storage: bool, resume: bool,
-                signature: Mapping[str, Any]) -> optuna.Study:
+                signature: Mapping[str, Any], shared: Mapping[str, Any] | None = None) -> optuna.Study:
     if default_storage and not resume:
         try:  # a fresh run in the same folder starts a fresh study
             optuna.delete_study(study_name=cfg.study_name, storage=storage)
@@ -420,6 +490,8 @@ def _open_study(storage: Any, location: str, cfg: SearchConfig, default_storage:
                                 directions=["maximize", "minimize"])
     stored = probe.user_attrs.get("signature")
     if stored is None:
+        if shared is not None:  # written before the signature: a worker that sees the signature finds it
+            probe.set_user_attr(RUN_ATTR, dict(shared))
         probe.set_user_attr("signature", dict(signature))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -452,7 +524,7 @@ def _reference(study: optuna.Study, scorer: _Scorer, cfg: SearchConfig) -> Refer
         try:
             pool.append(dict(scorer.proxy.measure(scorer.spaces[name].build(scorer.spaces[name].suggest(trial),
                                                                              scorer.teacher),
-                                                  scorer.batch, scorer.ctx)))
+                                                  scorer.proxy_batch, scorer.ctx)))
         except Exception as e:  # a candidate that fails here fails as a trial too; skip it
             log.info("reference candidate skipped: %s", e)
         pool_study.tell(trial, 0.0)
@@ -509,7 +581,8 @@ def _pareto(trials: list[FrozenTrial]) -> list[FrozenTrial]:
 
 def run_search(teacher: Teacher, data: DataSplits, *, latency_fn: Callable[[nn.Module], float], budget: Budget,
                teacher_latency_ms: float, config: SearchConfig = SearchConfig(), run_dir: Path,
-               storage: str | None = None, resume: bool = False, progress: Progress | None = None) -> SearchResult:
+               storage: str | None = None, resume: bool = False, progress: Progress | None = None,
+               shared: Mapping[str, Any] | None = None) -> SearchResult:
     """Search a student under `budget` (judged on predicted latency), then widen it into the MatTA assistant.
 
     `latency_fn` predicts a built network's latency in ms on the target. With the
@@ -517,25 +590,52 @@ def run_search(teacher: Teacher, data: DataSplits, *, latency_fn: Callable[[nn.M
     `storage` a worker always joins the study of that name. Trials already finished
     (scored, or failed with a recorded reason) count toward `config.n_trials`; workers
     sharing a study run exactly that many together (a trial started past it is marked
-    PRUNED without running) and each picks from the same finished trials.
+    PRUNED without running) and each picks from the same finished trials. `shared`
+    (the run's settings) is stored in a new study for `compress search-worker` to read.
     """
+    study, scorer, location, _ = _take_part(teacher, data, latency_fn=latency_fn, budget=budget, config=config,
+                                            run_dir=run_dir, storage=storage, resume=resume, progress=progress,
+                                            shared=shared)
+    return _result(study, scorer, location, budget, teacher_latency_ms, config)
+
+
+def score_trials(teacher: Teacher, data: DataSplits, *, latency_fn: Callable[[nn.Module], float], budget: Budget,
+                 config: SearchConfig, storage: str, run_dir: Path,
+                 progress: Progress | None = None) -> tuple[int, int]:
+    """A search worker's part: score trials of a shared study until it has its n_trials.
+
+    Returns (trials this worker finished, trials the study has finished).
+    """
+    study, _, _, mine = _take_part(teacher, data, latency_fn=latency_fn, budget=budget, config=config,
+                                   run_dir=run_dir, storage=storage, resume=True, progress=progress)
+    return mine, len(_finished(study.get_trials(deepcopy=False)))
+
+
+def _take_part(teacher: Teacher, data: DataSplits, *, latency_fn: Callable[[nn.Module], float], budget: Budget,
+               config: SearchConfig, run_dir: Path, storage: str | None, resume: bool,
+               progress: Progress | None, shared: Mapping[str, Any] | None = None,
+               ) -> tuple[optuna.Study, "_Scorer", str, int]:
+    """Open (or join) the study and score trials until n_trials have finished, in any worker.
+    Returns the study, the scorer, the storage's location and how many trials this process finished."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spaces = _spaces(teacher, config)
     batch = labelled_batch(data.x_train, data.y_train, config.batch_size, config.seed)
-    proxy, ctx = _context(teacher, batch, config)
+    device = resolve_device(config.device)
+    proxy_batch = (batch[0].to(device), batch[1].to(device))
+    proxy, ctx = _context(teacher, proxy_batch, config)
     location = storage or f"sqlite:///{(run_dir / 'search.db').resolve()}"
     with _reading_study(location):  # everything read back from the study: a damaged one is one line
         store, location = open_storage(storage, run_dir)
         study = _open_study(store, location, config, storage is None, resume,
-                            _signature(teacher, config, proxy.name, budget))
+                            _signature(teacher, config, proxy.name, budget), shared)
         journal = isinstance(store, optuna.storages.JournalStorage)
         if storage is None:  # the run folder's own study has no other worker: a RUNNING trial was cut short
             for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 store.set_trial_state_values(t._trial_id, TrialState.FAIL)  # (no reason: it is redone)
         scorer = _Scorer(teacher, spaces, proxy, tuple(PROXIES.get(n) for n in config.record if n != proxy.name),
-                         batch, ctx, latency_fn)
+                         batch, ctx, latency_fn, proxy_batch)
         reference = _reference(study, scorer, config)
 
         trials = study.get_trials(deepcopy=False)
@@ -551,34 +651,52 @@ def run_search(teacher: Teacher, data: DataSplits, *, latency_fn: Callable[[nn.M
     task = progress.add("search students", total=config.n_trials) if progress else None
     if progress:
         progress.advance(task, done)
+    mine = 0
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
-        if progress and _finished([trial]):
-            progress.advance(task)
-            progress.done("trial", trial.number, total=config.n_trials, state=trial.state.name,
-                          **({"proxy": trial.values[0], "latency_ms": trial.values[1]} if trial.values else {}))
+        nonlocal mine
+        if _finished([trial]):
+            mine += 1
+            if progress:
+                progress.advance(task)
+                progress.done("trial", trial.number, total=config.n_trials, state=trial.state.name,
+                              **({"proxy": trial.values[0], "latency_ms": trial.values[1]} if trial.values else {}))
         if len(_finished(study.get_trials(deepcopy=False))) >= config.n_trials:
             study.stop()  # other workers may have finished the rest
 
-    if done < config.n_trials:
-        with _writing_study(location):
-            # no trial count here: redrawn duplicates do not count, so `after_trial` stops the study
-            # once n_trials trials have finished (in this worker or any other)
-            study.optimize(_objective(scorer, budget, cache, config.n_trials, journal),
-                           catch=(_CandidateFailed,), callbacks=[after_trial])
-    _await_others(study, config.n_trials, journal)
-    return _result(study, scorer, location, budget, teacher_latency_ms, config)
+    objective = _objective(scorer, budget, cache, config.n_trials, journal)
+    with _writing_study(location):
+        _fill(study, store, objective, after_trial, config.n_trials, journal)
+    return study, scorer, location, mine
 
 
-def _await_others(study: optuna.Study, n_trials: int, journal: bool) -> None:
-    """Wait for other workers' trials still running in the study's places, so that every worker
-    picks from the same n_trials finished trials (a dead worker's, at most the grace period)."""
-    deadline = time.monotonic() + _GRACE_S
-    while time.monotonic() < deadline:
+def _fill(study: optuna.Study, store: Any, objective: Callable[[optuna.Trial], Any],
+          after_trial: Callable[[optuna.Study, FrozenTrial], None], n_trials: int, journal: bool) -> None:
+    """Score trials until the study has n_trials finished ones, in this worker or any other.
+
+    While other workers' trials hold the last places this worker waits for them, so that every
+    worker picks from the same finished trials. A trial of a worker that died (its heartbeat
+    stopped for the grace period) is failed here and its candidate queued again by the retry
+    callback; whoever is still alive scores it, so a dead worker loses no trial.
+    """
+    started = time.monotonic()
+    while True:
+        if not journal:
+            with warnings.catch_warnings():  # experimental in name only: it is what optimize() calls itself
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, and queued again
         trials = study.get_trials(deepcopy=False)
-        if len(_finished(trials)) >= n_trials or not any(
-                t.state == TrialState.RUNNING and _holds_a_place(t, journal) for t in trials):
+        if len(_finished(trials)) >= n_trials:
             return
+        places = sum(_holds_a_place(t, journal) for t in trials)
+        waiting = any(t.state == TrialState.WAITING for t in trials)
+        if waiting or places < n_trials:
+            # no trial count: redrawn duplicates do not count, so `after_trial` stops the study once
+            # n_trials trials have finished (in this worker or any other)
+            study.optimize(objective, catch=(_CandidateFailed,), callbacks=[after_trial])
+            continue
+        if journal and time.monotonic() - started > 2 * _grace_s():
+            return  # a journal's stale trials stop holding places after the grace period; never hang
         time.sleep(0.2)
 
 

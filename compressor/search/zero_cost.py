@@ -3,6 +3,8 @@
 Each function is ``(model, batch, ctx) -> {term: value}``, higher is better, and works
 on a deep copy initialised under ``ctx.seed`` with PyTorch's default initialisation,
 in train mode (batch statistics), as the proxies were defined: at initialisation.
+The copy is initialised on the CPU (the same weights whatever the device) and then
+runs where the batch lies (`--device`).
 """
 from __future__ import annotations
 
@@ -19,8 +21,8 @@ from .context import Batch, TeacherContext
 from .nets import ActivationCodes, default_init, remove_batchnorm, weight_layers
 
 
-def _fresh(model: nn.Module, ctx: TeacherContext) -> nn.Module:
-    return default_init(copy.deepcopy(model), ctx.seed + 1).train()
+def _fresh(model: nn.Module, ctx: TeacherContext, batch: Batch) -> nn.Module:
+    return default_init(copy.deepcopy(model), ctx.seed + 1).to(batch[0].device).train()
 
 
 def _gradients(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -34,19 +36,19 @@ def params(model: nn.Module, batch: Batch, ctx: TeacherContext) -> Mapping[str, 
 
 
 def macs(model: nn.Module, batch: Batch, ctx: TeacherContext) -> Mapping[str, float]:
-    return {"macs": float(P.count_macs(copy.deepcopy(model), batch[0][:1]))}
+    return {"macs": float(P.count_macs(copy.deepcopy(model), batch[0][:1].cpu()))}  # the model is built on the CPU
 
 
 def grad_norm(model: nn.Module, batch: Batch, ctx: TeacherContext) -> Mapping[str, float]:
     """Σ over Conv/Linear weights of ‖∂L/∂W‖₂."""
-    net = _fresh(model, ctx)
+    net = _fresh(model, ctx, batch)
     _gradients(net, *batch)
     return {"grad_norm": float(sum(float(m.weight.grad.norm()) for _, m in weight_layers(net) if m.weight.grad is not None))}
 
 
 def snip(model: nn.Module, batch: Batch, ctx: TeacherContext) -> Mapping[str, float]:
     """Σ |∂L/∂W ⊙ W| (connection sensitivity, Lee et al. 2019)."""
-    net = _fresh(model, ctx)
+    net = _fresh(model, ctx, batch)
     _gradients(net, *batch)
     return {"snip": float(sum(float((m.weight.grad * m.weight.detach()).abs().sum()) for _, m in weight_layers(net)
                               if m.weight.grad is not None))}
@@ -57,12 +59,12 @@ def synflow(model: nn.Module, batch: Batch, ctx: TeacherContext) -> Mapping[str,
 
     The logarithm keeps the score finite for deep networks (products of many layer
     norms overflow) and does not change the ranking."""
-    net = remove_batchnorm(default_init(copy.deepcopy(model), ctx.seed + 1)).double().eval()
+    net = remove_batchnorm(default_init(copy.deepcopy(model), ctx.seed + 1)).to(batch[0].device).double().eval()
     with torch.no_grad():
         for p in net.parameters():
             p.abs_()
     net.zero_grad(set_to_none=True)
-    ones = torch.ones((1, *batch[0].shape[1:]), dtype=torch.float64)
+    ones = torch.ones((1, *batch[0].shape[1:]), dtype=torch.float64, device=batch[0].device)
     with torch.enable_grad():
         net(ones).sum().backward()
     total = sum(float((m.weight.grad * m.weight.detach()).abs().sum()) for _, m in weight_layers(net)
@@ -73,9 +75,9 @@ def synflow(model: nn.Module, batch: Batch, ctx: TeacherContext) -> Mapping[str,
 def naswot(model: nn.Module, batch: Batch, ctx: TeacherContext) -> Mapping[str, float]:
     """log|det K| with K = ccᵀ + (1−c)(1−c)ᵀ over the samples' binary activation codes c
     (Mellor et al. 2021): networks that tell the samples apart score higher."""
-    net = _fresh(model, ctx)
+    net = _fresh(model, ctx, batch)
     x = batch[0]
-    k = torch.zeros(len(x), len(x), dtype=torch.float64)
+    k = torch.zeros(len(x), len(x), dtype=torch.float64, device=x.device)
 
     def add(codes: torch.Tensor) -> None:
         nonlocal k
@@ -92,7 +94,7 @@ def zico(model: nn.Module, batch: Batch, ctx: TeacherContext) -> Mapping[str, fl
     x, y = batch
     if len(x) < 4:
         raise ValueError("zico needs a batch of at least 4 samples (two halves)")
-    net = _fresh(model, ctx)
+    net = _fresh(model, ctx, batch)
     half = len(x) // 2
     grads: dict[str, list[torch.Tensor]] = {}
     for xs, ys in ((x[:half], y[:half]), (x[half:2 * half], y[half:2 * half])):
@@ -114,7 +116,7 @@ def zico(model: nn.Module, batch: Batch, ctx: TeacherContext) -> Mapping[str, fl
 def meco(model: nn.Module, batch: Batch, ctx: TeacherContext) -> Mapping[str, float]:
     """Σ over Conv/Linear layers of λ_min of the channel correlation matrix of one sample's
     feature map (Jiang et al. 2023)."""
-    net = _fresh(model, ctx)
+    net = _fresh(model, ctx, batch)
     total = 0.0
 
     def hook(_m: nn.Module, _i: tuple, out: torch.Tensor) -> None:
