@@ -162,3 +162,16 @@ def test_the_report_says_where_the_time_went(tmp_path: Path, no_plots: None) -> 
     assert "| calibration | 0.0 | 0% | latency predictor taken from the cache |" in md
     html = (tmp_path / "report.html").read_text()
     assert "<h2>Where the time went</h2>" in html and "<td>students</td><td>60.0</td><td>75%</td>" in html
+
+
+def test_a_budget_far_beyond_every_point_is_named_not_drawn(tmp_path: Path) -> None:
+    """The caption says where the budget is: a dashed line only where one is drawn."""
+    from compressor.report.plots import accuracy_latency_plot
+
+    manifest = example_manifest()
+    profile = manifest["budget"]["profile"]
+    near = accuracy_latency_plot(manifest, profile, tmp_path / "near")
+    assert "dashed red line is the budget" in near.caption
+    far = {**manifest, "budget": {**manifest["budget"], "ms": 1e4, "text": "10s"}}
+    off = accuracy_latency_plot(far, profile, tmp_path / "far")
+    assert "dashed red line" not in off.caption and "named at the right edge" in off.caption

@@ -111,7 +111,7 @@ def accuracy_latency_plot(manifest: Mapping[str, Any], profile: str, out_dir: Pa
             has_selected=any(s[2]["name"] == manifest["selected"] for s in sizes))
     ax.grid(alpha=0.25)
     ax.margins(x=0.12, y=0.15)
-    _budget_line(ax, budget, profile)
+    on_scale = _budget_line(ax, budget, profile)
     _place_labels(ax, labels)
     if all_predicted(manifest, profile):
         kind = PREDICTED
@@ -124,16 +124,22 @@ def accuracy_latency_plot(manifest: Mapping[str, Any], profile: str, out_dir: Pa
     ax.set_title(f"Accuracy vs latency: {profile}", fontsize=11)
     key = f"accuracy_latency_{safe_name(profile)}"
     caption = (f"Each size's validation accuracy against its {stat} latency on {profile}; "
-               f"hollow markers are {PREDICTED} latencies, filled ones measured. The dashed red line is the "
-               f"budget ({budget['text']}).")
+               f"hollow markers are {PREDICTED} latencies, filled ones measured. " + _budget_caption(budget, on_scale))
     return _save(fig, out_dir, key, f"Accuracy vs latency: {profile}", caption, "Accuracy vs latency")
 
 
-def _budget_line(ax: Axes, budget: Mapping[str, Any], profile: str) -> None:
+def _budget_caption(budget: Mapping[str, Any], on_scale: bool) -> str:
+    if on_scale:
+        return f"The dashed red line is the budget ({budget['text']})."
+    return f"The budget ({budget['text']}) lies far right of every point, so it is named at the right edge."
+
+
+def _budget_line(ax: Axes, budget: Mapping[str, Any], profile: str) -> bool:
     """Dashed line at the budget, labelled on whichever side has room (limits must be final).
 
     A budget far above every point (e.g. 10s for sizes of 0.05 ms) is named at the right edge
-    instead: drawn to scale it would squash every point against the left axis.
+    instead: drawn to scale it would squash every point against the left axis. Returns whether
+    the line is drawn to scale.
     """
     lo, hi = ax.get_xlim()
     note = "" if profile == budget["profile"] else f", set for {budget['profile']}"
@@ -141,7 +147,7 @@ def _budget_line(ax: Axes, budget: Mapping[str, Any], profile: str) -> None:
         ax.annotate(f"budget {budget['text']} ({budget['stat']}{note}) off scale", (1, 0.5), xytext=(-3, 0),
                     xycoords="axes fraction", textcoords="offset points", va="center", ha="right", rotation=90,
                     fontsize=8, color=_BUDGET)  # along the right edge: clear of points, labels and legend
-        return
+        return False
     ax.set_xlim(min(lo, budget["ms"] * 0.9), max(hi, budget["ms"] * 1.1))  # the line is always in view
     lo, hi = ax.get_xlim()
     ax.axvline(budget["ms"], color=_BUDGET, ls="--", lw=1.3, zorder=0)
@@ -149,6 +155,7 @@ def _budget_line(ax: Axes, budget: Mapping[str, Any], profile: str) -> None:
     ax.annotate(f"budget {budget['text']} ({budget['stat']}{note})", (budget["ms"], 1),
                 xytext=(4 if right else -4, -4), xycoords=("data", "axes fraction"), textcoords="offset points",
                 va="top", ha="left" if right else "right", fontsize=8.5, color=_BUDGET)
+    return True
 
 
 def _place_labels(ax: Axes, labels: list[tuple[str, float, float, dict[str, Any]]]) -> None:
@@ -190,6 +197,7 @@ def search_front_plot(manifest: Mapping[str, Any], out_dir: Path) -> Plot | None
     proxies = proxies[:3]  # more panels become unreadable at report width
     fig = Figure(figsize=(_SIZE[0], 3.6 if len(proxies) == 1 else 3.2), dpi=_DPI, layout="constrained")
     axes = fig.subplots(1, len(proxies), squeeze=False)[0]
+    on_scale = True
     for ax, proxy in zip(axes, proxies):
         pts = sorted((c["est_latency_ms"], c["proxy_scores"][proxy], c.get("params")) for c in front
                      if c["proxy_scores"].get(proxy) is not None)
@@ -201,13 +209,13 @@ def search_front_plot(manifest: Mapping[str, Any], out_dir: Path) -> Plot | None
         ax.set_ylabel(f"{proxy} proxy score")
         ax.grid(alpha=0.25)
         ax.margins(x=0.15, y=0.12)
-        _budget_line(ax, manifest["budget"], manifest["budget"]["profile"])
+        on_scale = _budget_line(ax, manifest["budget"], manifest["budget"]["profile"]) and on_scale
         _place_labels(ax, labels)
     # one shared x label: side by side, a label per panel runs into its neighbours
     fig.supxlabel(f"latency on {manifest['budget']['profile']} (ms, {PREDICTED})", fontsize=10)
     fig.suptitle("Search Pareto front (latencies predicted, not measured)", fontsize=11)
     caption = (f"The {len(front)} candidates on the search's Pareto front: zero-cost proxy score (higher is "
-               f"better) against {PREDICTED} latency. The dashed red line is the budget.")
+               f"better) against {PREDICTED} latency. " + _budget_caption(manifest["budget"], on_scale))
     return _save(fig, out_dir, "search_front", "Search Pareto front", caption, "Search")
 
 
