@@ -139,7 +139,9 @@ def test_export_matches_pytorch(exported, name: str) -> None:
     assert result.checker_ok, result.notes
     assert result.max_abs_diff <= 1e-4
     assert result.slimmed
-    assert result.exporter == "dynamo"
+    # auto: the fast TorchScript exporter wherever it traces; dynamo for torch.export modules
+    assert result.exporter == ("dynamo" if name == "torch_export_module" else "torchscript")
+    assert not result.notes or "exported with" not in " ".join(result.notes)  # no fallback was needed
     assert result.opset == 18
     assert result.ok
 
@@ -171,7 +173,7 @@ def test_export_keeps_the_callers_training_mode(tmp_path: Path) -> None:
     assert result.parity_ok  # compared in eval mode (running statistics), as exported
 
 
-def test_legacy_torchscript_exporter_is_available_on_request(tmp_path: Path) -> None:
+def test_torchscript_exporter_is_available_on_request(tmp_path: Path) -> None:
     result = export_onnx(PlainCNN(), _batch((1, 32, 32)), tmp_path / "m.onnx", exporter="torchscript")
     assert result.exporter == "torchscript" and result.parity_ok
     assert onnx_predict(result.path, _batch((1, 32, 32), 3)).shape == (3, 10)
@@ -229,7 +231,12 @@ def test_metadata_round_trip(exported, tmp_path: Path) -> None:
 def test_export_writes_caller_metadata(exported) -> None:
     meta = read_onnx_metadata(exported["residual_cnn"][1].path)
     assert meta["size"] == "residual_cnn" and meta["width_ratio"] == "1.0"
-    assert meta["exporter"].startswith("torch.onnx (dynamo)")
+    assert meta["exporter"].startswith("torch.onnx (torchscript)")
+
+
+def test_dynamo_exporter_is_available_on_request(tmp_path: Path) -> None:
+    result = export_onnx(PlainCNN(), _batch((1, 32, 32)), tmp_path / "m.onnx", exporter="dynamo")
+    assert result.exporter == "dynamo" and result.parity_ok
 
 
 def test_set_metadata_on_a_missing_file_is_an_export_error(tmp_path: Path) -> None:

@@ -2,13 +2,15 @@
 
 Exporter and opset (checked with torch 2.13, onnx 1.23, onnxruntime 1.32):
 
-* **Dynamo exporter** (`torch.onnx.export(..., dynamo=True)`) is the default because it
-  is the only path that exports every kind of model this project hands over: plain
-  modules, `fx.symbolic_trace` GraphModules, lifted GraphModules whose nodes call
-  `torch.ops.aten.*`, and `torch.export` modules (`ep.module()`). The legacy TorchScript
-  exporter handles the first three but fails on the last ("Calling train() is not
-  supported yet"), and it is deprecated. It is kept as a fallback when dynamo fails,
-  and the fallback is recorded in `OnnxExport.notes`, never hidden.
+* **TorchScript exporter first** (`torch.onnx.export(..., dynamo=False)`) for modules it
+  can trace: plain modules, `fx.symbolic_trace` GraphModules and lifted GraphModules whose
+  nodes call `torch.ops.aten.*`. It is about ten times faster than the dynamo exporter on
+  the servable sizes here (0.15 s vs 1.5 s warm, 4 s cold, for a 3-block CNN), and a run
+  exports every size. Its graphs pass the same parity check as dynamo's.
+* **Dynamo exporter** (`dynamo=True`) for `torch.export` modules (`ep.module()`), which the
+  TorchScript exporter cannot trace ("Calling train() is not supported yet"), and as the
+  fallback when the TorchScript exporter fails (it is deprecated upstream: once removed,
+  every export takes this path). A fallback is recorded in `OnnxExport.notes`, never hidden.
 * **Opset 18** is the opset onnxscript's torchlib is written in, so the exporter runs no
   version-conversion pass (a common source of export failures at other opsets). ONNX
   Runtime >= 1.14, TensorRT >= 8.6 and ORT's QDQ per-channel quantizer (needs >= 13)
@@ -102,7 +104,8 @@ def export_onnx(
     differences that only appear on in-distribution activations. The file is checked
     with `onnx.checker` (full check), simplified with onnxslim when `slim` (and the
     unsimplified graph kept if slimming would break parity), and written atomically.
-    `exporter="auto"` tries dynamo, then the legacy TorchScript exporter.
+    `exporter="auto"` tries the TorchScript exporter, then dynamo (dynamo alone for a
+    `torch.export` module).
     """
     path = Path(path)
     opset = DEFAULT_OPSET if opset is None else int(opset)
@@ -178,8 +181,8 @@ def _trace_input(x: torch.Tensor) -> torch.Tensor:
 
 def _export_proto(model: nn.Module, x: torch.Tensor, opset: int, exporter: Exporter,
                   notes: list[str]) -> tuple[onnx.ModelProto, str]:
-    order: Sequence[str] = {"auto": ("dynamo", "torchscript"), "dynamo": ("dynamo",),
-                            "torchscript": ("torchscript",)}[exporter]
+    auto = ("dynamo",) if _is_exported_program_module(model) else ("torchscript", "dynamo")
+    order: Sequence[str] = {"auto": auto, "dynamo": ("dynamo",), "torchscript": ("torchscript",)}[exporter]
     errors: list[str] = []
     for name in order:
         try:
@@ -191,6 +194,11 @@ def _export_proto(model: nn.Module, x: torch.Tensor, opset: int, exporter: Expor
             notes.append(f"exported with the {name} exporter after: " + "; ".join(errors))
         return proto, name
     raise ExportError(f"ONNX export failed ({'; '.join(errors)})")
+
+
+def _is_exported_program_module(model: nn.Module) -> bool:
+    """`ExportedProgram.module()`: an inference graph with pytree specs that only dynamo exports."""
+    return isinstance(model, torch.fx.GraphModule) and hasattr(model, "_in_spec") and hasattr(model, "_out_spec")
 
 
 def _dynamo(model: nn.Module, x: torch.Tensor, opset: int) -> onnx.ModelProto:
