@@ -2,7 +2,8 @@
 
     intake     load the profiles, the data and the teacher; open the run folder
     teacher    the teacher's accuracy and latency on every profile; resolve the budget
-    students   search + nested family (``nested``) or fixed widths (``skeleton``)
+    search     students and their TA ranked without training (``nested`` only)
+    distill    the nested family in one run (``nested``) or fixed widths (``skeleton``)
     export     ONNX (parity-checked), TorchScript, INT8, edge formats and TensorRT per size; accuracy; latency
     select     the most accurate size that fits (`pick.rank`), re-measured in a fresh process
     seal       ONNX metadata, then every file hashed once
@@ -94,7 +95,7 @@ from .report import model_card_filename, print_summary, write_report
 from .search import SearchConfig, build_arch, run_search
 from .search.study import shown
 from .serving import write_serving_files
-from .types import DataSplits, HardwareProfile, LatencyReport, Teacher, to_jsonable
+from .types import DataSplits, HardwareProfile, LatencyReport, SearchResult, Teacher, to_jsonable
 
 log = logging.getLogger(__name__)
 
@@ -179,13 +180,19 @@ def _run(cfg: CompressConfig, console: Console, held: ExitStack, ranks: Ranks | 
     progress.log(f"teacher: {teacher_rec.params:,} params, accuracy {teacher_rec.accuracy:.3f}, "
                  f"{profile.stat} {_value(teacher_rec.latency.get(profile.name), profile):.3f} ms")
     search_info = training = None
-    with clock("students"):
-        if cfg.method == "skeleton":
+    if cfg.method == "skeleton":
+        with clock("distill"):
             servables = stage_skeleton(teacher, data, profile, predictors[profile.name], budget, cfg,
                                        run_dir, progress)
-        else:
-            servables, search_info, training = stage_nested(teacher, data, profile, predictors[profile.name],
-                                                            budget, teacher_rec, cfg, run_dir, progress, ranks)
+    else:
+        with clock("search"):
+            searched = stage_search(teacher, data, profile, predictors[profile.name], budget, teacher_rec, cfg,
+                                    run_dir, progress)
+        with clock("distill"):
+            servables, search_info, training = stage_nested(searched, teacher, data, profile,
+                                                            predictors[profile.name], budget, cfg, run_dir,
+                                                            progress, ranks)
+        search_info["seconds"] = clock.seconds["search"]
     with clock("export"):
         sizes, reused = stage_export(servables, teacher, data, budget, profiles, predictors, cfg, run_dir,
                                      progress)
@@ -416,19 +423,26 @@ def search_config(cfg: CompressConfig, teacher: Teacher, profile: HardwareProfil
                         round_to=profile.round_to, study_name=cfg.study, device=cfg.device)
 
 
-def stage_nested(teacher: Teacher, data: DataSplits, profile: HardwareProfile, predictor: Any, budget: Budget,
-                 teacher_rec: TeacherRecord, cfg: CompressConfig, run_dir: Path, progress: Progress,
-                 ranks: Ranks | None = None) -> tuple[list[Servable], dict[str, Any], dict[str, Any]]:
-    """Search a student under the budget, widen it into a TA, train the nested family in one run
-    (under torchrun, with every other rank: `ranks` is rank 0's place)."""
+def stage_search(teacher: Teacher, data: DataSplits, profile: HardwareProfile, predictor: Any, budget: Budget,
+                 teacher_rec: TeacherRecord, cfg: CompressConfig, run_dir: Path,
+                 progress: Progress) -> SearchResult:
+    """Search a student under the budget, and the TA it nests in, without training either."""
     latency_fn = predicted_latency(predictor, teacher.spec.shape)
     teacher_lat = teacher_rec.latency.get(profile.name)
-    result = run_search(teacher, data, latency_fn=latency_fn, budget=budget,
-                        teacher_latency_ms=teacher_lat.value() if teacher_lat else float("inf"),
-                        config=search_config(cfg, teacher, profile), run_dir=run_dir / "search",
-                        storage=cfg.storage, resume=cfg.resume, progress=progress,
-                        shared={"config": cfg.to_dict(), "budget": dataclasses.asdict(budget),
-                                "predictor": predictor.to_dict() if hasattr(predictor, "to_dict") else None})
+    return run_search(teacher, data, latency_fn=latency_fn, budget=budget,
+                      teacher_latency_ms=teacher_lat.value() if teacher_lat else float("inf"),
+                      config=search_config(cfg, teacher, profile), run_dir=run_dir / "search",
+                      storage=cfg.storage, resume=cfg.resume, progress=progress,
+                      shared={"config": cfg.to_dict(), "budget": dataclasses.asdict(budget),
+                              "predictor": predictor.to_dict() if hasattr(predictor, "to_dict") else None})
+
+
+def stage_nested(result: SearchResult, teacher: Teacher, data: DataSplits, profile: HardwareProfile,
+                 predictor: Any, budget: Budget, cfg: CompressConfig, run_dir: Path, progress: Progress,
+                 ranks: Ranks | None = None) -> tuple[list[Servable], dict[str, Any], dict[str, Any]]:
+    """Widen the searched student into its TA and train the nested family in one run
+    (under torchrun, with every other rank: `ranks` is rank 0's place)."""
+    latency_fn = predicted_latency(predictor, teacher.spec.shape)
     _seed_everything(cfg.seed)
     ta = build_arch(result.ta.arch, teacher)
     example = data.x_train[:2]

@@ -190,7 +190,7 @@ def test_relative_budget_claim_is_remeasured_and_the_returned_manifest_is_the_on
     if m["selected"]:
         assert m["verification"] and m["verification"][-1]["size"] == m["selected"]
         assert m["verification"][-1]["holds"]
-    assert {"intake", "teacher", "students", "export", "select", "seal"} <= set(m["stages"])
+    assert {"intake", "teacher", "distill", "export", "select", "seal"} <= set(m["stages"])  # skeleton: no search
     assert m["host"]["cpu_class"] and m["host"]["round_to"] >= 8
     sizes = {x["name"]: x for x in m["models"]}
     for x in sizes.values():  # meets_budget is the same rule: statistic plus its spread

@@ -151,17 +151,20 @@ def test_predicted_latency_shown_beside_measured():
 
 def test_the_report_says_where_the_time_went(tmp_path: Path, no_plots: None) -> None:
     manifest = example_manifest()
-    manifest["stages"] = {"intake": 2.0, "calibration": 0.0, "teacher": 3.0, "students": 60.0, "export": 15.0}
+    manifest["stages"] = {"intake": 2.0, "calibration": 0.0, "teacher": 3.0, "search": 12.0, "distill": 48.0,
+                          "export": 15.0}
+    manifest["search"] = {**(manifest.get("search") or {}), "n_trials": 24}
     manifest["seconds"] = 80.0
     manifest["training"] = {**manifest.get("training", {}), "train_seconds": 48.0,
                             "history": [{"epoch": e, "val_acc": 0.5} for e in (1, 2, 3, 4)]}
     write_report(tmp_path, manifest)
     md = (tmp_path / "report.md").read_text()
     assert "## Where the time went" in md and "Wall time 80 s." in md
-    assert "| students | 60.0 | 75% |" in md and "4 epochs of nested distillation, 12.0 s each" in md
+    assert "| distill | 48.0 | 60% | 4 epochs of nested distillation, 12.0 s each |" in md
+    assert "| search | 12.0 | 15% | 24 candidates ranked without training, 500 ms each |" in md
     assert "| calibration | 0.0 | 0% | latency predictor taken from the cache |" in md
     html = (tmp_path / "report.html").read_text()
-    assert "<h2>Where the time went</h2>" in html and "<td>students</td><td>60.0</td><td>75%</td>" in html
+    assert "<h2>Where the time went</h2>" in html and "<td>distill</td><td>48.0</td><td>60%</td>" in html
 
 
 def test_a_budget_far_beyond_every_point_is_named_not_drawn(tmp_path: Path) -> None:

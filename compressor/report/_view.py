@@ -301,7 +301,12 @@ def time_rows(manifest: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
     detail = {
         "calibration": "latency predictor taken from the cache" if stages.get("calibration", 0) < 0.5
         else "latency predictor calibrated (once per machine and input shape)",
-        "students": "; ".join(part for part in (
+        "search": f"{search['n_trials']} candidates ranked without training"
+                  + (f", {1000 * stages['search'] / search['n_trials']:.0f} ms each"
+                     if search.get("n_trials") and stages.get("search") else "") if "n_trials" in search else "",
+        "distill": f"{epochs} epochs of nested distillation, {training['train_seconds'] / epochs:.1f} s each"
+                   if epochs and training.get("train_seconds") else "",
+        "students": "; ".join(part for part in (  # manifests written before search and distill were apart
             f"{search['n_trials']} search trials" if "n_trials" in search else "",
             f"{epochs} epochs of nested distillation, {training['train_seconds'] / epochs:.1f} s each"
             if epochs and training.get("train_seconds") else "") if part),
