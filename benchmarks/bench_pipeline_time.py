@@ -126,7 +126,7 @@ def main() -> None:
     started = time.perf_counter()
     WORK.mkdir(parents=True, exist_ok=True)
     for name in args.teachers.split(","):
-        teacher, info = make_teacher(name, TEACHERS[name], epochs=8)
+        teacher, info = make_teacher(TEACHERS[name], TEACHERS[name], epochs=8)
         runs: dict[str, list[dict]] = {v: [] for v in versions}
         for seed in seeds:
             for v, code in versions.items():  # side by side: each seed with both versions before the next
