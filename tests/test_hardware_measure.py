@@ -27,12 +27,14 @@ from compressor.hardware import (
     override_profile,
     profile_report_lines,
 )
-from compressor.hardware.backends import TensorRTBackend, cpu_model
+from compressor.hardware import backends
+from compressor.hardware.backends import OrtCudaBackend, TensorRTBackend, cpu_model
 from compressor.hardware.testing import FixedTimingsBackend, tiny_onnx
 from compressor.types import HardwareProfile
 
 HAS_CUDA = torch.cuda.is_available()
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+HAS_ORT_CUDA = OrtCudaBackend().unavailable_reason() is None
 
 
 def quick(name: str = "host-cpu-1t", **changes: object) -> HardwareProfile:
@@ -165,6 +167,63 @@ def test_cuda_backend_measures_a_module() -> None:
     report = measure_module_cuda(module, quick("cuda-gpu"), (16,))
     assert report.measured and 0 < report.p50_ms <= report.p90_ms <= report.p99_ms
     assert next(module.parameters()).device.type == "cpu"  # the caller's module is not moved
+
+
+class _StandInGpu:
+    """torch-cuda that reports itself available and times a module with fixed figures."""
+
+    name = "torch-cuda"
+
+    def __init__(self) -> None:
+        self.timed: list[object] = []
+
+    def unavailable_reason(self) -> None:
+        return None
+
+    def measure(self, artifact, profile, input_shape, progress=False):
+        self.timed.append(artifact)
+        return measure_timed_run(lambda: 1e-3, profile, {"backend": "torch-cuda"})
+
+
+class _OrtCudaOnCpu(OrtCudaBackend):
+    """The ONNX Runtime CUDA backend as it behaves where its provider exists, run on the CPU provider."""
+
+    provider = "CPUExecutionProvider"
+
+    def unavailable_reason(self) -> None:
+        return None
+
+
+@pytest.mark.skipif(HAS_ORT_CUDA, reason="checks the reason given by ONNX Runtime's CPU build")
+def test_ort_cuda_backend_names_the_missing_provider() -> None:
+    reason = OrtCudaBackend().unavailable_reason()
+    assert "CUDAExecutionProvider" in reason and "onnxruntime-gpu" in reason
+
+
+def test_cuda_profile_times_the_onnx_file_with_onnx_runtime_where_it_can(
+        onnx_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gpu = _StandInGpu()
+    monkeypatch.setitem(backends._BACKENDS, "torch-cuda", gpu)
+    monkeypatch.setitem(backends._BACKENDS, "onnxruntime-cuda", _OrtCudaOnCpu())
+    module = nn.Sequential(nn.Flatten(), nn.Linear(64, 4))
+    report = latency_report(quick("cuda-gpu"), (1, 8, 8), onnx_path=onnx_file, module=module)
+    assert report.measured and report.env["backend"] == "onnxruntime-cuda"
+    assert report.env["onnx_precision"] == "fp32" and report.env["profile_backend"] == "torch-cuda"
+    assert gpu.timed == []  # the served file was timed, not the PyTorch module
+
+
+def test_cuda_profile_without_onnx_runtime_cuda_times_the_module_labelled(
+        onnx_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gpu = _StandInGpu()
+    monkeypatch.setitem(backends._BACKENDS, "torch-cuda", gpu)
+    monkeypatch.setattr(OrtCudaBackend, "unavailable_reason", lambda self: "no CUDAExecutionProvider")
+    module = nn.Sequential(nn.Flatten(), nn.Linear(64, 4))
+    report = latency_report(quick("cuda-gpu"), (1, 8, 8), onnx_path=onnx_file, module=module)
+    assert gpu.timed == [module]
+    assert report.env["timed_in"] == "PyTorch, not the exported ONNX"
+    assert report.env["onnxruntime_cuda_unavailable"] == "no CUDAExecutionProvider"
+    with pytest.raises(BackendUnavailableError, match="no CUDAExecutionProvider; pass the PyTorch module"):
+        latency_report(quick("cuda-gpu"), (1, 8, 8), onnx_path=onnx_file)
 
 
 def test_measure_module_cuda_rejects_cpu_profiles() -> None:

@@ -1,4 +1,5 @@
-"""Runtimes that can time a model: ONNX Runtime and OpenVINO on the CPU, PyTorch on CUDA, TensorRT.
+"""Runtimes that can time a model: ONNX Runtime and OpenVINO on the CPU, ONNX Runtime and PyTorch on
+CUDA, TensorRT.
 
 Each backend turns an artefact (an ONNX file, an OpenVINO IR or an `nn.Module`) into a
 *timed run* for `timing.measure_timed_run` and says what environment it measured in.
@@ -30,6 +31,7 @@ __all__ = [
     "Backend",
     "OpenVinoCpuBackend",
     "OrtCpuBackend",
+    "OrtCudaBackend",
     "TensorRTBackend",
     "TorchCudaBackend",
     "cpu_channel_block",
@@ -151,6 +153,7 @@ class OrtCpuBackend:
     """
 
     name = "onnxruntime-cpu"
+    provider = "CPUExecutionProvider"
 
     def unavailable_reason(self) -> str | None:
         try:
@@ -171,8 +174,7 @@ class OrtCpuBackend:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3  # errors only: ORT's warnings are not ours to print
         try:
-            return ort.InferenceSession(str(onnx_path), sess_options=opts,
-                                        providers=["CPUExecutionProvider"])
+            return ort.InferenceSession(str(onnx_path), sess_options=opts, providers=[self.provider])
         except Exception as e:  # ORT raises its own Fail/InvalidGraph/... types
             raise ExportError(f"{onnx_path}: ONNX Runtime cannot load the model: {e}") from None
 
@@ -227,8 +229,38 @@ class OrtCpuBackend:
                "intra_op_threads": profile.threads or usable_cores(), "inter_op_threads": 1,
                "execution_mode": "sequential", "cpu_model": cpu_model(), "usable_cores": usable_cores(),
                "batch_size": profile.batch_size, "precision": profile.precision,
-               "input_shape": list(input_shape)}
+               "input_shape": list(input_shape), **self._device_env()}
         return measure_timed_run(timed_run, profile, env, progress=progress)
+
+    def _device_env(self) -> dict[str, Any]:
+        return {}
+
+
+class OrtCudaBackend(OrtCpuBackend):
+    """ONNX Runtime's CUDA execution provider (the `onnxruntime-gpu` wheel): the exported ONNX file
+    timed on the GPU the way a server running it would run it.
+
+    `session.run` returns outputs copied to host memory, so each timed run ends when the GPU's work
+    has ended: the host clock times the work, not the launch. The ONNX file runs in the precision it
+    was exported in (fp32): the report records that beside the profile's precision.
+    """
+
+    name = "onnxruntime-cuda"
+    provider = "CUDAExecutionProvider"
+
+    def unavailable_reason(self) -> str | None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            return "ONNX Runtime: not installed (pip install onnxruntime-gpu)"
+        if self.provider not in ort.get_available_providers():
+            return ("ONNX Runtime: no CUDAExecutionProvider in this build (the onnxruntime-gpu wheel has it; "
+                    f"this one has {', '.join(ort.get_available_providers())})")
+        return None
+
+    def _device_env(self) -> dict[str, Any]:
+        gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "unknown (torch sees no CUDA device)"
+        return {"gpu": gpu, "onnx_precision": "fp32"}
 
 
 # ----------------------------------------------------------------------------- OpenVINO
@@ -478,7 +510,7 @@ class TensorRTBackend:
 
 
 _BACKENDS: Mapping[str, Backend] = {
-    b.name: b for b in (OrtCpuBackend(), OpenVinoCpuBackend(), TorchCudaBackend(), TensorRTBackend())
+    b.name: b for b in (OrtCpuBackend(), OrtCudaBackend(), OpenVinoCpuBackend(), TorchCudaBackend(), TensorRTBackend())
 }
 
 

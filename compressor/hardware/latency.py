@@ -48,7 +48,8 @@ def latency_report(profile: HardwareProfile, input_shape: Sequence[int], *, onnx
     """The latency of one model on `profile`: measured if this machine can, else predicted.
 
     - measurable here: the backend times `onnx_path` (ONNX Runtime, TensorRT) or
-      `module` (torch-cuda); if `module` and `predictor` are given too, the
+      `module` (torch-cuda; a CUDA profile given `onnx_path` times that file with ONNX Runtime's
+      CUDA provider where installed, and the module in PyTorch, labelled so, where not); if `module` and `predictor` are given too, the
       prediction is reported beside the measurement (`env['predicted_ms']`);
     - not measurable: `predictor` (or the datasheet roofline) predicts from
       `module`, ``measured=False``.
@@ -59,7 +60,11 @@ def latency_report(profile: HardwareProfile, input_shape: Sequence[int], *, onnx
     """
     runtime = backend or get_backend(profile.backend)
     reason = runtime.unavailable_reason() if profile.measured else unavailable_reason(profile)
-    if reason is None:
+    if reason is None and backend is None and profile.backend == "torch-cuda" and onnx_path is not None:
+        report = _on_cuda(profile, input_shape, onnx_path, module, runtime, progress)
+        if module is not None and predictor is not None:
+            report = with_prediction(report, predictor.predict_ms(module, input_shape), predictor.method)
+    elif reason is None:
         artifact = module if profile.backend == "torch-cuda" else onnx_path
         if artifact is None:
             raise ValueError(f"profile {profile.name!r} is measured with {profile.backend}: pass "
@@ -80,6 +85,22 @@ def latency_report(profile: HardwareProfile, input_shape: Sequence[int], *, onnx
                                "meets_budget": budget.fits(report)}
         report = dataclasses.replace(report, env=env)
     return report
+
+
+def _on_cuda(profile: HardwareProfile, input_shape: Sequence[int], onnx_path: str | Path,
+             module: nn.Module | None, torch_cuda: Backend, progress: bool) -> LatencyReport:
+    """A CUDA profile times what is served, the exported ONNX file, with ONNX Runtime's CUDA provider;
+    where this ONNX Runtime has none (the CPU wheel), PyTorch times the module instead, labelled so."""
+    ort_cuda = get_backend("onnxruntime-cuda")
+    why_not = ort_cuda.unavailable_reason()
+    if why_not is None:
+        report = ort_cuda.measure(onnx_path, profile, input_shape, progress=progress)
+        return dataclasses.replace(report, env={**report.env, "profile_backend": profile.backend})
+    if module is None:
+        raise BackendUnavailableError(f"{why_not}; pass the PyTorch module to time it in PyTorch instead")
+    report = torch_cuda.measure(module, profile, input_shape, progress=progress)
+    return dataclasses.replace(report, env={**report.env, "timed_in": "PyTorch, not the exported ONNX",
+                                            "onnxruntime_cuda_unavailable": why_not})
 
 
 def remeasure_in_fresh_process(onnx_path: str | Path, profile: HardwareProfile, input_shape: Sequence[int],
