@@ -84,6 +84,30 @@ def test_failing_candidates_do_not_end_the_search(teacher, digits8, tmp_path, sa
     assert res.student.trial_number not in {t.number for t in failed}
 
 
+def test_a_failing_candidate_is_one_warning_line_not_a_traceback(teacher, digits8, tmp_path, capfd, caplog):
+    caplog.set_level("WARNING", logger="compressor.search.study")
+    res = _search(teacher, digits8, tmp_path, latency=MacsLatency(fail_every=2))
+    assert res.n_failed
+    skipped = [r for r in caplog.records if "candidate skipped" in r.getMessage()]
+    assert len(skipped) == res.n_failed
+    assert all("\n" not in r.getMessage() and r.exc_info is None for r in skipped)
+    err = capfd.readouterr().err  # Optuna writes to stderr through its own handler
+    assert "Traceback" not in err and "failed with" not in err, err
+
+
+def test_a_space_the_teacher_cannot_have_is_one_line(teacher, digits8, tmp_path, monkeypatch, caplog):
+    from compressor.search.spaces import TeacherScaledSpace
+
+    def broken(*_a, **_k):
+        raise ZeroDivisionError("integer division or modulo by zero")
+
+    monkeypatch.setattr(TeacherScaledSpace, "__init__", broken)
+    res = _search(teacher, digits8, tmp_path, spaces=("teacher_scaled", "cnn"), n_trials=4)
+    assert res.student.arch["space"] == "cnn"
+    assert [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()] == [
+        "search space teacher_scaled is unavailable: ZeroDivisionError: integer division or modulo by zero"]
+
+
 def test_a_stopped_search_resumes_without_redoing_finished_trials(teacher, digits8, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         _search(teacher, digits8, tmp_path, latency=MacsLatency(interrupt_at=4))
