@@ -266,8 +266,17 @@ class TeacherScaledSpace(SearchSpace):
             self._reduced[key] = self._reduced.pop(key)  # most recently used last
         else:
             model = drop_blocks(self.base, drop, self.example) if drop else self.base
-            groups = _with_head_units(model, P.channel_groups(model, self.example))
-            self._reduced[key] = (model, groups, P.importance_order(model, self.example, groups))
+            if not drop:  # the teacher's groups were cut-tested when the space was built
+                groups, order = self.groups, P.importance_order(model, self.example, self.groups)
+            else:  # a shallower graph couples channels otherwise: its groups are cut-tested afresh
+                try:
+                    groups = _with_head_units(model, P.channel_groups(model, self.example))
+                    bad = _uncuttable(model, self.example, groups, self.teacher.spec.num_classes, self.round_to)
+                    groups = [g for g in groups if g.key not in bad]
+                    order = P.importance_order(model, self.example, groups)
+                except Exception:  # noqa: BLE001 - Torch-Pruning cannot trace it: this depth keeps full width
+                    groups, order = [], {}
+            self._reduced[key] = (model, groups, order)
             while len(self._reduced) > self.cached_depths:
                 self._reduced.pop(next(iter(self._reduced)))
         return self._reduced[key]
