@@ -36,6 +36,7 @@ ZOO: tuple[tuple[str, dict[str, Any]], ...] = (
     ("timm:mobilenetv3_small_050", {}),  # inverted residual, squeeze-excite, h-swish
     ("timm:efficientnet_b0", {}),  # inverted residual, SE, SiLU, in-place residual adds
     ("timm:regnetx_002", {}),  # grouped convolutions
+    ("timm:regnety_002", {}),  # grouped convolutions with squeeze-excite
     ("torchvision:densenet121", {"growth_rate": 8, "block_config": (2, 2, 2), "num_init_features": 16}),
     ("timm:convnext_atto", {}),  # depthwise 7x7, layer norm, layer scale
     ("torchvision:resnet18", {}),
