@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import random
 import shlex
 import subprocess
@@ -37,10 +38,10 @@ ZOO: tuple[tuple[str, dict[str, Any]], ...] = (
     ("timm:efficientnet_b0", {}),  # inverted residual, SE, SiLU, in-place residual adds
     ("timm:regnetx_002", {}),  # grouped convolutions
     ("timm:regnety_002", {}),  # grouped convolutions with squeeze-excite
-    ("torchvision:densenet121", {"growth_rate": 8, "block_config": (2, 2, 2), "num_init_features": 16}),
+    ("torchvision:densenet (small)", {"growth_rate": 8, "block_config": (2, 2, 2), "num_init_features": 16}),
     ("timm:convnext_atto", {}),  # depthwise 7x7, layer norm, layer scale
     ("torchvision:resnet18", {}),
-    ("torchvision:resnext50_32x4d", {}),  # grouped bottlenecks (one block per stage, see `build`)
+    ("torchvision:resnext (1 block per stage)", {}),  # grouped bottlenecks, 32x4d
     ("timm:deit_tiny_patch16_224", {"img_size": 32, "patch_size": 8}),  # attention heads
     ("torchvision:mobilenet_v2", {}),
     ("torchvision:mnasnet0_5", {}),
@@ -56,11 +57,11 @@ def build(name: str, kwargs: dict[str, Any]) -> torch.nn.Module:
     from compressor.intake.zoo import build_zoo_model, import_zoo
 
     torch.manual_seed(0)
-    if name == "torchvision:resnext50_32x4d":  # one block per stage: the grouped bottleneck, not the depth
+    if name.startswith("torchvision:resnext"):  # one block per stage: the grouped bottleneck, not the depth
         tv = import_zoo("torchvision")
         return tv.models.resnet.ResNet(tv.models.resnet.Bottleneck, [1, 1, 1, 1], num_classes=CLASSES,
                                        groups=32, width_per_group=4).eval()
-    if name == "torchvision:densenet121":  # a small DenseNet: the dense concatenations, not the depth
+    if name.startswith("torchvision:densenet"):  # a small DenseNet: the dense concatenations, not the depth
         tv = import_zoo("torchvision")
         return tv.models.densenet.DenseNet(num_classes=CLASSES, **kwargs).eval()
     return build_zoo_model(name, num_classes=CLASSES, in_channels=SHAPE[0], kwargs=kwargs).eval()
@@ -133,9 +134,9 @@ def measure(name: str, kwargs: dict[str, Any], n: int, n_onnx: int, seed: int) -
             why = check(space, t, arch, Path(d) if i < n_onnx else None)
             if why:
                 reasons.append(why)
+    uncuttable = len(getattr(space, "uncuttable", ()))
     row.update(failed=len(reasons), first=reasons[0] if reasons else "", seconds=time.perf_counter() - start,
-               groups=len(space.groups), blocks=len(space.blocks),
-               uncuttable=len(getattr(space, "uncuttable", ())))
+               groups=len(space.groups) + uncuttable, blocks=len(space.blocks), uncuttable=uncuttable)
     return row
 
 
@@ -159,16 +160,10 @@ def _run_at(ref: str, argv: list[str]) -> list[dict[str, Any]]:
                        capture_output=True)
         try:
             out = subprocess.run([sys.executable, __file__, "--worker", *argv], check=True, text=True,
-                                 stdout=subprocess.PIPE, env={**_env(), "PYTHONPATH": d}, cwd=d)
+                                 stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": d}, cwd=d)
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", d], capture_output=True)
     return json.loads(out.stdout)
-
-
-def _env() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
 
 
 def _cell(row: dict[str, Any] | None) -> str:
@@ -197,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
              and a != args.out]
     before = {r["teacher"]: r for r in _run_at(args.before, inner)} if args.before else {}
     out = subprocess.run([sys.executable, __file__, "--worker", *inner], check=True, text=True,
-                         stdout=subprocess.PIPE, env={**_env(), "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+                         stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
     after = json.loads(out.stdout)
 
     lines = ["# Teacher-derived space on zoo teachers: failing candidates", "",
@@ -207,19 +202,21 @@ def main(argv: Sequence[str] | None = None) -> int:
              f"(batch, 10) scores, or (the first {args.onnx}) export to ONNX with parity. torch {torch.__version__}.",
              ""]
     if before:
-        lines += [f"| teacher | failed before ({args.before}) | failed now | groups kept whole now | "
-                  "first failure before | s now |", "|---|---|---|---|---|---|"]
+        lines += [f"| teacher | failed before ({args.before}) | failed now | droppable blocks before / now | "
+                  "groups kept whole now | first failure before | s before / now |", "|---|---|---|---|---|---|---|"]
         for r in after:
-            b = before.get(r["teacher"])
-            first_b = (b or {}).get("space_error") or (b or {}).get("first", "")
-            lines.append(f"| {r['teacher']} | {_cell(b)} | {_cell(r)} | "
-                         f"{r.get('uncuttable', '-')}/{r.get('groups', '-')} | {first_b[:110]} | "
-                         f"{r['seconds']:.0f} |")
+            b = before.get(r["teacher"]) or {}
+            first_b = b.get("space_error") or b.get("first", "")
+            lines.append(f"| {r['teacher']} | {_cell(b or None)} | {_cell(r)} | {b.get('blocks', '-')} / "
+                         f"{r.get('blocks', '-')} | {r.get('uncuttable', '-')}/{r.get('groups', '-')} | "
+                         f"{first_b[:90]} | {b.get('seconds', 0):.0f} / {r['seconds']:.0f} |")
     else:
-        lines += ["| teacher | failed | groups kept whole | first failure | s |", "|---|---|---|---|---|"]
+        lines += ["| teacher | failed | droppable blocks | groups kept whole | first failure | s |",
+                  "|---|---|---|---|---|---|"]
         for r in after:
-            lines.append(f"| {r['teacher']} | {_cell(r)} | {r.get('uncuttable', '-')}/{r.get('groups', '-')} | "
-                         f"{(r.get('space_error') or r['first'])[:110]} | {r['seconds']:.0f} |")
+            lines.append(f"| {r['teacher']} | {_cell(r)} | {r.get('blocks', '-')} | "
+                         f"{r.get('uncuttable', '-')}/{r.get('groups', '-')} | "
+                         f"{(r.get('space_error') or r['first'])[:90]} | {r['seconds']:.0f} |")
     refused = [r for r in after if "space_error" in r]
     if refused:
         lines += ["", "Spaces refused now (the search goes on with the family spaces):", ""]

@@ -229,6 +229,7 @@ class TeacherScaledSpace(SearchSpace):
         # groups no cut leaves runnable stay at full width: candidates never touch them
         self.uncuttable = _uncuttable(self.base, self.example, groups, self.teacher.spec.num_classes, self.round_to)
         self.groups = [g for g in groups if g.key not in self.uncuttable]
+        self._uncuttable_layers = {m.module for g in groups if g.key in self.uncuttable for m in g.members}
         self._group_of_layer = {m.module: g.key for g in self.groups for m in g.members}
         self._nestable = {g.key: g.nestable for g in self.groups}
         self._width_ties = _ties([g.key for g in self.groups], self.max_width_choices)
@@ -270,7 +271,8 @@ class TeacherScaledSpace(SearchSpace):
                 groups, order = self.groups, P.importance_order(model, self.example, self.groups)
             else:  # a shallower graph couples channels otherwise: its groups are cut-tested afresh
                 try:
-                    groups = _with_head_units(model, P.channel_groups(model, self.example))
+                    groups = [g for g in _with_head_units(model, P.channel_groups(model, self.example))
+                              if not any(m.module in self._uncuttable_layers for m in g.members)]
                     bad = _uncuttable(model, self.example, groups, self.teacher.spec.num_classes, self.round_to)
                     groups = [g for g in groups if g.key not in bad]
                     order = P.importance_order(model, self.example, groups)
