@@ -217,6 +217,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             lines.append(f"| {r['teacher']} | {_cell(r)} | {r.get('blocks', '-')} | "
                          f"{r.get('uncuttable', '-')}/{r.get('groups', '-')} | "
                          f"{(r.get('space_error') or r['first'])[:90]} | {r['seconds']:.0f} |")
+    if before:
+        lines += ["", "s: wall seconds per teacher (space set-up, the builds, the exports) on the shared 2-core "
+                  "development host, before and now run one after the other, other jobs running. Now costs more: "
+                  "every group is test-cut (at 0.25 and 0.75) when the space is set up and for each new depth, "
+                  "and graphs that read the batch size (the ViT) export through the dynamo exporter."]
     refused = [r for r in after if "space_error" in r]
     if refused:
         lines += ["", "Spaces refused now (the search goes on with the family spaces):", ""]
