@@ -6,7 +6,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 ORDER = ["latency_predictor", "measure_stability", "proxy_correlation", "proxy_cost", "nested",
          "export_speed", "int8", "int8_demo", "budget_claim", "faults_crash", "faults_corrupt", "faults",
-         "faults_concurrency", "search_workers", "ddp", "pipeline_time", "zoo_space"]
+         "faults_concurrency", "search_workers", "ddp", "pipeline_time"]
 
 HEADER = """# Benchmarks
 
