@@ -15,6 +15,7 @@ batch-norm of a zeroed channel yields its bias, which the mask zeroes again).
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
@@ -69,11 +70,65 @@ def find_head(model: nn.Module, example: torch.Tensor) -> str:
     return order[-1]
 
 
+def _is_grouped(module: nn.Module) -> bool:
+    """A grouped convolution that is neither plain nor depthwise (RegNet, ResNeXt): 1 < groups < channels."""
+    return isinstance(module, nn.modules.conv._ConvNd) and 1 < module.groups < module.out_channels
+
+
+class _GroupedConvPruner(tp.pruner.function.ConvPruner):
+    """Cuts a grouped convolution in whole groups.
+
+    Torch-Pruning treats a grouped convolution as a plain one: a cut of its input
+    channels keeps the first few columns of the weight whatever the indices, and the
+    layer no longer runs (or no longer computes the same thing). Output channel j of
+    group i reads input channels of group i only, so with as many input as output
+    channels (RegNet's and ResNeXt's 3x3) its inputs and outputs are coupled like a
+    depthwise convolution's, in units of the group width: removing whole groups on
+    both sides leaves a smaller grouped convolution that computes exactly the kept
+    channels. `channel_groups` gives the groups touching one a unit of the group width
+    (`ChannelGroup.unit`) so that every width keeps whole groups.
+    """
+
+    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        width = layer.out_channels // layer.groups
+        gone = {i // width for i in idxs}
+        if len(set(idxs)) != len(gone) * width:
+            raise ValueError(f"a grouped convolution ({layer.groups} groups of {width}) is cut in whole groups, "
+                             f"not channels {sorted(idxs)}")
+        keep = [i for i in range(layer.out_channels) if i // width not in gone]
+        # weight [out, in / groups, k...]: whole groups are whole rows, each row keeps its inputs
+        layer.weight = self._prune_parameter_and_grad(layer.weight, keep, 0)
+        if layer.bias is not None:
+            layer.bias = self._prune_parameter_and_grad(layer.bias, keep, 0)
+        layer.out_channels = layer.in_channels = len(keep)
+        layer.groups -= len(gone)
+        return layer
+
+    prune_in_channels = prune_out_channels  # the same function: Torch-Pruning then couples inputs and outputs
+
+
+class _DependencyGraph(tp.DependencyGraph):
+    """Torch-Pruning's graph with grouped convolutions cut by `_GroupedConvPruner`
+    (its custom-layer registry goes by class; a grouped conv is an ordinary Conv2d)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._grouped = _GroupedConvPruner()
+        # the sets Torch-Pruning reads to tell output cuts from input cuts (group checks, get_all_groups)
+        self._out_channel_pruning_fn.add(self._grouped.prune_out_channels)
+        self._in_channel_pruning_fn.add(self._grouped.prune_in_channels)
+
+    def get_pruner_of_module(self, module: nn.Module):
+        if _is_grouped(module) and module.in_channels == module.out_channels:
+            return self._grouped
+        return super().get_pruner_of_module(module)
+
+
 def _dependency_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
     was_training = model.training
     model.eval()
     try:
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+        return _DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
     finally:
         model.train(was_training)
 
@@ -94,7 +149,7 @@ def channel_groups(model: nn.Module, example: torch.Tensor,
                                root_module_types=(nn.modules.conv._ConvNd, nn.Linear)):
         root_module = g[0].dep.target.module
         key = names[root_module]
-        members, layers, nestable = [], [], True
+        members, layers, nestable, unit, whole = [], [], True, 1, False
         for item in g:
             mod = item.dep.target.module
             if mod not in names:
@@ -104,6 +159,10 @@ def channel_groups(model: nn.Module, example: torch.Tensor,
                 layers.append(name)
             if isinstance(mod, _NORM_TYPES):
                 nestable = False
+            if _is_grouped(mod):  # cut in whole groups of the convolution (see _GroupedConvPruner)
+                unit = math.lcm(unit, mod.out_channels // mod.groups)
+                # inputs and outputs in groups of different widths: no cut keeps it a valid convolution
+                whole |= mod.in_channels != mod.out_channels
             if not _is_out_handler(item.dep):
                 continue
             dim = -1 if isinstance(mod, (nn.Linear, nn.LayerNorm, nn.Embedding)) else 1
@@ -112,7 +171,9 @@ def channel_groups(model: nn.Module, example: torch.Tensor,
                 continue
             members.append(Member(name, idxs, roots, dim))
         size = len(g[0].idxs)
-        unit = _head_unit(model, layers)
+        unit = math.lcm(unit, _head_unit(model, layers))
+        if whole or size % unit:
+            continue  # channels that cannot be cut in whole units: not a group, so always kept at full width
         groups.append(ChannelGroup(key, size, tuple(members), nestable, tuple(layers), unit))
     return groups
 

@@ -7,6 +7,24 @@ from compressor.intake.lift import lift_exported
 from tiny_models import TinyResidual, randomise_bn
 
 
+class Grouped(torch.nn.Module):
+    """A RegNet/ResNeXt bottleneck: 1x1, 3x3 in 4 groups of 8, 1x1, identity skip."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.body = nn.Sequential(nn.Conv2d(16, 32, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+                                  nn.Conv2d(32, 32, 3, padding=1, groups=4, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+                                  nn.Conv2d(32, 16, 1, bias=False), nn.BatchNorm2d(16))
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.relu(x + self.body(x))
+        return self.fc(x.mean((2, 3)))
+
+
 def _lifted(model, x):
     return lift_exported(torch.export.export(model.eval(), (x,)).module())[0]
 
@@ -16,6 +34,7 @@ def _nets():
     x = torch.randn(6, 1, 8, 8)
     yield "module", randomise_bn(TinyResidual()), x
     yield "lifted", _lifted(randomise_bn(TinyResidual()), x), x
+    yield "grouped", randomise_bn(Grouped()), x
     yield "cnn", build_family({"family": "cnn", "widths": [16, 32], "depths": [2, 2]}, (1, 8, 8), 10), x
     yield "cnn1d", build_family({"family": "cnn", "widths": [16, 24], "depths": [1, 2]}, (40,), 10), torch.randn(6, 40)
     yield "transformer", build_family({"family": "transformer", "depth": 2, "dim": 32, "heads": 4,
@@ -53,6 +72,19 @@ def test_keep_count_rounds_to_multiple():
     assert P.keep_count(32, 0.5, 1, unit=8) == 16  # whole heads
     with pytest.raises(ValueError):
         P.keep_count(8, 0.0)
+
+
+def test_grouped_convolutions_are_cut_in_whole_groups():
+    model, x = randomise_bn(Grouped()).eval(), torch.randn(2, 1, 8, 8)
+    groups = P.channel_groups(model, x)
+    # conv1's outputs, the grouped conv's inputs and outputs are one group, cut 8 channels (one group) at a time
+    (grouped,) = [g for g in groups if "body.3" in g.layers]
+    assert grouped.unit == 8 and {"body.0", "body.3", "body.6"} <= set(grouped.layers)
+    for r in (0.25, 0.5, 0.75):
+        dense = P.materialize(model, x, groups, {grouped.key: r}, P.importance_order(model, x, groups))
+        conv = dense.body[3]
+        assert (conv.groups, conv.in_channels, conv.out_channels) == (int(4 * r), int(32 * r), int(32 * r))
+        assert dense(x).shape == (2, 10)
 
 
 def test_attention_groups_cut_whole_heads():

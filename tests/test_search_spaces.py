@@ -104,6 +104,43 @@ def test_block_removal_keeps_the_model_runnable(block_teacher, drop):
     P.channel_groups(reduced, x[:2])  # still prunable
 
 
+class InPlaceNet(nn.Module):
+    """torchvision's idioms: in-place activations, ``out += identity``, dropout; and one in-place op
+    whose input another op reads too (left in place: whether that op sees the mutation depends on order)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, padding=1)
+        self.body = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(inplace=True),
+                                  nn.Dropout(0.1), nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16))
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.stem(x), inplace=True)
+        out = self.body(x)
+        out += x  # an in-place residual add
+        before = out * 2  # reads `out` before the next op mutates it
+        out.sigmoid_()
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(out + before, 1), 1))
+
+
+def test_in_place_ops_are_lifted_out_of_place_where_nobody_sees_the_mutation():
+    net = InPlaceNet()
+    teacher = lifted_teacher(net)  # (batch-norm statistics randomised in `net` too)
+    ops = [str(n.target) for n in teacher.module.graph.nodes if n.op == "call_function"]
+    assert "aten.add.Tensor" in ops and not any(o.startswith(("aten.relu_", "aten.add_")) for o in ops)
+    assert "aten.sigmoid_.default" in ops  # `out` is read by another op too: left in place
+    x = teacher.spec.example(3)
+    with torch.no_grad():
+        torch.testing.assert_close(teacher.module(x), net(x))
+    (block,) = find_residual_blocks(teacher.module, x)  # the in-place add is a residual block
+    reduced = drop_blocks(teacher.module, [block.add], x)
+    assert not [n for n in reduced.graph.nodes if n.op == "call_module" and n.target.startswith("body")]
+    space = SPACES.get("teacher_scaled")(teacher, round_to=4)
+    for rule in ("first", "last", "random"):
+        assert space.build(space.suggest(Pick(rule)), teacher)(x).shape == (3, 10)
+
+
 @pytest.mark.parametrize("teacher_name", ["block_teacher", "tiny_teacher", "vit_teacher"])
 @pytest.mark.parametrize("rule", ["first", "last", "random"])
 def test_teacher_scaled_builds_thinner_runnable_networks(teacher_name, rule, request):

@@ -1,5 +1,6 @@
 """The Optuna study: budget constraint, Pareto front, failures, resume, shared storage."""
 import json
+import logging
 
 import optuna
 import pytest
@@ -82,6 +83,36 @@ def test_failing_candidates_do_not_end_the_search(teacher, digits8, tmp_path, sa
     assert failed and res.n_failed == len(failed) and res.n_trials == 6
     assert all(t.user_attrs["fail_reason"].startswith("latency: RuntimeError") for t in failed)
     assert res.student.trial_number not in {t.number for t in failed}
+
+
+def test_a_failing_candidate_is_one_warning_line_not_a_traceback(teacher, digits8, tmp_path, caplog):
+    caplog.set_level("WARNING", logger="compressor.search.study")
+    optuna_records: list[logging.LogRecord] = []
+    seen = logging.Handler()
+    seen.emit = optuna_records.append  # Optuna logs through its own handler, not the root's
+    logging.getLogger("optuna").addHandler(seen)
+    try:
+        res = _search(teacher, digits8, tmp_path, latency=MacsLatency(fail_every=2))
+    finally:
+        logging.getLogger("optuna").removeHandler(seen)
+    assert res.n_failed
+    skipped = [r for r in caplog.records if "candidate skipped" in r.getMessage()]
+    assert len(skipped) == res.n_failed
+    assert all("\n" not in r.getMessage() and r.exc_info is None for r in skipped)
+    assert not [r.getMessage() for r in optuna_records if r.levelno >= logging.WARNING]
+
+
+def test_a_space_the_teacher_cannot_have_is_one_line(teacher, digits8, tmp_path, monkeypatch, caplog):
+    from compressor.search.spaces import TeacherScaledSpace
+
+    def broken(*_a, **_k):
+        raise ZeroDivisionError("integer division or modulo by zero")
+
+    monkeypatch.setattr(TeacherScaledSpace, "__init__", broken)
+    res = _search(teacher, digits8, tmp_path, spaces=("teacher_scaled", "cnn"), n_trials=4)
+    assert res.student.arch["space"] == "cnn"
+    assert [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()] == [
+        "search space teacher_scaled is unavailable: ZeroDivisionError: integer division or modulo by zero"]
 
 
 def test_a_stopped_search_resumes_without_redoing_finished_trials(teacher, digits8, tmp_path):

@@ -181,7 +181,8 @@ def _trace_input(x: torch.Tensor) -> torch.Tensor:
 
 def _export_proto(model: nn.Module, x: torch.Tensor, opset: int, exporter: Exporter,
                   notes: list[str]) -> tuple[onnx.ModelProto, str]:
-    auto = ("dynamo",) if _is_exported_program_module(model) else ("torchscript", "dynamo")
+    dynamo_only = _is_exported_program_module(model) or _reads_batch_size(model)
+    auto = ("dynamo",) if dynamo_only else ("torchscript", "dynamo")
     order: Sequence[str] = {"auto": auto, "dynamo": ("dynamo",), "torchscript": ("torchscript",)}[exporter]
     errors: list[str] = []
     for name in order:
@@ -199,6 +200,14 @@ def _export_proto(model: nn.Module, x: torch.Tensor, opset: int, exporter: Expor
 def _is_exported_program_module(model: nn.Module) -> bool:
     """`ExportedProgram.module()`: an inference graph with pytree specs that only dynamo exports."""
     return isinstance(model, torch.fx.GraphModule) and hasattr(model, "_in_spec") and hasattr(model, "_out_spec")
+
+
+def _reads_batch_size(model: nn.Module) -> bool:
+    """A lifted graph that reads a size as a number (`aten.sym_size`, e.g. a ViT expanding its class token
+    to the batch): the TorchScript tracer freezes that number into the graph, and the export then runs at
+    the traced batch size only. Dynamo keeps it symbolic."""
+    return isinstance(model, torch.fx.GraphModule) and any(
+        n.op == "call_function" and n.target is torch.ops.aten.sym_size.int for n in model.graph.nodes)
 
 
 def _dynamo(model: nn.Module, x: torch.Tensor, opset: int) -> onnx.ModelProto:

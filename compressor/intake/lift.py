@@ -216,12 +216,61 @@ def lift_exported(gm: fx.GraphModule) -> tuple[fx.GraphModule, int]:
             new.meta = dict(node.meta)
         env[node] = new
 
+    _out_of_place(graph)
     lifted = fx.GraphModule(root, graph, class_name="LiftedModule")
     lifted.graph.eliminate_dead_code()
     lifted.recompile()
     # freshly built layers start in train mode; an exported program is an inference graph
     lifted.eval()
     return lifted, unlifted
+
+
+def _out_of_place(graph: fx.Graph) -> int:
+    """Rewrite in-place aten ops (``relu_``, ``hardswish_``, ``x += y`` as ``add_``) out of place
+    wherever nobody else can see the mutation; returns how many were rewritten.
+
+    Exported zoo models are full of them (``inplace=True`` activations, torchvision's
+    ``out += identity``). fx never deletes an in-place op as dead code (it mutates its
+    input), so removing a residual branch would leave the branch's layers in the graph,
+    still reading the skip tensor but invisible to Torch-Pruning, which traces from the
+    output: a cut of that tensor then misses them. And a residual add spelt ``add_`` is
+    not recognised as one. The rewrite is exact when the mutated tensor is a fresh
+    result (not a view that aliases another) used by the in-place op alone.
+    """
+    rewritten = 0
+    for node in list(graph.nodes):
+        op = node.target
+        if node.op != "call_function" or not isinstance(op, torch._ops.OpOverload) or not node.args:
+            continue
+        name = op._schema.name.split("::")[-1]
+        first = op._schema.arguments[0] if op._schema.arguments else None
+        if not name.endswith("_") or name.startswith("_") or first is None or first.alias_info is None \
+                or not first.alias_info.is_write:
+            continue
+        functional = getattr(getattr(aten, name[:-1], None), op._overloadname, None)
+        target = node.args[0]
+        if functional is None or not isinstance(target, fx.Node) or len(target.users) != 1 \
+                or not _fresh(target):
+            continue
+        node.target = functional
+        rewritten += 1
+    return rewritten
+
+
+def _fresh(node: fx.Node) -> bool:
+    """Whether a mutation of `node`'s tensor is seen by nobody but its users: a lifted layer's output,
+    an aten op's new tensor, or a view (GhostNet's ``cat(...)[:, :n]``) of such a tensor seen by the view alone."""
+    if node.op == "call_module":
+        return True
+    if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
+        return False
+    returns = node.target._schema.returns
+    if len(returns) != 1:
+        return False
+    if returns[0].alias_info is None:
+        return True
+    base = node.args[0] if node.args else None
+    return isinstance(base, fx.Node) and len(base.users) == 1 and _fresh(base)
 
 
 def _walk_args(args: Any):

@@ -114,7 +114,10 @@ def drop_blocks(gm: fx.GraphModule, adds: Iterable[str], example: torch.Tensor |
         a, b = node.args
         node.replace_all_uses_with(a if a in anc[b] else b)
         out.graph.erase_node(node)
-        out.graph.eliminate_dead_code()
+        # the whole branch must go: a layer left behind still reads the skip tensor, but Torch-Pruning
+        # (tracing back from the output) does not see it, so a later cut of that tensor misses it. fx keeps
+        # random ops as impure: an exported timm model's dropout(p, train=False) would keep its branch alive
+        out.graph.eliminate_dead_code(is_impure_node=lambda n: n.is_impure(impure_random=False))
     out.delete_all_unused_submodules()
     used = {n.target for n in out.graph.nodes if n.op == "get_attr"}
     for target in attrs_before - used:  # root-level tensors of ops that were removed

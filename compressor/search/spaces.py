@@ -34,6 +34,7 @@ from torch import fx, nn
 
 from .. import prune as P
 from ..errors import ConfigError
+from ..files import first_line
 from ..families import build_family
 from ..registry import Registry
 from ..types import Teacher
@@ -141,6 +142,58 @@ def _with_head_units(model: nn.Module, groups: list[P.ChannelGroup]) -> list[P.C
     return out
 
 
+def _cuts(model: nn.Module, example: torch.Tensor, groups: Sequence[P.ChannelGroup], keys: Sequence[str],
+          ratio: float, classes: int, round_to: int) -> bool:
+    """Whether cutting the groups `keys` to `ratio` leaves a network that runs and scores every class."""
+    try:
+        cut = P.materialize(model, example, groups, {k: ratio for k in keys}, None, round_to).eval()
+        with torch.no_grad():
+            out = cut(example)
+        return isinstance(out, torch.Tensor) and tuple(out.shape) == (len(example), classes)
+    except Exception:  # noqa: BLE001 - any failure means the group cannot be cut
+        return False
+
+
+def _uncuttable(model: nn.Module, example: torch.Tensor, groups: Sequence[P.ChannelGroup], classes: int,
+                round_to: int) -> tuple[str, ...]:
+    """Keys of the groups that cannot be cut, found by cutting them (each at a quarter and three quarters).
+
+    Torch-Pruning's coupling is not always complete on third-party graphs: an attention
+    projection whose output is reshaped with its head count written into the graph, a
+    coupling through an op it does not model. Rather than propose such networks, the
+    space keeps these groups whole. All groups are cut at once; if that fails, the set is
+    halved until single failing groups are found (a few cuts when most groups are fine),
+    and a failure that only shows in combination is found on the shortest failing prefix.
+    """
+    bad: list[str] = []
+
+    def cuts(keys: Sequence[str], ratio: float) -> bool:
+        return _cuts(model, example, groups, keys, ratio, classes, round_to)
+
+    def halve(keys: list[str], ratio: float, failed: bool = False) -> None:
+        if not keys or (not failed and cuts(keys, ratio)):
+            return
+        if len(keys) == 1:
+            bad.append(keys[0])
+            return
+        halve(keys[: len(keys) // 2], ratio)
+        halve(keys[len(keys) // 2:], ratio)
+
+    for ratio in (0.25, 0.75):
+        keys = [g.key for g in groups if g.key not in bad]
+        if cuts(keys, ratio):
+            continue
+        halve(keys, ratio, failed=True)
+        keys = [g.key for g in groups if g.key not in bad]
+        while keys and not cuts(keys, ratio):  # each half cuts, together they do not
+            lo, hi = 1, len(keys)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                lo, hi = (lo, mid) if not cuts(keys[:mid], ratio) else (mid + 1, hi)
+            bad.append(keys.pop(lo - 1))
+    return tuple(bad)
+
+
 @register_space
 class TeacherScaledSpace(SearchSpace):
     """The teacher with fewer channels per coupled group and fewer residual blocks.
@@ -163,14 +216,22 @@ class TeacherScaledSpace(SearchSpace):
         if not teacher.prunable:
             raise ConfigError("the teacher_scaled space needs a prunable teacher (its layers could not be lifted)")
         self.base = teacher.module
-        self.groups = _with_head_units(self.base, P.channel_groups(self.base, self.example))
+        try:
+            groups = _with_head_units(self.base, P.channel_groups(self.base, self.example))
+            self.blocks: list[ResidualBlock] = (find_residual_blocks(self.base, self.example)
+                                                if isinstance(self.base, fx.GraphModule) else [])
+        except Exception as e:  # e.g. Torch-Pruning cannot follow ShuffleNet's channel shuffle
+            raise ConfigError(f"the teacher's channel coupling cannot be traced ({type(e).__name__}: "
+                              f"{first_line(e)})") from None
         order = _execution_order(self.base, self.example)
         rank = {n: i for i, n in enumerate(order)}
-        self.groups.sort(key=lambda g: rank.get(g.key, len(rank)))
+        groups.sort(key=lambda g: rank.get(g.key, len(rank)))
+        # groups no cut leaves runnable stay at full width: candidates never touch them
+        self.uncuttable = _uncuttable(self.base, self.example, groups, self.teacher.spec.num_classes, self.round_to)
+        self.groups = [g for g in groups if g.key not in self.uncuttable]
+        self._uncuttable_layers = {m.module for g in groups if g.key in self.uncuttable for m in g.members}
         self._group_of_layer = {m.module: g.key for g in self.groups for m in g.members}
         self._nestable = {g.key: g.nestable for g in self.groups}
-        self.blocks: list[ResidualBlock] = (find_residual_blocks(self.base, self.example)
-                                            if isinstance(self.base, fx.GraphModule) else [])
         self._width_ties = _ties([g.key for g in self.groups], self.max_width_choices)
         self._depth_ties = _ties([b.add for b in self.blocks], self.max_depth_choices)
         self._reduced: dict[tuple[str, ...], tuple[nn.Module, list[P.ChannelGroup], dict]] = {}
@@ -206,8 +267,18 @@ class TeacherScaledSpace(SearchSpace):
             self._reduced[key] = self._reduced.pop(key)  # most recently used last
         else:
             model = drop_blocks(self.base, drop, self.example) if drop else self.base
-            groups = _with_head_units(model, P.channel_groups(model, self.example))
-            self._reduced[key] = (model, groups, P.importance_order(model, self.example, groups))
+            if not drop:  # the teacher's groups were cut-tested when the space was built
+                groups, order = self.groups, P.importance_order(model, self.example, self.groups)
+            else:  # a shallower graph couples channels otherwise: its groups are cut-tested afresh
+                try:
+                    groups = [g for g in _with_head_units(model, P.channel_groups(model, self.example))
+                              if not any(m.module in self._uncuttable_layers for m in g.members)]
+                    bad = _uncuttable(model, self.example, groups, self.teacher.spec.num_classes, self.round_to)
+                    groups = [g for g in groups if g.key not in bad]
+                    order = P.importance_order(model, self.example, groups)
+                except Exception:  # noqa: BLE001 - Torch-Pruning cannot trace it: this depth keeps full width
+                    groups, order = [], {}
+            self._reduced[key] = (model, groups, order)
             while len(self._reduced) > self.cached_depths:
                 self._reduced.pop(next(iter(self._reduced)))
         return self._reduced[key]

@@ -133,6 +133,33 @@ class _CandidateFailed(Exception):
     """A candidate could not be built, timed or scored: its trial fails, the search goes on."""
 
 
+class _QuietCandidateFailures(logging.Filter):
+    """Drops Optuna's report of a trial failed by `_CandidateFailed` (a warning with the traceback, then
+    one with its value): the objective has said it in one line already, and the trial keeps its reason."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._trials: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        words = record.getMessage().split(maxsplit=2)  # "Trial 7 failed with ..."
+        number = words[1] if len(words) > 1 and words[0] == "Trial" else None
+        if record.exc_info and isinstance(record.exc_info[1], _CandidateFailed):
+            self._trials.add(str(number))
+            return False
+        return number not in self._trials
+
+
+@contextmanager
+def _quiet_candidate_failures() -> Iterator[None]:
+    quiet, logger = _QuietCandidateFailures(), logging.getLogger("optuna.study._optimize")
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
 # ---------------------------------------------------------------- storage
 
 
@@ -432,7 +459,7 @@ class _Scorer:
             stage = "count"
             figures = {"params": P.count_params(model), "macs": P.count_macs(model, self.batch[0][:1])}
         except Exception as e:
-            raise _CandidateFailed(f"{stage}: {type(e).__name__}: {e}"[:500]) from e
+            raise _CandidateFailed(f"{stage}: {type(e).__name__}: {first_line(e)}"[:500]) from e
         return {"latency_ms": latency, "proxy_terms": terms, "proxy_scores": scores, **figures}
 
 
@@ -458,7 +485,8 @@ def _objective(scorer: _Scorer, budget: Budget, cache: dict[str, dict[str, Any]]
             figures = cache.get(key) or scorer.evaluate(arch)
         except _CandidateFailed as e:
             trial.set_user_attr("fail_reason", str(e))
-            log.info("trial %d failed: %s", trial.number, e)
+            # one line, no traceback (Optuna's own report of it is filtered out, see _QuietCandidateFailures)
+            log.warning("search trial %d: candidate skipped (%s)", trial.number, e)
             raise
         cache[key] = figures  # a sampler re-proposing a network costs nothing the second time
         for k, v in figures.items():
@@ -552,8 +580,9 @@ def _spaces(teacher: Teacher, cfg: SearchConfig) -> dict[str, SearchSpace]:
     for name in cfg.spaces:
         try:
             spaces[name] = SPACES.get(name)(teacher, round_to=cfg.round_to)
-        except ConfigError as e:
-            log.warning("search space %s is unavailable: %s", name, e)
+        except Exception as e:  # noqa: BLE001 - a space this teacher cannot have is one line, not the run's end
+            why = str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {first_line(e)}"
+            log.warning("search space %s is unavailable: %s", name, why)
     if not spaces:
         raise ConfigError(f"none of the search spaces {', '.join(cfg.spaces)} is available for this teacher")
     return spaces
@@ -665,7 +694,7 @@ def _take_part(teacher: Teacher, data: DataSplits, *, latency_fn: Callable[[nn.M
             study.stop()  # other workers may have finished the rest
 
     objective = _objective(scorer, budget, cache, config.n_trials, journal)
-    with _writing_study(location):
+    with _writing_study(location), _quiet_candidate_failures():
         _fill(study, store, objective, after_trial, config.n_trials, journal)
     return study, scorer, location, mine
 
