@@ -133,6 +133,9 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", metavar="R,R,...",
                    help="width ratios of the nested sizes (default: 4 chosen from the budget). e.g. --sizes 1,0.5,0.25")
     p.add_argument("--epochs", type=int, help="distillation epochs (default 12)")
+    p.add_argument("--steps", type=int, metavar="N",
+                   help="language models: training steps of --batch-size windows of 128 tokens (default: --epochs "
+                        "passes over the text). e.g. --steps 150")
     p.add_argument("--batch-size", type=int, help="training batch size (default 64)")
     p.add_argument("--trials", type=int, help="architecture search trials (default 24)")
     p.add_argument("--spaces", metavar="NAME,...",

@@ -168,11 +168,10 @@ def _train_windows(data: "LMData", n: int, seed: int) -> list[torch.Tensor]:
 
 
 def _steps(cfg: "CompressConfig", data: "LMData") -> int:
-    """Training steps: `--epochs` passes over the training tokens, at most 25 steps per epoch on
-    small budgets of time: the sizes start from the teacher's weights, so a few hundred steps
-    repair most of what the cut removed."""
-    per_epoch = max(1, len(data.corpus.train) // (cfg.batch_size * data.context))
-    return max(1, cfg.epochs * min(per_epoch, 25))
+    """Training steps: `--steps`, else `--epochs` passes over the training tokens."""
+    if cfg.steps:
+        return cfg.steps
+    return cfg.epochs * max(1, len(data.corpus.train) // (cfg.batch_size * data.context))
 
 
 # ---------------------------------------------------------------------------- search
