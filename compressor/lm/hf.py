@@ -6,7 +6,10 @@ first, so the shim imports torchvision before transformers ever does.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 from types import ModuleType
+from typing import Iterator
 
 from ..errors import TeacherLoadError
 from ..files import first_line
@@ -19,6 +22,29 @@ def transformers() -> ModuleType:
     global _LOADED
     if _LOADED is not None:
         return _LOADED
+    with _quiet_imports():
+        tf = _import()
+    tf.logging.set_verbosity_error()  # its warnings are about its own defaults, not the user's run
+    _LOADED = tf
+    return tf
+
+
+@contextlib.contextmanager
+def _quiet_imports() -> Iterator[None]:
+    """transformers pulls in torchao where it is installed, which logs a warning per compiled kernel this
+    CPU build lacks and per enum it registers with torch's pytree: noise on every run, none of it ours."""
+    names = ("torchao", "torch.utils._pytree")
+    before = {n: logging.getLogger(n).level for n in names}
+    for n in names:
+        logging.getLogger(n).setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for n, level in before.items():
+            logging.getLogger(n).setLevel(level)
+
+
+def _import() -> ModuleType:
     try:
         import importlib.util
 
@@ -30,11 +56,12 @@ def transformers() -> ModuleType:
             except TeacherLoadError:
                 pass  # transformers runs without torchvision for text models
         import transformers as tf
+
+        # transformers imports lazily: resolve what the runs use now, while the import is kept quiet
+        _ = (tf.GPT2LMHeadModel, tf.AutoTokenizer, tf.AutoConfig)
     except ModuleNotFoundError as e:
         raise TeacherLoadError(f"language-model teachers need the {e.name} package, which is not installed: "
                                "pip install 'compressor[lm]'") from None
     except Exception as e:  # noqa: BLE001 - a broken install is still one line
         raise TeacherLoadError(f"transformers cannot be imported: {type(e).__name__}: {first_line(e)}") from None
-    tf.logging.set_verbosity_error()  # its warnings are about its own defaults, not the user's run
-    _LOADED = tf
     return tf

@@ -110,15 +110,22 @@ class CausalLM(Task):
     def claims(self, cfg: "CompressConfig") -> bool:
         return is_model_folder(cfg.teacher)
 
-    def load_data(self, cfg: "CompressConfig", teacher: LMTeacher | None = None) -> LMData:
-        from ..lm.corpus import read_documents, split_corpus, windows
+    def read_text(self, cfg: "CompressConfig") -> tuple[str, list[str]]:
+        """The documents of `--data`, read before the teacher is loaded: wrong data fails fast."""
+        from ..lm.corpus import read_documents
 
-        if teacher is None:
-            raise ValueError("a language model's data is tokenised by its teacher's tokenizer")
         if cfg.data in ("digits", "mnist1d"):
             raise DataError(f"teacher {cfg.teacher} is a language model but --data is {cfg.data!r} (images); pass "
                             "a text file or a folder of text files, e.g. --data corpus.txt")
-        name, docs = read_documents(cfg.data)
+        return read_documents(cfg.data)
+
+    def load_data(self, cfg: "CompressConfig", teacher: LMTeacher | None = None,
+                  text: tuple[str, list[str]] | None = None) -> LMData:
+        from ..lm.corpus import split_corpus, windows
+
+        if teacher is None:
+            raise ValueError("a language model's data is tokenised by its teacher's tokenizer")
+        name, docs = text or self.read_text(cfg)
         corpus = split_corpus(name, docs, teacher.tokenizer, min_tokens=teacher.context + 2)
         try:
             val = windows(corpus.val, teacher.context, limit=256)
