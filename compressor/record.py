@@ -40,6 +40,7 @@ class TeacherRecord:
     accuracy: float  # the task's headline metric (`RunRecord.task`)
     latency: Mapping[str, LatencyReport] = field(default_factory=dict)
     metrics: Mapping[str, float | None] = field(default_factory=dict)  # every metric of the task, by key
+    decode: Mapping[str, Any] = field(default_factory=dict)  # language models: one generated token (KV cache)
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,8 @@ class SizeRecord:
     formats: Mapping[str, FormatRecord] = field(default_factory=dict)  # requested edge formats (not onnx)
     # every metric of the task by key (`RunRecord.task`); `accuracy` holds the headline one
     metrics: Mapping[str, float | None] = field(default_factory=dict)
+    # language models: the KV-cache decoder step's file, parity and latency per generated token
+    decode: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -154,7 +157,13 @@ def size_from_dict(d: Mapping[str, Any]) -> SizeRecord:
             speedup=int8.get("speedup"), note=int8.get("note", "")),
         arch=d.get("arch"), notes=tuple(d.get("notes") or ()),
         formats={name: _format_from_dict(f) for name, f in (d.get("formats") or {}).items()},
-        metrics=dict(d.get("metrics") or {}))
+        metrics=dict(d.get("metrics") or {}), decode=_decode_from_dict(d.get("decode")))
+
+
+def _decode_from_dict(d: Mapping[str, Any] | None) -> dict[str, Any]:
+    if not d:
+        return {}
+    return {**d, "latency": {p: LatencyReport.from_dict(r) for p, r in (d.get("latency") or {}).items()}}
 
 
 def _format_from_dict(d: Mapping[str, Any]) -> FormatRecord:
@@ -174,7 +183,7 @@ def teacher_from_dict(d: Mapping[str, Any]) -> TeacherRecord:
         input_shape=tuple(int(v) for v in d["input_shape"]), num_classes=int(d["num_classes"]),
         params=int(d["params"]), macs=int(d["macs"]), accuracy=float(d["accuracy"]),
         latency={p: LatencyReport.from_dict(r) for p, r in d["latency"].items()},
-        metrics=dict(d.get("metrics") or {}))
+        metrics=dict(d.get("metrics") or {}), decode=_decode_from_dict(d.get("decode")))
 
 
 def runtime_versions() -> dict[str, str | None]:
@@ -237,6 +246,8 @@ def _teacher(t: TeacherRecord) -> dict[str, Any]:
             "accuracy": t.accuracy, "latency": dict(t.latency)}
     if t.metrics:
         out["metrics"] = dict(t.metrics)
+    if t.decode:
+        out["decode"] = dict(t.decode)
     return out
 
 
@@ -262,6 +273,8 @@ def _size(s: SizeRecord, budget: Budget) -> dict[str, Any]:
         out["notes"] = list(s.notes)
     if s.metrics:
         out["metrics"] = dict(s.metrics)
+    if s.decode:
+        out["decode"] = dict(s.decode)
     return out
 
 

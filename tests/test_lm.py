@@ -163,6 +163,25 @@ def test_onnx_export_has_dynamic_batch_and_sequence(tmp_path):
             assert abs(got - small(x).logits.numpy()).max() < 1e-4
 
 
+def test_kv_cache_decoder_step_matches_the_full_forward(tmp_path):
+    from compressor.hardware import load_profile
+    from compressor.lm.decode import export_decode_step, measure_decode_step
+
+    small = dense_model(_tiny_gpt(n_layer=3), Shape(2, 3, 64))
+    made = export_decode_step(small, torch.randint(0, 259, (2, 24)), tmp_path / "decode.onnx")
+    assert made.parity_ok and made.past == 23, made  # checked at 23 cached tokens and at 7
+    profile = load_profile(str(FAST_PROFILE_PATH(tmp_path)))
+    report = measure_decode_step(made.path, small, profile, past=31)
+    assert report.measured and report.value() > 0
+    assert small.training is False  # the exporter left the model in eval mode
+
+
+def FAST_PROFILE_PATH(folder):  # noqa: N802 - a path, spelt like the profile it holds
+    path = folder / "host-fast.toml"
+    path.write_text(FAST_PROFILE)
+    return path
+
+
 # ----------------------------------------------------------------------------- metrics
 
 
@@ -230,7 +249,7 @@ def test_text_data_reads_files_and_folders(tmp_path):
 def test_compress_a_gpt2_teacher_end_to_end(lm_files, tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["--teacher", str(lm_files["teacher"]), "--data", str(lm_files["corpus"]), "--budget", "0.7x",
-                 "--profile", str(lm_files["profile"]), "--epochs", "1", "--batch-size", "4", "--out", str(out),
+                 "--profile", str(lm_files["profile"]), "--steps", "4", "--batch-size", "4", "--out", str(out),
                  "--no-progress", "-q", "--json"])
     summary = json.loads(capsys.readouterr().out)
     assert code in (0, 3)
@@ -242,6 +261,7 @@ def test_compress_a_gpt2_teacher_end_to_end(lm_files, tmp_path, capsys):
         assert set(m["metrics"]) >= {"perplexity", "next_token_accuracy", "last_word_accuracy"}
         assert m["accuracy"] == m["metrics"]["next_token_accuracy"]
         assert m["metrics"]["perplexity"] > 1
+        assert m["decode"]["parity_ok"] and m["decode"]["latency"]  # one generated token, KV cache
         # every size is a real smaller transformers model, and its ONNX file serves any length
         small = transformers().GPT2LMHeadModel.from_pretrained(out / m["files"]["hf_config"].rsplit("/", 1)[0])
         assert small.config.n_layer == m["arch"]["layers"] and small.config.n_inner == m["arch"]["ffn"]

@@ -30,7 +30,7 @@ import torch
 from ..distill import size_name
 from ..errors import EXIT_BUDGET_NOT_MET, EXIT_OK, ConfigError
 from ..export import export_onnx, onnx_metadata, onnx_predict, set_onnx_metadata
-from ..files import write_json
+from ..files import first_line, write_json
 from ..hardware import is_measurable, latency_report, load_profile
 from ..journal import Journal
 from ..manifest import relative_path
@@ -87,12 +87,14 @@ def run_causal_lm(task: "CausalLM", cfg: "CompressConfig", console: "Console", h
     with clock("teacher"):
         t_onnx = _export(LogitsOnly(teacher.model), task.example_inputs(data, 4), run_dir / "teacher.onnx")
         t_latency = {p.name: latency_report(p, shape, onnx_path=t_onnx.path) for p in profiles}
+        t_decode = _decode(teacher.model, data, profiles, run_dir / "teacher.decode.onnx", run_dir)
         t_scores = _scores(teacher.model, data, teacher)
         teacher_rec = TeacherRecord(
             path=teacher.source, sha256=teacher.sha256, format="huggingface", prunable=True, input_shape=shape,
             num_classes=int(teacher.model.config.vocab_size), params=_params(teacher.model),
             macs=macs_per_token(teacher.model.config, full_shape(teacher.model), data.context) * data.context,
-            accuracy=task.headline_of(_metrics(t_scores)), latency=t_latency, metrics=_metrics(t_scores))
+            accuracy=task.headline_of(_metrics(t_scores)), latency=t_latency, metrics=_metrics(t_scores),
+            decode=t_decode)
         budget = cfg.budget_spec.resolve(profile.name, profile.stat, t_latency[profile.name].value())
     progress.log(f"[bold]compress[/] {cfg.teacher} -> {run_dir}  budget {budget.describe()}")
     progress.log(f"teacher: {teacher_rec.params:,} params, perplexity {t_scores.perplexity:.3f}, next-token "
@@ -270,14 +272,35 @@ def _export_size(name: str, shape: Shape, ratio: float, family: torch.nn.Module,
              "hf_weights": relative_path(run_dir, folder / "hf" / "model.safetensors"),
              "tokenizer_config": relative_path(run_dir, folder / "tokenizer" / "tokenizer_config.json")}
     metrics = _metrics(scores)
+    decode = _decode(dense, data, profiles, folder / "decode.onnx", run_dir)
+    if decode.get("file"):
+        files["decode_onnx"] = decode["file"]
     size = SizeRecord(name=name, ratio=ratio, params=_params(dense),
                       macs=macs_per_token(dense.config, shape, data.context) * data.context,
                       accuracy=task.headline_of(metrics), teacher_agreement=agree,
                       onnx_max_abs_diff=onnx.max_abs_diff, parity_ok=onnx.parity_ok and hf_diff <= _PARITY_ATOL,
                       opset=onnx.opset,
                       latency=latency, files=files, arch={**shape.to_dict(), "family": "gpt2", "ratio": ratio},
-                      notes=tuple(notes), metrics=metrics)
+                      notes=tuple(notes), metrics=metrics, decode=decode)
     return dataclasses.replace(size, meets_budget=budget.fits(latency[budget.profile]))
+
+
+def _decode(model: torch.nn.Module, data: "LMData", profiles: Sequence[HardwareProfile], path: Path,
+            run_dir: Path) -> dict[str, Any]:
+    """The KV-cache decoder step (`lm.decode`): its file, its parity against the full forward, and
+    one generated token's latency after context - 1 cached tokens on each ONNX Runtime profile. A step
+    that cannot be made is recorded with the reason; the size stays servable from model.onnx."""
+    from .decode import export_decode_step, measure_decode_step
+
+    try:
+        made = export_decode_step(model, data.val_windows[:1, :data.context], path)
+        latency = {p.name: measure_decode_step(made.path, model, p, made.past) for p in profiles
+                   if p.backend == "onnxruntime-cpu"}
+    except Exception as e:  # noqa: BLE001 - the window model is what is served; say why the step is missing
+        log.warning("no KV-cache decoder step for %s: %s", path.parent.name, first_line(e))
+        return {"error": first_line(e)}
+    return {"file": relative_path(run_dir, made.path), "max_abs_diff": made.max_abs_diff,
+            "parity_ok": made.parity_ok, "past_tokens": made.past, "latency": latency}
 
 
 def _seal(s: SizeRecord, budget: Any, teacher: TeacherRecord, serving: dict[str, Any], task: str,

@@ -138,7 +138,7 @@ def nested_forward(model: nn.Module, ids: torch.Tensor, shape: Shape | None = No
             cols = _qkv_columns(split, hd, shape.heads).to(ids.device)
             w, bias = w[:, cols], bias[cols]
         qkv = (blk.ln_1(x) @ w + bias).unflatten(-1, (3, shape.heads, hd))  # (B, T, 3, heads, hd)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         o = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # scale 1/sqrt(hd), as GPT-2
         o = o.transpose(1, 2).flatten(2)
         x = x + blk.attn.resid_dropout(o @ blk.attn.c_proj.weight[:inner] + blk.attn.c_proj.bias)
@@ -153,6 +153,7 @@ class LogitsOnly(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.eval()  # the exporter restores the wrapper's mode, recursively: it must be eval already
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return nested_forward(self.model, input_ids)

@@ -158,13 +158,18 @@ def summary_table(manifest: Mapping[str, Any]) -> Table:
                                               "predicted_ms" in (m["latency"][p].get("env") or {})
                                               for m in manifest["models"])]
     header += [f"Predicted {p}" for p in predicted_cols]
+    # language models: one generated token with the KV cache, beside the full-window latency
+    decode_cols = [p for p in profs if any(_decode_latency(m, p) for m in manifest["models"])]
+    header += [f"Per token {p} (KV cache)" for p in decode_cols]
     if has_int8:
         header += ["INT8 accuracy", f"INT8 latency {budget_profile}"]
     header += ["ONNX parity (max abs diff)", f"Meets {manifest['budget']['text']}"]
 
     t = manifest["teacher"]
     rows = [["teacher", "—", fmt_count(t.get("params")), fmt_count(t.get("macs")),
-             *[fmt_metric(metric_value(t, m), m) for m in metrics], "—", *[fmt_latency(t["latency"].get(p)) for p in profs], *["—" for _ in predicted_cols],
+             *[fmt_metric(metric_value(t, m), m) for m in metrics], "—",
+             *[fmt_latency(t["latency"].get(p)) for p in profs], *["—" for _ in predicted_cols],
+             *[fmt_latency(_decode_latency(t, p)) for p in decode_cols],
              *(["—", "—"] if has_int8 else []), "—", "—"]]
     kinds = ["teacher"]
     for m in manifest["models"]:
@@ -172,7 +177,8 @@ def summary_table(manifest: Mapping[str, Any]) -> Table:
         row = [m["name"], fmt_ratio(m["ratio"]), fmt_count(m["params"]), fmt_count(m["macs"]),
                *[fmt_metric(metric_value(m, x), x) for x in metrics], fmt_pct(m["teacher_agreement"]),
                *[fmt_latency(m["latency"].get(p)) for p in profs],
-               *[_fmt_predicted(m["latency"].get(p)) for p in predicted_cols]]
+               *[_fmt_predicted(m["latency"].get(p)) for p in predicted_cols],
+               *[fmt_latency(_decode_latency(m, p)) for p in decode_cols]]
         if has_int8:
             row += [fmt_pct(int8["accuracy"]) if int8 else "—",
                     fmt_latency(int8["latency"].get(budget_profile)) if int8 else "—"]
@@ -181,6 +187,10 @@ def summary_table(manifest: Mapping[str, Any]) -> Table:
         rows.append(row)
         kinds.append("flagged" if not m["parity_ok"] else "selected" if m["name"] == manifest["selected"] else "size")
     return Table(header=header, rows=rows, kinds=kinds)
+
+
+def _decode_latency(entry: Mapping[str, Any], profile: str) -> Mapping[str, Any] | None:
+    return ((entry.get("decode") or {}).get("latency") or {}).get(profile)
 
 
 def formats_table(manifest: Mapping[str, Any]) -> Table | None:
