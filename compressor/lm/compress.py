@@ -58,6 +58,11 @@ log = logging.getLogger(__name__)
 # ratios of the teacher's per-token compute the search considers for the budget's student
 _GRID = tuple(round(0.05 * i, 2) for i in range(20, 1, -1))
 _PASSAGES = 64  # last-word passages scored per size: each is a short greedy decode
+_METHOD = ("nested (MatFormer / MatTA) distillation of a GPT-2: the TA and every size share one set of weights "
+           "initialised from the teacher's, each layer's attention heads and FFN neurons sorted by importance; "
+           "this size ({pct} of the teacher's compute per token) keeps the first {layers} layers, in each the first "
+           "{heads} heads and {ffn} FFN neurons, trained in the same run with token-level KD from the teacher and "
+           "the TA, then cut into a dense GPT2LMHeadModel (transformers, heads pruned with prune_heads)")
 _PARITY_ATOL = 1e-3  # logits over a few hundred tokens and the vocabulary: fp32 sums differ by ~1e-5
 
 
@@ -134,7 +139,7 @@ def run_causal_lm(task: "CausalLM", cfg: "CompressConfig", console: "Console", h
     with clock("seal"):
         sizes = [_seal(s, budget, teacher_rec, serving, task.name, run_dir) for s in sizes]
     record = RunRecord(config=cfg.to_dict(), budget=budget, teacher=teacher_rec, sizes=tuple(sizes),
-                       serving=serving, task={**task.record(), "context": data.context,
+                       serving=serving, task={**task.record(), "context": data.context, "method": _METHOD,
                                               "corpus": {"name": data.corpus.name, "documents": data.corpus.documents,
                                                          "train_tokens": len(data.corpus.train),
                                                          "val_tokens": int(data.val_windows[:, 1:].numel()),

@@ -54,6 +54,10 @@ def render_model_card(manifest: Mapping[str, Any], name: str) -> str:
     method = str(config.get("method", "nested"))
     how = _METHODS.get(method, f"method {method!r} (see the run's resolved configuration)").format(
         pct=f"{100 * ratio:.3g}%")
+    if (manifest.get("task") or {}).get("method"):  # the task says how its sizes are made (language models)
+        arch = model.get("arch") or {}
+        how = str(manifest["task"]["method"]).format(pct=f"{100 * ratio:.3g}%", **{
+            k: arch.get(k, "?") for k in ("layers", "heads", "ffn")})
     data = config.get("data")
 
     lines = [
