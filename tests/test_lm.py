@@ -302,3 +302,15 @@ def test_bad_language_model_input_is_one_line(lm_files, tmp_path, capsys, case):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and err[0].startswith("compress: error:"), err
+
+
+def test_example_lm_teacher_command_writes_a_model_folder(tmp_path, capsys):
+    out, corpus = tmp_path / "gpt", tmp_path / "docs.txt"
+    code = main(["example-lm-teacher", "--out", str(out), "--corpus", str(corpus), "--layers", "1", "--d-model", "16",
+                 "--heads", "2", "--steps", "2"])
+    assert code == 0, capsys.readouterr().err
+    assert "validation perplexity" in capsys.readouterr().out
+    assert "Python" in corpus.read_text()[:100000]  # the Python documentation's own text
+    model = transformers().GPT2LMHeadModel.from_pretrained(out)
+    tok = transformers().AutoTokenizer.from_pretrained(out)
+    assert model.config.n_layer == 1 and len(tok) <= model.config.vocab_size
