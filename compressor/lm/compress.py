@@ -68,7 +68,7 @@ _PARITY_ATOL = 1e-3  # logits over a few hundred tokens and the vocabulary: fp32
 
 def run_causal_lm(task: "CausalLM", cfg: "CompressConfig", console: "Console", held: ExitStack,
                   ranks: "Ranks | None" = None) -> "RunResult":
-    from ..pipeline import RunResult, _StageClock, run_folder, stage_record, stage_select
+    from ..pipeline import RunResult, _StageClock, run_folder, stage_record, stage_select, stage_track
     from ..tasks.causal_lm import load_lm_teacher
 
     if ranks is not None:
@@ -148,8 +148,9 @@ def run_causal_lm(task: "CausalLM", cfg: "CompressConfig", console: "Console", h
                        selected=selected, verification=tuple(verification), search=search_info,
                        training=training, host={}, stages=clock.seconds, seconds=clock.total())
     manifest = stage_record(record, run_dir)
+    tracking = stage_track(cfg, run_dir, manifest, progress)  # --mlflow, as for image runs
     print_summary(console, manifest, run_dir)
-    return RunResult(run_dir, manifest, selected, EXIT_OK if selected else EXIT_BUDGET_NOT_MET)
+    return RunResult(run_dir, manifest, selected, EXIT_OK if selected else EXIT_BUDGET_NOT_MET, tracking)
 
 
 # ---------------------------------------------------------------------------- intake
