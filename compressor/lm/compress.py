@@ -38,8 +38,16 @@ from ..progress import Progress
 from ..record import RunRecord, SizeRecord, TeacherRecord
 from ..report import model_card_filename, print_summary
 from ..types import HardwareProfile, LatencyReport
-from .gpt import LogitsOnly, Shape, dense_model, full_shape, macs_per_token, nested_forward, scaled_shape, \
-    sort_by_importance
+from .gpt import (
+    LogitsOnly,
+    Shape,
+    dense_model,
+    full_shape,
+    macs_per_token,
+    nested_forward,
+    scaled_shape,
+    sort_by_importance,
+)
 from .metrics import LMScores, score
 from .train import LMDistillConfig, train_nested_lm
 
