@@ -279,7 +279,7 @@ def test_compress_a_gpt2_teacher_end_to_end(lm_files, tmp_path, capsys):
     assert "Perplexity" in report and "Last-word accuracy" in report
 
 
-@pytest.mark.parametrize("case", ["image data", "no tokenizer", "not gpt2"])
+@pytest.mark.parametrize("case", ["image data", "no tokenizer", "not gpt2", "no config"])
 def test_bad_language_model_input_is_one_line(lm_files, tmp_path, capsys, case):
     import shutil
 
@@ -293,6 +293,8 @@ def test_bad_language_model_input_is_one_line(lm_files, tmp_path, capsys, case):
         if case == "no tokenizer":
             for f in ("tokenizer_config.json", "special_tokens_map.json"):
                 (teacher / f).unlink(missing_ok=True)
+        elif case == "no config":
+            (teacher / "config.json").unlink()
         else:
             cfg = json.loads((teacher / "config.json").read_text())
             cfg["model_type"] = "llama"

@@ -51,9 +51,13 @@ class LMData:
     val_windows: torch.Tensor  # (N, context + 1)
 
 
+_MARKERS = ("config.json", "tokenizer_config.json", "generation_config.json", *_WEIGHTS)
+
+
 def is_model_folder(path: str) -> bool:
+    """A folder `save_pretrained` wrote (any of its files): then a missing one is named in one line."""
     p = Path(path)
-    return p.is_dir() and (p / "config.json").is_file()
+    return p.is_dir() and any((p / m).is_file() for m in _MARKERS)
 
 
 def load_lm_teacher(path: str) -> LMTeacher:
