@@ -2,6 +2,7 @@
 
     compress --teacher model.pt --budget 5ms            # the main job
     compress example-teacher --out teacher.pt           # train the built-in example teacher
+    compress example-lm-teacher --out gpt/              # train the example GPT-2 on the Python docs
     compress profile model.onnx --profile host-cpu-1t   # measure any ONNX file
     compress profiles                                   # list hardware profiles
     compress pick runs/x --budget 3ms --profile host-cpu-1t
@@ -25,7 +26,7 @@ from ._version import __version__
 from .errors import EXIT_INTERNAL, EXIT_USAGE, CompressorError
 from .files import first_line
 
-SUBCOMMANDS = ("example-teacher", "profile", "profiles", "pick", "report", "search-worker", "run")
+SUBCOMMANDS = ("example-teacher", "example-lm-teacher", "profile", "profiles", "pick", "report", "search-worker", "run")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,10 +51,12 @@ examples:
   compress --teacher weights.pt --arch mypkg.models:resnet_small --budget 5ms --data data.npz
   compress --teacher timm:resnet18 --weights ckpt.pth --budget 0.25x --data images/
   compress --config compress.toml --resume --out runs/mine
+  compress --teacher gpt/ --data python-docs.txt --budget 0.5x   # a GPT-2 model folder and its text
   torchrun --nproc-per-node 2 -m compressor --teacher teacher.pt --budget 0.5x   # distil on 2 processes
 
 other commands (each has --help):
   compress example-teacher --out teacher.pt    train the built-in example teacher (digits, ~1 min)
+  compress example-lm-teacher --out gpt/       train the example GPT-2 on the Python documentation (~5 min)
   compress profile model.onnx --profile host-cpu-1t   measure an ONNX file's latency
   compress profiles                            list hardware profiles (measured / predicted)
   compress pick RUN_DIR --budget 3ms --profile host-cpu-1t   print the best size for a budget
@@ -92,13 +95,15 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", metavar="PATH",
                    help="trained model: TorchScript archive (torch.jit.save), torch.export program (.pt2), "
                         "state_dict (with --arch), pickled module (with --trust-pickle), or a model zoo name "
-                        "with --weights (timm:NAME, torchvision:NAME). e.g. --teacher teacher.pt")
+                        "with --weights (timm:NAME, torchvision:NAME), or a Hugging Face GPT-2-family model folder "
+                        "(save_pretrained, tokenizer beside it) for language models. e.g. --teacher teacher.pt")
     p.add_argument("--budget", metavar="LATENCY",
                    help="latency budget per batch on the target profile: a latency with a unit (us, ms, s), "
                         "e.g. --budget 5ms, or a fraction of the teacher's latency there, e.g. --budget 0.5x")
     p.add_argument("--data", metavar="SPEC",
                    help="'digits' (built in, default), 'mnist1d', a .npz file with x/y arrays, or a folder with "
-                        "one subfolder of images per class. e.g. --data train.npz")
+                        "one subfolder of images per class; for a language-model teacher a text file or a folder of text files. "
+                        "e.g. --data train.npz")
     p.add_argument("--profile", metavar="NAME|PATH",
                    help="hardware profile the budget applies to (default host-cpu-1t); see `compress profiles`. "
                         "e.g. --profile raspberry-pi-5")
@@ -128,6 +133,9 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", metavar="R,R,...",
                    help="width ratios of the nested sizes (default: 4 chosen from the budget). e.g. --sizes 1,0.5,0.25")
     p.add_argument("--epochs", type=int, help="distillation epochs (default 12)")
+    p.add_argument("--steps", type=int, metavar="N",
+                   help="language models: training steps of --batch-size windows of 128 tokens (default: --epochs "
+                        "passes over the text). e.g. --steps 150")
     p.add_argument("--batch-size", type=int, help="training batch size (default 64)")
     p.add_argument("--trials", type=int, help="architecture search trials (default 24)")
     p.add_argument("--spaces", metavar="NAME,...",
@@ -313,6 +321,38 @@ def _example_teacher(argv: Sequence[str]) -> int:
     return 0
 
 
+def _example_lm_teacher(argv: Sequence[str]) -> int:
+    p = _Parser(prog="compress example-lm-teacher",
+                description="Train the example language model: a small GPT-2 (byte-level tokens) on the Python "
+                            "documentation's topic texts (pydoc_data.topics, shipped with CPython), saved with "
+                            "save_pretrained beside its tokenizer; the text is written to --corpus for --data.")
+    p.add_argument("--out", default="gpt", help="model folder to write (default gpt)")
+    p.add_argument("--corpus", default="python-docs.txt",
+                   help="the training text, written here unless it exists (default python-docs.txt)")
+    p.add_argument("--layers", type=int, default=4, help="transformer blocks (default 4)")
+    p.add_argument("--d-model", type=int, default=128, help="residual width (default 128)")
+    p.add_argument("--heads", type=int, default=4, help="attention heads (default 4)")
+    p.add_argument("--steps", type=int, default=400, help="training steps of 16 x 128 tokens (default 400)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(list(argv))
+    for name in ("layers", "d_model", "heads", "steps"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1 but got {getattr(args, name)}")
+    if args.d_model % args.heads:
+        p.error(f"--d-model {args.d_model} must be a multiple of --heads {args.heads}")
+    from .lm.example import train_example_lm_teacher
+    from .progress import Progress
+
+    with Progress() as progress:
+        info = train_example_lm_teacher(Path(args.out), Path(args.corpus), layers=args.layers, d_model=args.d_model,
+                                        heads=args.heads, steps=args.steps, seed=args.seed, progress=progress)
+    print(f"saved {info['path']}: {info['params']:,} parameters, validation perplexity {info['val_perplexity']:.3f}, "
+          f"next-token accuracy {info['val_next_token_accuracy']:.3f}, {info['seconds']:.0f} s; "
+          f"text in {info['corpus']}")
+    return 0
+
+
 def _profile(argv: Sequence[str]) -> int:
     p = _Parser(prog="compress profile", description="Measure (or predict) an ONNX model's latency.")
     p.add_argument("onnx", help="ONNX file")
@@ -351,7 +391,7 @@ def _pick(argv: Sequence[str]) -> int:
     return cmd_pick(args.run_dir, args.budget, args.profile)
 
 
-_COMMANDS = {"example-teacher": _example_teacher, "profile": _profile, "profiles": _profiles, "pick": _pick,
+_COMMANDS = {"example-teacher": _example_teacher, "example-lm-teacher": _example_lm_teacher, "profile": _profile, "profiles": _profiles, "pick": _pick,
              "report": _report, "search-worker": _search_worker, "run": _run}
 
 

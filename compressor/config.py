@@ -56,6 +56,7 @@ class CompressConfig:
     method: str = "nested"  # "nested" (search + MatTA family) or "skeleton" (fixed width ratios)
     sizes: tuple[float, ...] | None = None
     epochs: int = 12
+    steps: int | None = None  # language models: training steps of batch_size windows (default: `epochs` passes)
     batch_size: int = 64
     trials: int = 24
     spaces: tuple[str, ...] = ("teacher_scaled", "cnn")
@@ -138,6 +139,10 @@ def coerce(key: str, value: Any, source: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise ConfigError(f"{source}: budget must be a string such as '5ms' or '0.5x', got {value!r}")
         return parse_budget(value)
+    if key == "steps":  # an optional integer
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
+        return value
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
@@ -196,6 +201,8 @@ def resolve_config(file_values: Mapping[str, Any], cli_values: Mapping[str, Any]
     cfg = dataclasses.replace(cfg, formats=tuple(dict.fromkeys(("onnx", *cfg.formats))))
     if cfg.sizes is not None and not all(0 < r <= 1 for r in cfg.sizes):
         raise ConfigError(f"sizes are width ratios in (0, 1], got {cfg.sizes}")
+    if cfg.steps is not None and cfg.steps < 1:
+        raise ConfigError(f"steps must be at least 1, got {cfg.steps}")
     for key in ("epochs", "batch_size", "trials", "calibration_models"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be at least 1, got {getattr(cfg, key)}")

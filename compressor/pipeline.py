@@ -74,7 +74,7 @@ from .hardware import (
 )
 from .hardware.backends import cpu_channel_block, cpu_model
 from .hardware.isa import host_cpu_class
-from .intake import load_data, load_teacher
+from .intake import load_teacher
 from .intake.zoo import is_zoo_name
 from .journal import Journal
 from .manifest import MANIFEST_NAME, relative_path, write_manifest
@@ -95,6 +95,7 @@ from .report import model_card_filename, print_summary, write_report
 from .search import SearchConfig, build_arch, run_search
 from .search.study import shown
 from .serving import write_serving_files
+from .tasks.base import Task
 from .types import DataSplits, HardwareProfile, LatencyReport, SearchResult, Teacher, to_jsonable
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,10 @@ class Servable:
 def run(cfg: CompressConfig, console: Console | None = None) -> RunResult:
     """The run. Under torchrun (`ranks`), rank 0 runs it all and the other ranks only train the
     nested family with it (`follower`), waiting for rank 0 until then and after."""
+    from .tasks import task_for
+
     ranks = from_env()
+    task = task_for(cfg)  # image classification or causal language modelling: the task runs its stages
     with ExitStack() as held:  # the run folder stays locked until the run ends
         if ranks is not None:
             device = resolve_device(cfg.device, ranks.local_rank)
@@ -142,20 +146,23 @@ def run(cfg: CompressConfig, console: Console | None = None) -> RunResult:
             if not ranks.is_main:
                 run_dir = follow(cfg, ranks, device)
                 return RunResult(run_dir or Path(cfg.out or "."), {}, None, EXIT_OK)
-        result = _run(cfg, console or Console(stderr=True), held, ranks)
+        result = task.compress(cfg, console or Console(stderr=True), held, ranks)
         if ranks is not None:
             ranks.broadcast(None)  # the run is over: so is every other rank's part in it
         return result
 
 
-def _run(cfg: CompressConfig, console: Console, held: ExitStack, ranks: Ranks | None = None) -> RunResult:
+def run_classification(task: Task, cfg: CompressConfig, console: Console, held: ExitStack,
+                       ranks: Ranks | None = None) -> RunResult:
+    """The stages of a classification run (`tasks.image`): data, example inputs and the serving
+    record come from `task`."""
     started, clock = time.monotonic(), _StageClock()
     with clock("intake"):
         profile = load_profile(cfg.profile)
         profiles = [profile, *(load_profile(p) for p in cfg.also_profile if p != profile.name)]
         _seed_everything(cfg.seed)
-        data = load_data(cfg.data, seed=cfg.seed, image_size=cfg.image_size)
-        teacher = load_teacher(cfg.teacher, data.x_val[:8], data.num_classes, arch=cfg.arch,
+        data = task.load_data(cfg)
+        teacher = load_teacher(cfg.teacher, task.example_inputs(data, 8), data.num_classes, arch=cfg.arch,
                                arch_kwargs=cfg.arch_kwargs,
                                trust_pickle=cfg.trust_pickle, input_shape=cfg.input_shape, weights=cfg.weights)
         run_dir = held.enter_context(run_folder(cfg))
@@ -203,9 +210,7 @@ def _run(cfg: CompressConfig, console: Console, held: ExitStack, ranks: Ranks | 
     with clock("seal"):
         sizes = stage_seal(sizes, budget, teacher_rec, data, run_dir)
     record = RunRecord(config=cfg.to_dict(), budget=budget, teacher=teacher_rec, sizes=tuple(sizes),
-                       serving={"preprocess": dict(data.preprocess),
-                                "classes": list(data.class_names) or [str(i) for i in range(data.num_classes)]},
-                       selected=selected, verification=tuple(verification), search=search_info,
+                       serving=task.serving(data), task=task.record(), selected=selected, verification=tuple(verification), search=search_info,
                        training=training, tensorrt=trt, host=_host(profile), reused={"exports": reused},
                        stages=clock.seconds, seconds=clock.total())
     manifest = stage_record(record, run_dir)

@@ -37,8 +37,10 @@ class TeacherRecord:
     num_classes: int
     params: int
     macs: int
-    accuracy: float
+    accuracy: float  # the task's headline metric (`RunRecord.task`)
     latency: Mapping[str, LatencyReport] = field(default_factory=dict)
+    metrics: Mapping[str, float | None] = field(default_factory=dict)  # every metric of the task, by key
+    decode: Mapping[str, Any] = field(default_factory=dict)  # language models: one generated token (KV cache)
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,10 @@ class SizeRecord:
     arch: Mapping[str, Any] | None = None
     notes: tuple[str, ...] = ()
     formats: Mapping[str, FormatRecord] = field(default_factory=dict)  # requested edge formats (not onnx)
+    # every metric of the task by key (`RunRecord.task`); `accuracy` holds the headline one
+    metrics: Mapping[str, float | None] = field(default_factory=dict)
+    # language models: the KV-cache decoder step's file, parity and latency per generated token
+    decode: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -129,6 +135,8 @@ class RunRecord:
     stages: Mapping[str, float] = field(default_factory=dict)  # stage -> wall seconds
     # what a server applies to a raw sample, and the class names (also in each ONNX file's metadata)
     serving: Mapping[str, Any] = field(default_factory=dict)
+    # the task (`compressor.tasks`): its name, which metric `accuracy` holds, every metric's label
+    task: Mapping[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     versions: Mapping[str, str | None] = field(default_factory=lambda: runtime_versions())
@@ -148,7 +156,14 @@ def size_from_dict(d: Mapping[str, Any]) -> SizeRecord:
             settings=dict(int8["settings"]), latency={p: LatencyReport.from_dict(r) for p, r in int8["latency"].items()},
             speedup=int8.get("speedup"), note=int8.get("note", "")),
         arch=d.get("arch"), notes=tuple(d.get("notes") or ()),
-        formats={name: _format_from_dict(f) for name, f in (d.get("formats") or {}).items()})
+        formats={name: _format_from_dict(f) for name, f in (d.get("formats") or {}).items()},
+        metrics=dict(d.get("metrics") or {}), decode=_decode_from_dict(d.get("decode")))
+
+
+def _decode_from_dict(d: Mapping[str, Any] | None) -> dict[str, Any]:
+    if not d:
+        return {}
+    return {**d, "latency": {p: LatencyReport.from_dict(r) for p, r in (d.get("latency") or {}).items()}}
 
 
 def _format_from_dict(d: Mapping[str, Any]) -> FormatRecord:
@@ -167,7 +182,8 @@ def teacher_from_dict(d: Mapping[str, Any]) -> TeacherRecord:
         path=str(d["path"]), sha256=str(d["sha256"]), format=str(d["format"]), prunable=bool(d["prunable"]),
         input_shape=tuple(int(v) for v in d["input_shape"]), num_classes=int(d["num_classes"]),
         params=int(d["params"]), macs=int(d["macs"]), accuracy=float(d["accuracy"]),
-        latency={p: LatencyReport.from_dict(r) for p, r in d["latency"].items()})
+        latency={p: LatencyReport.from_dict(r) for p, r in d["latency"].items()},
+        metrics=dict(d.get("metrics") or {}), decode=_decode_from_dict(d.get("decode")))
 
 
 def runtime_versions() -> dict[str, str | None]:
@@ -184,7 +200,8 @@ def runtime_versions() -> dict[str, str | None]:
             "onnx": version("onnx"), "onnxruntime": version("onnxruntime"), "optuna": version("optuna"),
             "torch_pruning": version("torch-pruning"),
             # the edge formats' runtimes (`--formats`): their files and figures depend on them
-            "openvino": version("openvino"), "executorch": version("executorch")}
+            "openvino": version("openvino"), "executorch": version("executorch"),
+            "transformers": version("transformers")}  # language-model teachers and their sizes
 
 
 def to_manifest(run: RunRecord) -> dict[str, Any]:
@@ -213,6 +230,8 @@ def to_manifest(run: RunRecord) -> dict[str, Any]:
         "serving": dict(run.serving),
         "seconds": run.seconds,
     }
+    if run.task:
+        manifest["task"] = dict(run.task)
     if run.search is not None:
         manifest["search"] = dict(run.search)
     if run.training is not None:
@@ -222,9 +241,14 @@ def to_manifest(run: RunRecord) -> dict[str, Any]:
 
 
 def _teacher(t: TeacherRecord) -> dict[str, Any]:
-    return {"path": t.path, "sha256": t.sha256, "format": t.format, "prunable": t.prunable,
+    out = {"path": t.path, "sha256": t.sha256, "format": t.format, "prunable": t.prunable,
             "input_shape": list(t.input_shape), "num_classes": t.num_classes, "params": t.params, "macs": t.macs,
             "accuracy": t.accuracy, "latency": dict(t.latency)}
+    if t.metrics:
+        out["metrics"] = dict(t.metrics)
+    if t.decode:
+        out["decode"] = dict(t.decode)
+    return out
 
 
 def _size(s: SizeRecord, budget: Budget) -> dict[str, Any]:
@@ -247,6 +271,10 @@ def _size(s: SizeRecord, budget: Budget) -> dict[str, Any]:
         out["formats"] = {name: _format(f) for name, f in s.formats.items()}
     if s.notes:
         out["notes"] = list(s.notes)
+    if s.metrics:
+        out["metrics"] = dict(s.metrics)
+    if s.decode:
+        out["decode"] = dict(s.decode)
     return out
 
 

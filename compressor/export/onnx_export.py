@@ -97,6 +97,8 @@ def export_onnx(
     slim: bool = True,
     atol: float = 1e-4,
     exporter: Exporter = "auto",
+    input_name: str = INPUT_NAME,
+    dynamic: Mapping[int, str] | None = None,
 ) -> OnnxExport:
     """Export `model` to a single ONNX file with a dynamic batch dimension.
 
@@ -106,6 +108,10 @@ def export_onnx(
     unsimplified graph kept if slimming would break parity), and written atomically.
     `exporter="auto"` tries the TorchScript exporter, then dynamo (dynamo alone for a
     `torch.export` module).
+
+    `dynamic` names more dynamic axes of the input, shared by every output (a language
+    model's ``{1: "sequence"}``); parity is then also checked on one sample cut to half
+    its length on those axes, so a length baked into the graph shows as a parity failure.
     """
     path = Path(path)
     opset = DEFAULT_OPSET if opset is None else int(opset)
@@ -121,9 +127,14 @@ def export_onnx(
     with _eval_mode(model), torch.no_grad():
         expected = _leaves(model(x))
         expected_one = _leaves(model(x[:1]))
-        proto, used = _export_proto(model, _trace_input(x), opset, exporter, notes)
+        axes = {0: "batch", **dict(dynamic or {})}
+        reference = {"batch": (x, expected), "single": (x[:1], expected_one)}
+        if len(axes) > 1:
+            short = x[:1][tuple(slice(None, max(1, n // 2)) if i in axes and i > 0 else slice(None)
+                                for i, n in enumerate(x.shape))].contiguous()
+            reference["shorter"] = (short, _leaves(model(short)))
+        proto, used = _export_proto(model, _trace_input(x), opset, exporter, notes, input_name, axes)
 
-    reference = {"batch": (x, expected), "single": (x[:1], expected_one)}
     diff, run_error = _parity(proto, reference)
     slimmed = False
     if slim:
@@ -180,14 +191,17 @@ def _trace_input(x: torch.Tensor) -> torch.Tensor:
 
 
 def _export_proto(model: nn.Module, x: torch.Tensor, opset: int, exporter: Exporter,
-                  notes: list[str]) -> tuple[onnx.ModelProto, str]:
+                  notes: list[str], input_name: str = INPUT_NAME,
+                  axes: Mapping[int, str] | None = None) -> tuple[onnx.ModelProto, str]:
+    axes = axes or {0: "batch"}
     dynamo_only = _is_exported_program_module(model) or _reads_batch_size(model)
     auto = ("dynamo",) if dynamo_only else ("torchscript", "dynamo")
     order: Sequence[str] = {"auto": auto, "dynamo": ("dynamo",), "torchscript": ("torchscript",)}[exporter]
     errors: list[str] = []
     for name in order:
         try:
-            proto = _dynamo(model, x, opset) if name == "dynamo" else _torchscript(model, x, opset)
+            proto = _dynamo(model, x, opset, input_name, axes) if name == "dynamo" else \
+                _torchscript(model, x, opset, input_name, axes)
         except Exception as e:  # noqa: BLE001 - any exporter failure moves on to the next one
             errors.append(f"{name}: {type(e).__name__}: {first_line(e)}")
             continue
@@ -210,11 +224,13 @@ def _reads_batch_size(model: nn.Module) -> bool:
         n.op == "call_function" and n.target is torch.ops.aten.sym_size.int for n in model.graph.nodes)
 
 
-def _dynamo(model: nn.Module, x: torch.Tensor, opset: int) -> onnx.ModelProto:
+def _dynamo(model: nn.Module, x: torch.Tensor, opset: int, input_name: str = INPUT_NAME,
+            axes: Mapping[int, str] | None = None) -> onnx.ModelProto:
+    dims = {i: torch.export.Dim(n) for i, n in (axes or {0: "batch"}).items()}
     with _quiet_exporter():
         program = torch.onnx.export(
             model, (x,), None, dynamo=True, external_data=False, opset_version=opset,
-            input_names=[INPUT_NAME], dynamic_shapes=({0: torch.export.Dim("batch")},),
+            input_names=[input_name], dynamic_shapes=(dims,),
             optimize=True, verify=False, report=False, verbose=False,
         )
     assert program is not None
@@ -223,15 +239,18 @@ def _dynamo(model: nn.Module, x: torch.Tensor, opset: int) -> onnx.ModelProto:
     return proto
 
 
-def _torchscript(model: nn.Module, x: torch.Tensor, opset: int) -> onnx.ModelProto:
+def _torchscript(model: nn.Module, x: torch.Tensor, opset: int, input_name: str = INPUT_NAME,
+                 axes: Mapping[int, str] | None = None) -> onnx.ModelProto:
     import tempfile
+
+    axes = dict(axes or {0: "batch"})
 
     outputs = _output_names(len(_leaves(model(x))))
     with tempfile.TemporaryDirectory(prefix="onnx-ts-") as tmp, _quiet_exporter():
         f = Path(tmp) / "model.onnx"
         torch.onnx.export(
-            model, (x,), f, dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
-            output_names=outputs, dynamic_axes={INPUT_NAME: {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
+            model, (x,), f, dynamo=False, opset_version=opset, input_names=[input_name],
+            output_names=outputs, dynamic_axes={input_name: axes, **{o: axes for o in outputs}},
             do_constant_folding=True,
         )
         return onnx.load_model(str(f))

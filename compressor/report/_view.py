@@ -50,6 +50,35 @@ def fmt_pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}%"
 
 
+_ACCURACY = {"key": "accuracy", "label": "Accuracy", "percent": True}
+
+
+def task_metrics(manifest: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The metrics the run's task reports (`manifest["task"]`), headline first; a run without a
+    task block (older manifests, classification) reports accuracy alone."""
+    task = manifest.get("task") or {}
+    metrics = list(task.get("metrics") or [_ACCURACY])
+    head = task.get("headline", "accuracy")
+    return sorted(metrics, key=lambda m: m["key"] != head)
+
+
+def headline_label(manifest: Mapping[str, Any]) -> str:
+    return str(task_metrics(manifest)[0]["label"])
+
+
+def metric_value(entry: Mapping[str, Any], metric: Mapping[str, Any]) -> float | None:
+    """A size's (or the teacher's) value of `metric`: its `metrics` entry, or `accuracy`."""
+    values = entry.get("metrics") or {}
+    value = values.get(metric["key"], entry.get("accuracy") if metric["key"] == "accuracy" else None)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def fmt_metric(value: float | None, metric: Mapping[str, Any]) -> str:
+    if value is None:
+        return "—"
+    return fmt_pct(value) if metric.get("percent", True) else f"{value:.3f}"
+
+
 def fmt_count(n: int | None) -> str:
     """1_234_567 -> '1.23M' (params and MACs span five orders of magnitude)."""
     if n is None:
@@ -121,28 +150,35 @@ def summary_table(manifest: Mapping[str, Any]) -> Table:
     profs = profiles(manifest)
     budget_profile = manifest["budget"]["profile"]
     has_int8 = any("int8" in m for m in manifest["models"])
-    header = ["Size", "Width", "Params", "MACs", "Accuracy", "Teacher agreement"]
+    metrics = task_metrics(manifest)
+    header = ["Size", "Width", "Params", "MACs", *[m["label"] for m in metrics], "Teacher agreement"]
     header += [f"Latency {p} ({stat_of(manifest, p)})" for p in profs]
     # where a profile was measured, the predictor's figure stands beside it so its error is visible
     predicted_cols = [p for p in profs if any(is_measured(m["latency"].get(p)) and
                                               "predicted_ms" in (m["latency"][p].get("env") or {})
                                               for m in manifest["models"])]
     header += [f"Predicted {p}" for p in predicted_cols]
+    # language models: one generated token with the KV cache, beside the full-window latency
+    decode_cols = [p for p in profs if any(_decode_latency(m, p) for m in manifest["models"])]
+    header += [f"Per token {p} (KV cache)" for p in decode_cols]
     if has_int8:
         header += ["INT8 accuracy", f"INT8 latency {budget_profile}"]
     header += ["ONNX parity (max abs diff)", f"Meets {manifest['budget']['text']}"]
 
     t = manifest["teacher"]
-    rows = [["teacher", "—", fmt_count(t.get("params")), fmt_count(t.get("macs")), fmt_pct(t.get("accuracy")),
-             "—", *[fmt_latency(t["latency"].get(p)) for p in profs], *["—" for _ in predicted_cols],
+    rows = [["teacher", "—", fmt_count(t.get("params")), fmt_count(t.get("macs")),
+             *[fmt_metric(metric_value(t, m), m) for m in metrics], "—",
+             *[fmt_latency(t["latency"].get(p)) for p in profs], *["—" for _ in predicted_cols],
+             *[fmt_latency(_decode_latency(t, p)) for p in decode_cols],
              *(["—", "—"] if has_int8 else []), "—", "—"]]
     kinds = ["teacher"]
     for m in manifest["models"]:
         int8 = m.get("int8")
         row = [m["name"], fmt_ratio(m["ratio"]), fmt_count(m["params"]), fmt_count(m["macs"]),
-               fmt_pct(m["accuracy"]), fmt_pct(m["teacher_agreement"]),
+               *[fmt_metric(metric_value(m, x), x) for x in metrics], fmt_pct(m["teacher_agreement"]),
                *[fmt_latency(m["latency"].get(p)) for p in profs],
-               *[_fmt_predicted(m["latency"].get(p)) for p in predicted_cols]]
+               *[_fmt_predicted(m["latency"].get(p)) for p in predicted_cols],
+               *[fmt_latency(_decode_latency(m, p)) for p in decode_cols]]
         if has_int8:
             row += [fmt_pct(int8["accuracy"]) if int8 else "—",
                     fmt_latency(int8["latency"].get(budget_profile)) if int8 else "—"]
@@ -151,6 +187,10 @@ def summary_table(manifest: Mapping[str, Any]) -> Table:
         rows.append(row)
         kinds.append("flagged" if not m["parity_ok"] else "selected" if m["name"] == manifest["selected"] else "size")
     return Table(header=header, rows=rows, kinds=kinds)
+
+
+def _decode_latency(entry: Mapping[str, Any], profile: str) -> Mapping[str, Any] | None:
+    return ((entry.get("decode") or {}).get("latency") or {}).get(profile)
 
 
 def formats_table(manifest: Mapping[str, Any]) -> Table | None:
@@ -213,7 +253,9 @@ def headline(manifest: Mapping[str, Any]) -> str:
         return f"No size meets the budget of {where}."
     m = next(x for x in manifest["models"] if x["name"] == selected)
     lat = fmt_latency(m["latency"].get(b["profile"]))
-    return (f"Selected {selected} for the budget of {where}: accuracy {fmt_pct(m['accuracy'])}, "
+    label = headline_label(manifest)
+    label = label[:1].lower() + label[1:]  # "accuracy", "next-token accuracy"
+    return (f"Selected {selected} for the budget of {where}: {label} {fmt_pct(m['accuracy'])}, "
             f"latency {lat}.")
 
 

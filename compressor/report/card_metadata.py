@@ -34,13 +34,17 @@ def card_fields(manifest: Mapping[str, Any], model: Mapping[str, Any]) -> dict[s
     data = str(config.get("data") or "")
     image = data == "digits" or len(teacher.get("input_shape") or ()) == 3 or \
         (manifest.get("serving") or {}).get("preprocess", {}).get("input", {}).get("kind") == "image"
-    task = "image-classification" if image else "other"
+    text = (manifest.get("serving") or {}).get("preprocess", {}).get("input", {}).get("kind") == "text"
+    task = "image-classification" if image else "text-generation" if text else "other"
+    head = (manifest.get("task") or {}).get("headline", "accuracy")
+    label = next((m["label"] for m in (manifest.get("task") or {}).get("metrics", []) if m["key"] == head),
+                 "top-1 accuracy")
     dataset = data if data in _DATASETS else Path(data).name or "unknown"
     card = {
         "library_name": LIBRARY,
         "license": str(config.get("license") or UNSTATED_LICENSE).lower(),
         "metrics": ["accuracy"],
-        "pipeline_tag": task if image else None,  # no Hub task fits an arbitrary array
+        "pipeline_tag": task if image or text else None,  # no Hub task fits an arbitrary array
         "tags": list(TAGS),
     }
     result = {
@@ -50,7 +54,7 @@ def card_fields(manifest: Mapping[str, Any], model: Mapping[str, Any]) -> dict[s
         "dataset_split": "validation",
         "metric_type": "accuracy",
         "metric_value": model["accuracy"],
-        "metric_name": "top-1 accuracy",
+        "metric_name": label if head != "accuracy" else "top-1 accuracy",
     }
     return {"model_name": model_name(manifest, model), "card": card, "result": result}
 

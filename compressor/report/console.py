@@ -7,7 +7,7 @@ from typing import Any, Mapping
 from rich.console import Console
 from rich.table import Table
 
-from ._view import latency_ms, mean_ratio
+from ._view import headline_label, latency_ms, mean_ratio
 
 __all__ = ["print_summary"]
 
@@ -19,7 +19,7 @@ def print_summary(console: Console, manifest: Mapping[str, Any], run_dir: Path) 
     kind = "measured" if manifest["teacher"]["latency"].get(profile, {}).get("measured", True) else "predicted"
     shown = f"{b['text']} = {b['ms']:.3g} ms" if b.get("factor") else b["text"]
     table = Table(title=f"{run_dir}  (budget {shown} {stat} on {profile}, {kind})")
-    for col in ("size", "width", "params", "MMACs", "accuracy", "agree", f"{stat} ms", "fits"):
+    for col in ("size", "width", "params", "MMACs", headline_label(manifest).lower(), "agree", f"{stat} ms", "fits"):
         table.add_column(col, justify="left" if col in ("size", "fits") else "right")
     t = manifest["teacher"]
     t_ms = latency_ms(t["latency"].get(profile))

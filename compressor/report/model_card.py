@@ -20,13 +20,17 @@ from ._view import (
     fmt_count,
     fmt_diff,
     fmt_latency,
+    fmt_metric,
     fmt_pct,
     fmt_ratio,
+    headline_label,
     is_measured,
     latency_ms,
     link,
     mean_ratio,
+    metric_value,
     model_card_filename,
+    task_metrics,
 )
 from .card_metadata import UNSTATED_LICENSE, card_fields, render_card
 
@@ -50,6 +54,10 @@ def render_model_card(manifest: Mapping[str, Any], name: str) -> str:
     method = str(config.get("method", "nested"))
     how = _METHODS.get(method, f"method {method!r} (see the run's resolved configuration)").format(
         pct=f"{100 * ratio:.3g}%")
+    if (manifest.get("task") or {}).get("method"):  # the task says how its sizes are made (language models)
+        arch = model.get("arch") or {}
+        how = str(manifest["task"]["method"]).format(pct=f"{100 * ratio:.3g}%", **{
+            k: arch.get(k, "?") for k in ("layers", "heads", "ffn")})
     data = config.get("data")
 
     lines = [
@@ -59,13 +67,14 @@ def render_model_card(manifest: Mapping[str, Any], name: str) -> str:
         "",
         f"A compressed copy of the teacher `{teacher['path']}` at width ratio {ratio_text} "
         f"({fmt_count(model['params'])} parameters, {fmt_count(model['macs'])} MACs per sample; the teacher has "
-        f"{fmt_count(teacher['params'])} and {fmt_count(teacher['macs'])}). It maps one input to class logits, "
-        "like the teacher, and is served as a single ONNX file with a dynamic batch dimension.",
+        f"{fmt_count(teacher['params'])} and {fmt_count(teacher['macs'])}). It maps one input to "
+        f"{(manifest.get('serving') or {}).get('output', 'class logits')}, like the teacher, and is served as a "
+        "single ONNX file with a dynamic batch dimension.",
         "",
         "## How it was made",
         "",
         f"- Teacher: `{teacher['path']}` ({teacher['format']}), sha256 `{teacher['sha256']}`, "
-        f"accuracy {fmt_pct(teacher.get('accuracy'))}.",
+        f"{headline_label(manifest).lower()} {fmt_pct(teacher.get('accuracy'))}.",
         f"- Method: {how}.",
         f"- Width ratio: {ratio_text}.",
     ]
@@ -82,7 +91,8 @@ def render_model_card(manifest: Mapping[str, Any], name: str) -> str:
         "",
         "| figure | value |",
         "|---|---|",
-        f"| accuracy (validation) | {fmt_pct(model['accuracy'])} |",
+        *[f"| {m['label'].lower()} (validation) | {fmt_metric(metric_value(model, m), m)} |"
+          for m in task_metrics(manifest)],
         f"| agreement with the teacher's top-1 | {fmt_pct(model['teacher_agreement'])} |",
         f"| meets the run's budget ({budget['text']} {budget['stat']} on {budget['profile']}) | "
         f"{'yes' if model['meets_budget'] else 'no'} |",

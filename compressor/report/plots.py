@@ -21,6 +21,7 @@ from ._view import (
     PREDICTED,
     all_predicted,
     fmt_count,
+    headline_label,
     is_measured,
     latency_ms,
     profiles,
@@ -120,12 +121,13 @@ def accuracy_latency_plot(manifest: Mapping[str, Any], profile: str, out_dir: Pa
     else:
         kind = "measured"
     ax.set_xlabel(f"latency on {profile}, {stat} (ms, {kind})")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"Accuracy vs latency: {profile}", fontsize=11)
+    label = headline_label(manifest)  # the task's headline metric: what `accuracy` holds
+    ax.set_ylabel(f"{label.lower()} (%)")
+    ax.set_title(f"{label} vs latency: {profile}", fontsize=11)
     key = f"accuracy_latency_{safe_name(profile)}"
     caption = (f"Each size's validation accuracy against its {stat} latency on {profile}; "
                f"hollow markers are {PREDICTED} latencies, filled ones measured. " + _budget_caption(budget, on_scale))
-    return _save(fig, out_dir, key, f"Accuracy vs latency: {profile}", caption, "Accuracy vs latency")
+    return _save(fig, out_dir, key, f"{label} vs latency: {profile}", caption, f"{label} vs latency")
 
 
 def _budget_caption(budget: Mapping[str, Any], on_scale: bool) -> str:
