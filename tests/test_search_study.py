@@ -109,6 +109,7 @@ def test_a_space_the_teacher_cannot_have_is_one_line(teacher, digits8, tmp_path,
         raise ZeroDivisionError("integer division or modulo by zero")
 
     monkeypatch.setattr(TeacherScaledSpace, "__init__", broken)
+    caplog.set_level("WARNING", logger="compressor.search.study")  # a CLI run earlier in this process may have quieted it
     res = _search(teacher, digits8, tmp_path, spaces=("teacher_scaled", "cnn"), n_trials=4)
     assert res.student.arch["space"] == "cnn"
     assert [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()] == [

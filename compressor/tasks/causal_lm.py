@@ -57,7 +57,10 @@ _MARKERS = ("config.json", "tokenizer_config.json", "generation_config.json", *_
 def is_model_folder(path: str) -> bool:
     """A folder `save_pretrained` wrote (any of its files): then a missing one is named in one line."""
     p = Path(path)
-    return p.is_dir() and any((p / m).is_file() for m in _MARKERS)
+    try:
+        return p.is_dir() and any((p / m).is_file() for m in _MARKERS)
+    except OSError:  # a name the file system refuses (too long, ...): the teacher loader names it in one line
+        return False
 
 
 def load_lm_teacher(path: str) -> LMTeacher:
