@@ -88,16 +88,16 @@ def main() -> None:
         for r, s in zip(STUDENTS, students):
             rows[f"{r}"].setdefault("nested_no_ta", []).append(score(fam, s))
         print(f"seed {seed} done", json.dumps(rows), flush=True)
-    compute = {"nested": cost([ta, *students]), "independent": sum(cost([s]) for s in students),
-               "nested_no_ta": cost(students)}
-    write(args, rows, compute, seconds, ta, students)
+        compute = {"nested": cost([ta, *students]), "independent": sum(cost([s]) for s in students),
+                   "nested_no_ta": cost(students)}
+        write(args, rows, compute, seconds, ta, students, seeds=seed + 1)  # after every seed: a stopped run keeps its part
 
 
-def write(args, rows, compute, seconds, ta, students) -> None:
+def write(args, rows, compute, seconds, ta, students, seeds: int) -> None:
     def mean(xs, i):
         return sum(x[i] for x in xs) / len(xs)
 
-    lines = [f"# Language models: nested (MatTA) vs independent distillation ({args.seeds} seeds, {args.steps} "
+    lines = [f"# Language models: nested (MatTA) vs independent distillation ({seeds} of {args.seeds} seeds, {args.steps} "
              f"steps of {args.batch_size} x 128 tokens each)", "",
              f"Teacher `{args.teacher}`, text `{args.data}`; TA {ta.to_dict()}; students "
              + ", ".join(f"{r} {s.to_dict()}" for r, s in zip(STUDENTS, students)) + ".", "",
