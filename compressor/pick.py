@@ -164,7 +164,11 @@ def cmd_pick(run_dir: str | Path, budget: str | float | None, profile: str | Non
     if not choice.onnx_path.is_file():
         raise ConfigError(f"{choice.name}: ONNX file {choice.onnx_path} is missing from the run folder")
     source = "measured" if choice.measured else "predicted"
-    print(f"{choice.name}: accuracy {100 * choice.accuracy:.1f}%, {choice.stat} {choice.latency_ms:.3g} ms "
+    from .manifest import read_manifest
+    from .report._view import headline_label
+
+    label = headline_label(read_manifest(run_dir))  # what `accuracy` holds: the task's headline metric
+    print(f"{choice.name}: {label[:1].lower() + label[1:]} {100 * choice.accuracy:.1f}%, {choice.stat} {choice.latency_ms:.3g} ms "
           f"({source}) on {choice.profile} <= {choice.budget_ms:g} ms", file=sys.stderr)
     print(choice.onnx_path)
     return 0
