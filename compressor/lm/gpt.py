@@ -126,7 +126,7 @@ def nested_forward(model: nn.Module, ids: torch.Tensor, shape: Shape | None = No
     reach the same parameters (one optimizer step trains the whole family). It is also what
     the ONNX exporter traces (`LogitsOnly`): transformers' mask building does not trace."""
     c, tr = model.config, model.transformer
-    d, hd = c.n_embd, c.n_embd // c.n_head
+    hd = c.n_embd // c.n_head
     shape = shape or Shape(c.n_layer, tr.h[0].attn.num_heads, _ffn_width(c))
     # no Python ints from ids.shape below: the ONNX trace keeps batch and sequence dynamic
     x = tr.drop(tr.wte(ids) + tr.wpe.weight[:ids.shape[1]])
