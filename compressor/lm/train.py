@@ -99,7 +99,7 @@ def train_nested_lm(teacher: nn.Module, family: nn.Module, shapes: Sequence[Shap
             else:
                 loss = loss + cfg.w_ta * token_kl(logits, ta_logits, cfg.temperature)
             loss.backward()  # size by size: only one size's activations are held at a time
-            losses[f"{s.layers}L{s.heads}H{s.ffn}F"] = float(ce)
+            losses[f"{s.layers}L{s.heads}H{s.ffn}F"] = ce.item()
         nn.utils.clip_grad_norm_(family.parameters(), 1.0)
         opt.step()
         if on_step is not None:
