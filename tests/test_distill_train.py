@@ -83,6 +83,18 @@ def test_one_run_trains_every_size_and_counts_compute(small, tmp_path):
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in teacher.modules())  # taps removed
 
 
+def test_validates_every_eval_every_epochs_and_after_the_last(small, tmp_path):
+    teacher, ta = _nets()
+    cfg = DistillConfig(epochs=4, batch_size=128, bn_calib_samples=64, eval_every=3)
+    progress = CountingProgress()
+    r = train_family(teacher, ta, small, sizes=SIZES, config=cfg, run_dir=tmp_path, progress=progress)
+    assert [h["val_acc"] is not None for h in r.history] == [False, False, True, True]
+    assert progress.units == [("epoch", e) for e in (1, 2, 3, 4)]  # every epoch is checkpointed and journalled
+    assert r.val_acc == r.history[-1]["val_acc"]  # the kept sizes are the last epoch's
+    with pytest.raises(ConfigError, match="eval_every"):
+        DistillConfig(eval_every=0)
+
+
 def test_family_weights_restore_the_extracted_sizes(small, tmp_path):
     teacher, ta = _nets()
     cfg = DistillConfig(epochs=1, bn_calib_samples=128)

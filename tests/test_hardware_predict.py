@@ -24,7 +24,7 @@ from compressor.hardware import (
     roofline_ms,
     sample_candidates,
 )
-from compressor.hardware.predict import CACHE_ENV, FEATURES, cache_dir, cost_features
+from compressor.hardware.predict import CACHE_ENV, FEATURES, cache_dir, calibration_timing, cost_features
 from compressor.types import DeviceSpec, HardwareProfile
 
 SHAPE = (1, 8, 8)
@@ -265,3 +265,16 @@ def test_candidates_are_distinct_and_buildable_for_1d_inputs() -> None:
     assert not {repr(a) for a, _ in pairs} & {repr(a) for a, _ in held_out}
     model = build_candidate(pairs[0][0], (2, 16))
     assert model(torch.randn(3, 2, 16)).shape == (3, 10)
+
+
+def test_calibration_times_each_model_lightly_but_never_longer_than_the_profile(
+        calibrated: tuple[LatencyPredictor, Path], quick_cpu: HardwareProfile) -> None:
+    profile = load_profile("host-cpu-1t")
+    light = calibration_timing(profile)
+    assert light.repeats < profile.repeats and light.min_seconds < profile.min_seconds
+    assert light.warmup_seconds < profile.warmup_seconds
+    assert (light.name, light.backend, light.threads, light.stat) == (profile.name, profile.backend,
+                                                                      profile.threads, profile.stat)
+    assert calibration_timing(quick_cpu).min_seconds == quick_cpu.min_seconds == 0.0  # a shorter setting stays
+    predictor, _ = calibrated
+    assert predictor.info["timing"]["repeats"] == min(quick_cpu.repeats, light.repeats)
