@@ -11,7 +11,7 @@ FIND_LINKS := $(if $(wildcard /opt/wheels/torch-*.whl),--find-links /opt/wheels)
 # core package 10 s against 87 s); pip stays the fallback wherever uv cannot be had or fails.
 define install
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	($(BIN)/pip install -q uv && $(BIN)/uv pip install -q --python $(BIN)/python $(FIND_LINKS) -e '$(1)') \
+	($(BIN)/pip install -q uv 2>/dev/null && $(BIN)/uv pip install -q --python $(BIN)/python $(FIND_LINKS) -e '$(1)') \
 		|| $(BIN)/pip install -q -e '$(1)'
 endef
 
