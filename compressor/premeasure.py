@@ -190,18 +190,17 @@ def premeasure(result: SearchResult, teacher: Teacher, example: torch.Tensor, *,
 def _check(result: SearchResult, teacher: Teacher, example: torch.Tensor, *, latency_fn: LatencyFn,
            budget: Budget, top: int, teacher_latency_ms: float, round_to: int, ta_factors: Sequence[float],
            fixed_sizes: Sequence[float] | None, measure: MeasureFn) -> Verified:
+    searched = result.student.trial_number
     checked, student = _check_candidates(result, teacher, latency_fn, budget, top, measure)
-    reselected = student.trial_number != result.student.trial_number
+    reselected = student.trial_number != searched
     if reselected:
         mine = next(c for c in checked if c.trial_number == student.trial_number)
-        # the TA is widened up to the teacher's latency: judged with the predictor corrected by what
-        # the new student measured, so a predictor that is off does not make the TA slower than the teacher
-        result = _reselect(result, student, teacher, example, _scaled(latency_fn, _ratio(mine)),
-                           teacher_latency_ms, round_to, ta_factors)
+        result = _reselect(result, student, teacher, example, latency_fn, _ratio(mine), teacher_latency_ms,
+                           round_to, ta_factors)
     sizes, size_checks, scale = _check_sizes(result, teacher, example, latency_fn, budget, round_to, fixed_sizes,
                                              measure)
     record = {"checked": [to_jsonable(c) for c in (*checked, *size_checks)], "reselected": reselected,
-              "searched_trial": checked[0].trial_number, "chosen_trial": student.trial_number,
+              "searched_trial": searched, "chosen_trial": student.trial_number,
               "sizes": [[n, r] for n, r in sizes], "size_scale": scale, "sizes_replanned": scale != 1.0}
     return Verified(result, sizes, record)
 
@@ -224,9 +223,9 @@ def _check_candidates(result: SearchResult, teacher: Teacher, latency_fn: Latenc
     for i, cand in enumerate(_ranked(result, budget)):
         if i >= top and any(c.fits for c in checked):
             break
-        module = build_arch(cand.arch, teacher).eval()
         name = "student" if i == 0 else f"trial {cand.trial_number}"
         try:
+            module = build_arch(cand.arch, teacher).eval()
             report = measure(module, f"candidate-{cand.trial_number}")
         except Exception as e:  # noqa: BLE001 - a candidate that cannot be timed is not chosen; say why in one line
             log.warning("%s (trial %d) could not be measured before training: %s", name, cand.trial_number,
@@ -244,14 +243,19 @@ def _check_candidates(result: SearchResult, teacher: Teacher, latency_fn: Latenc
 
 
 def _reselect(result: SearchResult, student: Candidate, teacher: Teacher, example: torch.Tensor,
-              latency_fn: LatencyFn, teacher_latency_ms: float, round_to: int,
+              latency_fn: LatencyFn, correction: float, teacher_latency_ms: float, round_to: int,
               ta_factors: Sequence[float]) -> SearchResult:
-    """`result` with `student` chosen instead, and its own TA widened as the search does (`widen_to_assistant`)."""
+    """`result` with `student` chosen instead, and its own TA widened as the search does (`widen_to_assistant`).
+
+    The TA may be as slow as the teacher: that is judged with the predictor times `correction`
+    (the new student's measured / predicted), so an optimistic predictor does not make the TA
+    slower than the teacher. Its recorded `est_latency_ms` is the plain prediction, like every candidate's."""
     space = SPACES.get(student.arch["space"])(teacher, round_to=round_to)
-    ta = widen_to_assistant(space, student.arch, teacher, latency_fn=latency_fn,
-                            max_latency_ms=max(teacher_latency_ms, student.est_latency_ms), factors=ta_factors,
-                            example=example, round_to=round_to, student_latency_ms=student.est_latency_ms)
-    ta_candidate = Candidate(arch=dict(ta.arch), proxy_scores={}, est_latency_ms=ta.latency_ms,
+    corrected = correction * student.est_latency_ms
+    ta = widen_to_assistant(space, student.arch, teacher, latency_fn=_scaled(latency_fn, correction),
+                            max_latency_ms=max(teacher_latency_ms, corrected), factors=ta_factors,
+                            example=example, round_to=round_to, student_latency_ms=corrected)
+    ta_candidate = Candidate(arch=dict(ta.arch), proxy_scores={}, est_latency_ms=float(latency_fn(ta.model)),
                              trial_number=student.trial_number, params=P.count_params(ta.model),
                              macs=P.count_macs(ta.model, example[:1]))
     return dataclasses.replace(result, student=student, ta=ta_candidate)

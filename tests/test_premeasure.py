@@ -169,6 +169,21 @@ def test_a_damaged_saved_check_is_measured_again(searched, teacher, digits8, tmp
     assert "unreadable" in caplog.text and json.loads((tmp_path / RECORD_NAME).read_text())["record"]
 
 
+def test_a_candidate_that_cannot_be_measured_is_one_warning_line(searched, teacher, digits8, tmp_path,
+                                                                 caplog) -> None:
+    class FailsOnStudent(Bench):
+        def __call__(self, module, name):
+            if name == f"candidate-{searched.student.trial_number}":
+                raise RuntimeError("export failed\nsecond line")
+            return super().__call__(module, name)
+
+    verified = check(searched, teacher, digits8, tmp_path, FailsOnStudent())
+    assert verified.record["searched_trial"] == searched.student.trial_number and verified.record["reselected"]
+    assert [c["role"] for c in verified.record["checked"]][0] == "candidate"
+    lines = [r.getMessage() for r in caplog.records if "could not be measured" in r.getMessage()]
+    assert len(lines) == 1 and "second line" not in lines[0] and not caplog.records[0].exc_info
+
+
 def test_sizes_the_user_fixed_are_measured_not_replanned(searched, teacher, digits8, tmp_path) -> None:
     verified = check(searched, teacher, digits8, tmp_path, sizes=(1.0, 0.5))
     assert [n for n, _ in verified.sizes] == ["w100", "w050"] and not verified.record["sizes_replanned"]
