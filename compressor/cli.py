@@ -156,6 +156,11 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-models", type=int, metavar="N",
                    help="models timed (once per machine, then cached) to fit the host latency predictor "
                         "(default 40)")
+    p.add_argument("--verify-top", type=int, metavar="N",
+                   help="before distillation, export and time (untrained, a few seconds) the N best in-budget "
+                        "search candidates and the planned nested sizes on the profile, and re-select when a "
+                        "measurement misses the budget the prediction met (default 3; 0 = off; skipped on a "
+                        "predicted-only profile). e.g. --verify-top 5")
     p.add_argument("--int8", action="store_true", default=None,
                    help="also write an INT8 ONNX model per size (static quantization, reported next to fp32)")
     p.add_argument("--formats", metavar="NAME,...",

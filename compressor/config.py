@@ -71,6 +71,7 @@ class CompressConfig:
     formats: tuple[str, ...] = ("onnx",)  # also write each size as: ort, openvino, executorch
     progress: bool = True
     calibration_models: int = 40  # models timed once per machine to fit the host latency predictor
+    verify_top: int = 3  # search candidates measured untrained before distillation (`premeasure`); 0 = off
     license: str | None = None  # the teacher's licence, stated in the model cards (a Hub id such as apache-2.0)
     mlflow: str | None = None  # MLflow tracking URI: the finished run is logged there (`tracking`)
     device: str = "cpu"  # where search proxies and distillation run: cpu, cuda, or auto (cuda where there is one)
@@ -206,6 +207,8 @@ def resolve_config(file_values: Mapping[str, Any], cli_values: Mapping[str, Any]
     for key in ("epochs", "batch_size", "trials", "calibration_models"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be at least 1, got {getattr(cfg, key)}")
+    if cfg.verify_top < 0:
+        raise ConfigError(f"verify_top must be 0 (off) or more, got {cfg.verify_top}")
     if cfg.image_size < 4:
         raise ConfigError(f"image_size must be at least 4, got {cfg.image_size}")
     _check_components(cfg)

@@ -302,6 +302,13 @@ _MANIFEST = _Obj(
                                            "est_latency_ms": _Null(_NUM)},
                                  optional={"params": _INT, "macs": _INT, "trial_number": _INT})),
             "storage": _STR,
+            # measured before training (`premeasure`): each candidate and nested size checked, or why skipped
+            "verified": _Obj(required={}, optional={
+                "checked": _List(_Obj(required={"name": _STR, "role": _STR, "predicted_ms": _NUM,
+                                                "measured_ms": _NUM, "error": _Null(_NUM), "fits": _BOOL},
+                                      optional={"trial_number": _Null(_INT), "spread_ms": _NUM, "plan": _INT})),
+                "reselected": _BOOL, "skipped": _STR,
+            }),
         }),
         "training": _Obj(required={}, optional={
             "history": _List(_Obj(required={"epoch": _INT}, optional={

@@ -3,6 +3,7 @@
     intake     load the profiles, the data and the teacher; open the run folder
     teacher    the teacher's accuracy and latency on every profile; resolve the budget
     search     students and their TA ranked without training (``nested`` only)
+    premeasure the pick, the next-best candidates and the planned sizes timed untrained; re-selected on a miss
     distill    the nested family in one run (``nested``) or fixed widths (``skeleton``)
     export     ONNX (parity-checked), TorchScript, INT8, edge formats and TensorRT per size; accuracy; latency
     select     the most accurate size that fits (`pick.rank`), re-measured in a fresh process
@@ -40,7 +41,7 @@ from . import prune as P
 from .budget import Budget
 from .config import CompressConfig
 from .device import resolve_device
-from .distill import DistillConfig, choose_sizes, size_name, train_family
+from .distill import DistillConfig, size_name, train_family
 from .distill.checkpoint import load_checkpoint
 from .distill.single import KDConfig, distill_single
 from .errors import (
@@ -79,6 +80,7 @@ from .intake.zoo import is_zoo_name
 from .journal import Journal
 from .manifest import MANIFEST_NAME, relative_path, write_manifest
 from .pick import options_from, rank
+from .premeasure import Verified, plan_sizes, premeasure
 from .progress import Progress
 from .ranks import Ranks, from_env, peers_watched, process_group
 from .record import (
@@ -92,7 +94,7 @@ from .record import (
     to_manifest,
 )
 from .report import model_card_filename, print_summary, write_report
-from .search import SearchConfig, build_arch, run_search
+from .search import SearchConfig, run_search
 from .search.study import shown
 from .serving import write_serving_files
 from .tasks.base import Task
@@ -195,11 +197,15 @@ def run_classification(task: Task, cfg: CompressConfig, console: Console, held: 
         with clock("search"):
             searched = stage_search(teacher, data, profile, predictors[profile.name], budget, teacher_rec, cfg,
                                     run_dir, progress)
+        with clock("premeasure"):
+            checked = stage_premeasure(searched, teacher, data, profile, predictors[profile.name], budget,
+                                       teacher_rec, cfg, run_dir, progress)
         with clock("distill"):
-            servables, search_info, training = stage_nested(searched, teacher, data, profile,
+            servables, search_info, training = stage_nested(checked.result, teacher, data, profile,
                                                             predictors[profile.name], budget, cfg, run_dir,
-                                                            progress, ranks)
+                                                            progress, ranks, sizes=checked.sizes)
         search_info["seconds"] = clock.seconds["search"]
+        search_info["verified"] = checked.record
     with clock("export"):
         sizes, reused = stage_export(servables, teacher, data, budget, profiles, predictors, cfg, run_dir,
                                      progress)
@@ -442,22 +448,32 @@ def stage_search(teacher: Teacher, data: DataSplits, profile: HardwareProfile, p
                               "predictor": predictor.to_dict() if hasattr(predictor, "to_dict") else None})
 
 
+def stage_premeasure(result: SearchResult, teacher: Teacher, data: DataSplits, profile: HardwareProfile,
+                     predictor: Any, budget: Budget, teacher_rec: TeacherRecord, cfg: CompressConfig, run_dir: Path,
+                     progress: Progress) -> Verified:
+    """The search's pick and the TA's planned sizes measured untrained before distillation
+    (`premeasure`); a pick whose measurement misses the budget is replaced there."""
+    teacher_lat = teacher_rec.latency.get(profile.name)
+    scfg = search_config(cfg, teacher, profile)
+    return premeasure(result, teacher, data.x_train[:2], profile=profile,
+                      latency_fn=predicted_latency(predictor, teacher.spec.shape), budget=budget, top=cfg.verify_top,
+                      teacher_latency_ms=teacher_lat.value() if teacher_lat else float("inf"),
+                      round_to=profile.round_to, ta_factors=scfg.ta_factors, fixed_sizes=cfg.sizes,
+                      search_dir=run_dir / "search", resume=cfg.resume, progress=progress)
+
+
 def stage_nested(result: SearchResult, teacher: Teacher, data: DataSplits, profile: HardwareProfile,
                  predictor: Any, budget: Budget, cfg: CompressConfig, run_dir: Path, progress: Progress,
-                 ranks: Ranks | None = None) -> tuple[list[Servable], dict[str, Any], dict[str, Any]]:
+                 ranks: Ranks | None = None,
+                 sizes: list[tuple[str, Any]] | None = None) -> tuple[list[Servable], dict[str, Any], dict[str, Any]]:
     """Widen the searched student into its TA and train the nested family in one run
-    (under torchrun, with every other rank: `ranks` is rank 0's place)."""
+    (under torchrun, with every other rank: `ranks` is rank 0's place). `sizes`: as planned and
+    measured before training (`stage_premeasure`); None plans them here from the predictor."""
     latency_fn = predicted_latency(predictor, teacher.spec.shape)
     _seed_everything(cfg.seed)
-    ta = build_arch(result.ta.arch, teacher)
-    example = data.x_train[:2]
-    groups = P.channel_groups(ta, example)
-    order = P.importance_order(ta, example, groups)
-    if cfg.sizes:
-        sizes = [(size_name(r), float(r)) for r in sorted(set(cfg.sizes), reverse=True)]
-    else:
-        sizes = choose_sizes(ta, example, groups, order, latency_fn, budget.ms, n=4,
-                             student_ratio=result.ta.arch.get("student_ratio"), round_to=profile.round_to)
+    nest = plan_sizes(result.ta.arch, teacher, data.x_train[:2], latency_fn, budget.ms, profile.round_to,
+                      cfg.sizes, sizes=sizes)
+    ta, groups, order, sizes = nest.ta, nest.groups, nest.order, nest.sizes
     dcfg = DistillConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed, round_to=profile.round_to,
                          extra_losses=cfg.loss_weights, **_recipe(result.ta.arch))
     device = resolve_device(cfg.device, ranks.local_rank if ranks else None)

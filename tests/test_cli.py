@@ -78,6 +78,7 @@ def test_existing_run_is_never_overwritten(tmp_path, tiny_teacher_files, capsys)
     (["--profile", "no-such-profile"], "no-such-profile"),
     (["--out", "UNWRITABLE"], "cannot write"),
     (["--config", "BADCONFIG"], "unknown key"),
+    (["--verify-top", "-1"], "verify_top must be 0 (off) or more"),
 ])
 def test_bad_input_is_one_line(args, match, tmp_path, tiny_teacher_files, capsys):
     import numpy as np
@@ -148,6 +149,10 @@ def test_nested_run_end_to_end_and_resume(tmp_path, tiny_teacher_files, capsys):
     assert params[0] < params[-1]  # nested sizes really are smaller dense models
     assert m["search"]["n_trials"] >= 4 and m["search"]["pareto"]
     assert m["training"]["history"]
+    # the searched student and the sizes were measured untrained before training (premeasure)
+    checked = m["search"]["verified"]["checked"]
+    assert {c["role"] for c in checked} >= {"student", "size"} and "reselected" in m["search"]["verified"]
+    assert all(c["measured_ms"] > 0 and c["predicted_ms"] > 0 for c in checked)
     first = (out / "manifest.json").read_text()
     # a second invocation without --resume refuses; with --resume it completes from what is there
     assert main(args) == EXIT_USAGE
@@ -155,6 +160,7 @@ def test_nested_run_end_to_end_and_resume(tmp_path, tiny_teacher_files, capsys):
     m2 = read_manifest(out)
     assert m2["search"]["n_trials"] == m["search"]["n_trials"]  # no trial was redone
     assert len(m2["training"]["history"]) == len(m["training"]["history"])  # no epoch was redone
+    assert m2["search"]["verified"] == m["search"]["verified"]  # the check before training was reused, not redone
     assert json.loads(first)["teacher"]["sha256"] == m2["teacher"]["sha256"]
 
 

@@ -334,6 +334,19 @@ def files_with_card(model: Mapping[str, Any]) -> list[tuple[str, str, str | None
     return entries
 
 
+def _premeasure_detail(verified: Mapping[str, Any]) -> str:
+    """What the check before training did: how many networks it timed, and what it changed."""
+    if "skipped" in verified:
+        return f"skipped: {verified['skipped']}"
+    checked = verified.get("checked") or []
+    if not checked:
+        return ""
+    changed = [what for what, done in (("student re-selected", verified.get("reselected")),
+                                       ("sizes re-planned", verified.get("sizes_replanned"))) if done]
+    return f"{len(checked)} candidates and sizes timed untrained before training" + \
+        (f" ({', '.join(changed)})" if changed else "")
+
+
 def time_rows(manifest: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
     """(stage, seconds, share of the run, what it did): where the run's wall time went."""
     stages: Mapping[str, float] = manifest.get("stages") or {}
@@ -346,6 +359,7 @@ def time_rows(manifest: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
         "search": f"{search['n_trials']} candidates ranked without training"
                   + (f", {1000 * stages['search'] / search['n_trials']:.0f} ms each"
                      if search.get("n_trials") and stages.get("search") else "") if "n_trials" in search else "",
+        "premeasure": _premeasure_detail(search.get("verified") or {}),
         "distill": f"{epochs} epochs of nested distillation, {training['train_seconds'] / epochs:.1f} s each"
                    if epochs and training.get("train_seconds") else "",
         "students": "; ".join(part for part in (  # manifests written before search and distill were apart

@@ -1,0 +1,198 @@
+"""Measure before committing: the search's pick and the nested sizes timed untrained, re-selected on a miss.
+
+Timing is replaced by a stand-in (`Bench`: latency from MACs), and the search's predictor is
+that same figure divided by 3, so the predictor is wrong by a known factor and every decision
+is deterministic."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from compressor import prune as P
+from compressor.budget import Budget
+from compressor.config import resolve_config
+from compressor.errors import ConfigError
+from compressor.hardware import load_profile
+from compressor.intake.lift import lift_exported
+from compressor.premeasure import RECORD_NAME, premeasure
+from compressor.progress import Progress
+from compressor.search import SearchConfig, build_arch, run_search
+from compressor.types import InputSpec, LatencyReport, Teacher
+from tiny_models import TinyResidual, randomise_bn
+
+BUDGET = Budget(4.0, "4ms", "host-cpu-1t")
+SHAPE = (1, 8, 8)
+
+
+def true_ms(module: torch.nn.Module) -> float:
+    """What the stand-in 'hardware' measures: 1 ms per 100k MACs."""
+    return P.count_macs(module, torch.zeros(1, *SHAPE)) / 1e5
+
+
+def predicted_ms(module: torch.nn.Module) -> float:
+    """A deliberately wrong predictor: three times too optimistic."""
+    return true_ms(module) / 3
+
+
+class Bench:
+    """Stands in for exporting and timing an untrained network; remembers what it timed.
+
+    It measures `true_ms`; with `candidates_as_predicted`, search candidates measure what the
+    predictor says (only the nested sizes are off)."""
+
+    def __init__(self, candidates_as_predicted: bool = False) -> None:
+        self.timed: list[str] = []
+        self.candidates_as_predicted = candidates_as_predicted
+
+    def __call__(self, module: torch.nn.Module, name: str) -> LatencyReport:
+        self.timed.append(name)
+        as_predicted = self.candidates_as_predicted and name.startswith("candidate-")
+        ms = predicted_ms(module) if as_predicted else true_ms(module)
+        return LatencyReport(profile="host-cpu-1t", stat="p50", p50_ms=ms, p90_ms=ms, p99_ms=ms, mean_ms=ms,
+                             std_ms=0.0, cov=0.0, samples=30, measured=True)
+
+
+@pytest.fixture(scope="module")
+def teacher() -> Teacher:
+    torch.manual_seed(0)
+    model = randomise_bn(TinyResidual()).eval()
+    ep = torch.export.export(model, (torch.randn(2, *SHAPE),), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    return Teacher(lift_exported(ep.module())[0], InputSpec(SHAPE, 10), "test", "module", "sha")
+
+
+@pytest.fixture(scope="module")
+def searched(teacher, digits8, tmp_path_factory):
+    """A search judged on the wrong predictor: its pick is predicted within 4 ms but measures about 3x that."""
+    return run_search(teacher, digits8, latency_fn=predicted_ms, budget=BUDGET, teacher_latency_ms=10.0,
+                      config=SearchConfig(spaces=("cnn",), n_trials=10, batch_size=16, reference_pool=3,
+                                          population_size=4),
+                      run_dir=tmp_path_factory.mktemp("search"))
+
+
+def check(result, teacher, digits8, folder: Path, bench=None, *, top: int = 3, resume: bool = False,
+          profile: str = "host-cpu-1t", sizes=None):
+    with Progress(enabled=False) as progress:
+        return premeasure(result, teacher, digits8.x_train[:2], profile=load_profile(profile),
+                          latency_fn=predicted_ms, budget=BUDGET, top=top, teacher_latency_ms=10.0, round_to=8,
+                          ta_factors=(2.0, 1.5, 1.25), fixed_sizes=sizes, search_dir=folder, resume=resume,
+                          progress=progress, measure=bench or Bench())
+
+
+def test_the_setup_makes_the_searched_student_miss_when_measured(searched, teacher) -> None:
+    student = build_arch(searched.student.arch, teacher)
+    assert searched.feasible and predicted_ms(student) <= BUDGET.ms < true_ms(student)
+
+
+def test_a_pick_that_misses_when_measured_is_replaced_by_the_best_that_fits(searched, teacher, digits8,
+                                                                            tmp_path) -> None:
+    bench = Bench()
+    verified = check(searched, teacher, digits8, tmp_path, bench)
+    chosen = verified.result.student
+    assert chosen.trial_number != searched.student.trial_number and verified.record["reselected"]
+    assert true_ms(build_arch(chosen.arch, teacher)) <= BUDGET.ms
+    # the best-scoring candidate that fits: every candidate checked before it missed
+    cands = [c for c in verified.record["checked"] if c["role"] != "size"]
+    assert cands[0]["name"] == "student" and not cands[0]["fits"]
+    first_fit = next(c for c in cands if c["fits"])
+    assert first_fit["trial_number"] == chosen.trial_number == verified.record["chosen_trial"]
+    # a new TA was widened from the chosen student, and it nests it
+    assert verified.result.ta.trial_number == chosen.trial_number and verified.result.ta.arch["student_ratio"]
+    assert verified.result.ta.arch != searched.ta.arch
+    assert any(n.startswith("candidate-") for n in bench.timed) and any(n.startswith("size-") for n in bench.timed)
+
+
+def test_nested_sizes_that_miss_are_planned_again_until_those_meant_to_fit_do(searched, teacher, digits8,
+                                                                              tmp_path) -> None:
+    """The searched student measures as predicted (kept); the TA's sizes measure 3x their prediction."""
+    verified = check(searched, teacher, digits8, tmp_path, Bench(candidates_as_predicted=True))
+    record = verified.record
+    assert not record["reselected"] and verified.result == searched
+    scale = record["size_scale"]
+    last = max(c["plan"] for c in record["checked"] if c["role"] == "size")
+    final = [c for c in record["checked"] if c["role"] == "size" and c["plan"] == last]
+    assert [c["name"] for c in final] == [n for n, _ in verified.sizes]
+    meant = [c for c in final if scale * c["predicted_ms"] <= BUDGET.ms]
+    assert meant and all(c["fits"] for c in meant)
+    # the 3x optimistic predictor first planned sizes that missed; they were planned again, scaled
+    assert record["sizes_replanned"] and scale == pytest.approx(3.0, rel=0.01) and last >= 1
+    first_plan = [c for c in record["checked"] if c["role"] == "size" and c["plan"] == 0]
+    assert any(c["predicted_ms"] <= BUDGET.ms and not c["fits"] for c in first_plan)
+    assert len(final) >= 3 and final[-1]["fits"] and not final[0]["fits"]  # from the TA down to under the budget
+
+
+def test_the_record_holds_predicted_measured_and_error_per_check(searched, teacher, digits8, tmp_path) -> None:
+    record = check(searched, teacher, digits8, tmp_path).record
+    assert record["profile"] == "host-cpu-1t" and record["timing"]["repeats"] > 0 and record["seconds"] >= 0
+    assert {c["role"] for c in record["checked"]} == {"student", "candidate", "size"}
+    for c in record["checked"]:
+        assert c["predicted_ms"] == pytest.approx(c["measured_ms"] / 3)
+        assert c["error"] == pytest.approx((c["predicted_ms"] - c["measured_ms"]) / c["measured_ms"])
+        assert c["error"] == pytest.approx(-2 / 3) and c["fits"] == (c["measured_ms"] <= BUDGET.ms)
+    saved = json.loads((tmp_path / RECORD_NAME).read_text())
+    assert saved["record"]["checked"] == record["checked"]
+
+
+def test_a_predicted_only_profile_skips_the_step_and_says_so(searched, teacher, digits8, tmp_path,
+                                                             predicted_profile) -> None:
+    bench = Bench()
+    verified = check(searched, teacher, digits8, tmp_path, bench, profile=predicted_profile)
+    assert verified.result == searched and verified.sizes is None and not bench.timed
+    assert "predicted only" in verified.record["skipped"] and "checked" not in verified.record
+
+
+def test_verify_top_zero_turns_the_step_off(searched, teacher, digits8, tmp_path) -> None:
+    bench = Bench()
+    verified = check(searched, teacher, digits8, tmp_path, bench, top=0)
+    assert verified.result == searched and verified.sizes is None and not bench.timed
+    assert "turned off" in verified.record["skipped"]
+
+
+def test_resume_reuses_the_saved_check_without_measuring(searched, teacher, digits8, tmp_path) -> None:
+    first = check(searched, teacher, digits8, tmp_path)
+
+    class Refuses(Bench):
+        def __call__(self, module, name):
+            raise AssertionError("a resumed run must not measure again")
+
+    again = check(searched, teacher, digits8, tmp_path, Refuses(), resume=True)
+    assert again.result == first.result and again.sizes == first.sizes and again.record == first.record
+
+
+def test_a_damaged_saved_check_is_measured_again(searched, teacher, digits8, tmp_path, caplog) -> None:
+    (tmp_path / RECORD_NAME).write_text("{not json")
+    bench = Bench()
+    verified = check(searched, teacher, digits8, tmp_path, bench, resume=True)
+    assert bench.timed and verified.record["reselected"]
+    assert "unreadable" in caplog.text and json.loads((tmp_path / RECORD_NAME).read_text())["record"]
+
+
+def test_a_candidate_that_cannot_be_measured_is_one_warning_line(searched, teacher, digits8, tmp_path,
+                                                                 caplog) -> None:
+    class FailsOnStudent(Bench):
+        def __call__(self, module, name):
+            if name == f"candidate-{searched.student.trial_number}":
+                raise RuntimeError("export failed\nsecond line")
+            return super().__call__(module, name)
+
+    verified = check(searched, teacher, digits8, tmp_path, FailsOnStudent())
+    assert verified.record["searched_trial"] == searched.student.trial_number and verified.record["reselected"]
+    assert [c["role"] for c in verified.record["checked"]][0] == "candidate"
+    lines = [r.getMessage() for r in caplog.records if "could not be measured" in r.getMessage()]
+    assert len(lines) == 1 and "second line" not in lines[0] and not caplog.records[0].exc_info
+
+
+def test_sizes_the_user_fixed_are_measured_not_replanned(searched, teacher, digits8, tmp_path) -> None:
+    verified = check(searched, teacher, digits8, tmp_path, sizes=(1.0, 0.5))
+    assert [n for n, _ in verified.sizes] == ["w100", "w050"] and not verified.record["sizes_replanned"]
+    assert [c["name"] for c in verified.record["checked"] if c["role"] == "size"] == ["w100", "w050"]
+
+
+def test_verify_top_is_an_option_checked_up_front() -> None:
+    base = {"teacher": "t.pt", "budget": "1ms"}
+    assert resolve_config({}, base).verify_top == 3
+    assert resolve_config({"verify_top": 0}, base).verify_top == 0
+    with pytest.raises(ConfigError, match="verify_top"):
+        resolve_config({}, {**base, "verify_top": -1})
