@@ -32,9 +32,9 @@ from compressor.hardware import (  # noqa: E402
     layer_costs,
     load_profile,
     measure_onnx,
+    quick_timing,
     sample_candidates,
 )
-from compressor.hardware.predict import calibration_timing  # noqa: E402
 from compressor.hardware._onnx import export_for_timing  # noqa: E402
 from compressor.hardware.backends import cpu_channel_block  # noqa: E402
 from compressor.hardware.predict import _nnls_relative  # noqa: E402
@@ -90,8 +90,8 @@ def main() -> int:
     y_cal = np.array(measure_all([m for _, m in cal], profile, "calibration"))
     t_full = time.perf_counter() - t_full
     predictor = LatencyPredictor().fit([m for _, m in cal], list(y_cal), SHAPE, profile)
-    # the same models timed as `compress` times a calibration (calibration_timing: ~15 runs each)
-    light = calibration_timing(profile)
+    # the same models timed as `compress` times a calibration (hardware.quick_timing: ~20 runs each)
+    light = quick_timing(profile)
     t_light = time.perf_counter()
     y_light = np.array(measure_all([m for _, m in cal], light, "calibration, light timing"))
     t_light = time.perf_counter() - t_light

@@ -39,7 +39,7 @@ from .budget import Budget
 from .distill import Ratio, SizeSpec, choose_sizes, size_name
 from .export import export_onnx
 from .files import first_line, write_json
-from .hardware import is_measurable, latency_report, override_profile, unavailable_reason
+from .hardware import QUICK_TIMING, is_measurable, latency_report, quick_timing, unavailable_reason
 from .progress import Progress
 from .search import SPACES, build_arch
 from .search.assistant import widen_to_assistant
@@ -48,9 +48,6 @@ from .types import Candidate, HardwareProfile, LatencyReport, SearchResult, Teac
 log = logging.getLogger(__name__)
 
 RECORD_NAME = "verified.json"  # in the run's search folder
-# A short timing setting: the decision needs the figure within a few per cent, not the
-# export stage's p99-grade series, and it is paid before every training run.
-QUICK_TIMING = {"warmup_runs": 3, "warmup_seconds": 0.05, "repeats": 30, "min_seconds": 0.1}
 # Re-planning the nested sizes with a corrected predictor converges in one round when the
 # error is a constant factor; a few more cover an error that grows with width.
 _MAX_REPLANS = 3
@@ -139,8 +136,8 @@ def _ratio(c: Checked) -> float:
 def quick_measure(profile: HardwareProfile, shape: Sequence[int], example: torch.Tensor,
                   folder: Path) -> MeasureFn:
     """Export an untrained network to ONNX and time it on `profile` the way the export stage
-    does (`latency_report`), under `QUICK_TIMING`."""
-    quick = override_profile(profile, **QUICK_TIMING)
+    does (`latency_report`), under the quick timing (`hardware.quick_timing`)."""
+    quick = quick_timing(profile)
 
     def measure(module: nn.Module, name: str) -> LatencyReport:
         onnx = export_onnx(module.eval(), example, folder / f"{name}.onnx", slim=False)
@@ -180,7 +177,8 @@ def premeasure(result: SearchResult, teacher: Teacher, example: torch.Tensor, *,
             verified = _check(result, teacher, example, latency_fn=latency_fn, budget=budget, top=top,
                               teacher_latency_ms=teacher_latency_ms, round_to=round_to, ta_factors=ta_factors,
                               fixed_sizes=fixed_sizes, measure=fn)
-        verified.record.update(profile=profile.name, timing=dict(QUICK_TIMING),
+        quick = quick_timing(profile)
+        verified.record.update(profile=profile.name, timing={k: getattr(quick, k) for k in QUICK_TIMING},
                                seconds=round(time.perf_counter() - started, 3))
     _save(path, verified, result)
     progress.log(f"measured before training: {_summary(verified.record)}")

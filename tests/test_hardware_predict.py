@@ -24,7 +24,8 @@ from compressor.hardware import (
     roofline_ms,
     sample_candidates,
 )
-from compressor.hardware.predict import CACHE_ENV, FEATURES, cache_dir, calibration_timing, cost_features
+from compressor.hardware import quick_timing
+from compressor.hardware.predict import CACHE_ENV, FEATURES, cache_dir, cost_features
 from compressor.types import DeviceSpec, HardwareProfile
 
 SHAPE = (1, 8, 8)
@@ -270,11 +271,11 @@ def test_candidates_are_distinct_and_buildable_for_1d_inputs() -> None:
 def test_calibration_times_each_model_lightly_but_never_longer_than_the_profile(
         calibrated: tuple[LatencyPredictor, Path], quick_cpu: HardwareProfile) -> None:
     profile = load_profile("host-cpu-1t")
-    light = calibration_timing(profile)
+    light = quick_timing(profile)
     assert light.repeats < profile.repeats and light.min_seconds < profile.min_seconds
     assert light.warmup_seconds < profile.warmup_seconds
     assert (light.name, light.backend, light.threads, light.stat) == (profile.name, profile.backend,
                                                                       profile.threads, profile.stat)
-    assert calibration_timing(quick_cpu).min_seconds == quick_cpu.min_seconds == 0.0  # a shorter setting stays
+    assert quick_timing(quick_cpu).min_seconds == quick_cpu.min_seconds == 0.0  # a shorter setting stays
     predictor, _ = calibrated
     assert predictor.info["timing"]["repeats"] == min(quick_cpu.repeats, light.repeats)

@@ -66,6 +66,7 @@ from ..faults import crash_point
 from ..files import first_line, write_json
 from ..types import HardwareProfile, LatencyReport
 from .layers import LayerCost, layer_costs
+from .profiles import QUICK_TIMING, quick_timing
 
 __all__ = [
     "CACHE_ENV",
@@ -75,7 +76,6 @@ __all__ = [
     "RooflinePredictor",
     "cache_dir",
     "calibration_key",
-    "calibration_timing",
     "cost_features",
     "predict_latency",
     "predictor_for",
@@ -152,21 +152,6 @@ def calibration_key(profile: HardwareProfile, input_shape: Sequence[int]) -> dic
             "input_shape": [int(d) for d in input_shape],
             # OpenVINO profiles time with OpenVINO: a new release is a new calibration (ORT keys stay as they were)
             **({"openvino_version": _openvino_version()} if profile.backend == "openvino-cpu" else {})}
-
-
-# How each calibration model is timed: far shorter than a profile's own setting, which is made
-# for the figures a user reads (p99 over >= 100 runs). A fit needs each model's median only, and
-# the median of 15 runs is within a few per cent of the median of 100+ (benchmarks/results/
-# latency_predictor.md compares the held-out error of both); the 40 models' timings then take
-# seconds instead of the half-minute that made calibration the first run's slowest stage.
-_LIGHT_TIMING = {"warmup_runs": 3, "warmup_seconds": 0.02, "repeats": 15, "min_seconds": 0.05}
-
-
-def calibration_timing(profile: HardwareProfile) -> HardwareProfile:
-    """`profile` with the light timing a calibration model gets (never longer than the profile's)."""
-    from .profiles import override_profile
-
-    return override_profile(profile, **{k: min(v, getattr(profile, k)) for k, v in _LIGHT_TIMING.items()})
 
 
 def _openvino_version() -> str | None:
@@ -257,7 +242,7 @@ class LatencyPredictor:
         key = calibration_key(profile, input_shape)
         latencies = _read_partial(partial, key, len(modules))
         resumed = len(latencies)
-        timing = calibration_timing(profile)
+        timing = quick_timing(profile)  # a fit needs each model's median, not its p99
         with tempfile.TemporaryDirectory(prefix="compressor-calib-") as tmp:
             for i, m in enumerate(modules[resumed:], start=resumed):
                 if profile.backend == "torch-cuda":
@@ -272,7 +257,7 @@ class LatencyPredictor:
                 crash_point("calibration")
         fitted = self.fit(list(modules), latencies, input_shape, profile)
         fitted.info["resumed_from_model"] = resumed
-        fitted.info["timing"] = {k: getattr(timing, k) for k in _LIGHT_TIMING}
+        fitted.info["timing"] = {k: getattr(timing, k) for k in QUICK_TIMING}
         return fitted
 
     # -- predicting
