@@ -137,10 +137,10 @@ def _ratio(c: Checked) -> float:
 # ---------------------------------------------------------------------------- measuring
 
 def quick_measure(profile: HardwareProfile, shape: Sequence[int], example: torch.Tensor,
-                  folder: Path) -> MeasureFn:
+                  folder: Path, timing: Mapping[str, Any] = QUICK_TIMING) -> MeasureFn:
     """Export an untrained network to ONNX and time it on `profile` the way the export stage
-    does (`latency_report`), under `QUICK_TIMING`."""
-    quick = override_profile(profile, **QUICK_TIMING)
+    does (`latency_report`), under `timing` (`QUICK_TIMING` unless told)."""
+    quick = override_profile(profile, **timing)
 
     def measure(module: nn.Module, name: str) -> LatencyReport:
         onnx = export_onnx(module.eval(), example, folder / f"{name}.onnx", slim=False)
