@@ -251,8 +251,8 @@ def _summary(record: Mapping[str, Any]) -> str:
     rows, fit = record.get("timed", []), record.get("fit_error", {})
     students = sum(r["name"] != "teacher" for r in rows)
     who = f"{students} student(s)" + (" and the teacher" if any(r["name"] == "teacher" for r in rows) else "")
-    loo = (f", {fit['median_abs_leave_one_out']:.0%} on each left out"
+    loo = (f", {fit['median_abs_leave_one_out']:.0%} on each one left out of the fit"
            if "median_abs_leave_one_out" in fit else "")
     return (f"{who} timed; the host predictor was {fit.get('bias_before', 0):+.0%} off, corrected "
-            f"({record.get('method')}) x{record.get('scale', 1):.2f}: median error "
-            f"{fit.get('median_abs_after', 0):.0%}{loo}")
+            f"({record.get('method')}) x{record.get('scale', 1):.2f}: now within "
+            f"{fit.get('median_abs_after', 0):.0%} (median){loo}")
