@@ -161,6 +161,11 @@ def _run_parser() -> argparse.ArgumentParser:
                         "search candidates and the planned nested sizes on the profile, and re-select when a "
                         "measurement misses the budget the prediction met (default 3; 0 = off; skipped on a "
                         "predicted-only profile). e.g. --verify-top 5")
+    p.add_argument("--anchor-students", type=int, metavar="N",
+                   help="before the search, export and time (untrained, seconds) N students cut from the teacher "
+                        "at spread-out sizes, and correct the latency predictor on them and the teacher: zoo "
+                        "operator mixes (SE, concat, attention) run slower than it predicts (default 4, at most 6; "
+                        "0 = off; skipped on a predicted-only profile)")
     p.add_argument("--int8", action="store_true", default=None,
                    help="also write an INT8 ONNX model per size (static quantization, reported next to fp32)")
     p.add_argument("--formats", metavar="NAME,...",

@@ -72,6 +72,7 @@ class CompressConfig:
     progress: bool = True
     calibration_models: int = 40  # models timed once per machine to fit the host latency predictor
     verify_top: int = 3  # search candidates measured untrained before distillation (`premeasure`); 0 = off
+    anchor_students: int = 4  # teacher-derived students timed to correct the predictor (`anchor`); 0 = off
     license: str | None = None  # the teacher's licence, stated in the model cards (a Hub id such as apache-2.0)
     mlflow: str | None = None  # MLflow tracking URI: the finished run is logged there (`tracking`)
     device: str = "cpu"  # where search proxies and distillation run: cpu, cuda, or auto (cuda where there is one)
@@ -209,6 +210,8 @@ def resolve_config(file_values: Mapping[str, Any], cli_values: Mapping[str, Any]
             raise ConfigError(f"{key} must be at least 1, got {getattr(cfg, key)}")
     if cfg.verify_top < 0:
         raise ConfigError(f"verify_top must be 0 (off) or more, got {cfg.verify_top}")
+    if not 0 <= cfg.anchor_students <= len(_anchor_plan()):
+        raise ConfigError(f"anchor_students must be 0 (off) to {len(_anchor_plan())}, got {cfg.anchor_students}")
     if cfg.image_size < 4:
         raise ConfigError(f"image_size must be at least 4, got {cfg.image_size}")
     _check_components(cfg)
@@ -253,3 +256,9 @@ def _check_components(cfg: CompressConfig) -> None:
         LOSSES.get(name)
         if weight <= 0:
             raise ConfigError(f"loss {name}: weight must be positive, got {weight:g}")
+
+
+def _anchor_plan() -> tuple:
+    from .anchor import PLAN
+
+    return PLAN

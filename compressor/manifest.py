@@ -309,6 +309,14 @@ _MANIFEST = _Obj(
                                       optional={"trial_number": _Null(_INT), "spread_ms": _NUM, "plan": _INT})),
                 "reselected": _BOOL, "skipped": _STR,
             }),
+            # the predictor corrected on the teacher's operator mix (`anchor`), or why not
+            "anchor": _Obj(required={}, optional={
+                "method": _STR, "scale": _NUM, "coef": _Map(_NUM), "host_coef": _Map(_NUM),
+                "timed": _List(_Obj(required={"name": _STR, "predicted_ms": _NUM, "measured_ms": _NUM},
+                                    optional={"arch": _Null(_DICT), "corrected_ms": _NUM, "error_before": _NUM,
+                                              "error_after": _NUM})),
+                "fit_error": _Map(_NUM), "skipped": _STR, "profile": _STR,
+            }),
         }),
         "training": _Obj(required={}, optional={
             "history": _List(_Obj(required={"epoch": _INT}, optional={

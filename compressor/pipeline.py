@@ -2,6 +2,7 @@
 
     intake     load the profiles, the data and the teacher; open the run folder
     teacher    the teacher's accuracy and latency on every profile; resolve the budget
+    anchor     the latency predictor corrected on a few timed students cut from the teacher (``nested`` only)
     search     students and their TA ranked without training (``nested`` only)
     premeasure the pick, the next-best candidates and the planned sizes timed untrained; re-selected on a miss
     distill    the nested family in one run (``nested``) or fixed widths (``skeleton``)
@@ -80,6 +81,7 @@ from .intake.zoo import is_zoo_name
 from .journal import Journal
 from .manifest import MANIFEST_NAME, relative_path, write_manifest
 from .pick import options_from, rank
+from .anchor import Anchored, anchor_predictor
 from .premeasure import Verified, plan_sizes, premeasure
 from .progress import Progress
 from .ranks import Ranks, from_env, peers_watched, process_group
@@ -194,6 +196,11 @@ def run_classification(task: Task, cfg: CompressConfig, console: Console, held: 
             servables = stage_skeleton(teacher, data, profile, predictors[profile.name], budget, cfg,
                                        run_dir, progress)
     else:
+        with clock("anchor"):
+            anchored = stage_anchor(teacher, data, profile, predictors[profile.name], teacher_rec, cfg, run_dir,
+                                    progress)
+        # the search, the size planning, the check before training and the sizes' predicted figures
+        predictors = {**predictors, profile.name: anchored.predictor}
         with clock("search"):
             searched = stage_search(teacher, data, profile, predictors[profile.name], budget, teacher_rec, cfg,
                                     run_dir, progress)
@@ -205,6 +212,7 @@ def run_classification(task: Task, cfg: CompressConfig, console: Console, held: 
                                                             predictors[profile.name], budget, cfg, run_dir,
                                                             progress, ranks, sizes=checked.sizes)
         search_info["seconds"] = clock.seconds["search"]
+        search_info["anchor"] = anchored.record
         search_info["verified"] = checked.record
     with clock("export"):
         sizes, reused = stage_export(servables, teacher, data, budget, profiles, predictors, cfg, run_dir,
@@ -432,6 +440,17 @@ def search_config(cfg: CompressConfig, teacher: Teacher, profile: HardwareProfil
                           "with --spaces (e.g. --spaces cnn)")
     return SearchConfig(spaces=spaces, proxy=cfg.proxy, n_trials=cfg.trials, sampler=cfg.sampler, seed=cfg.seed,
                         round_to=profile.round_to, study_name=cfg.study, device=cfg.device)
+
+
+def stage_anchor(teacher: Teacher, data: DataSplits, profile: HardwareProfile, predictor: Any,
+                 teacher_rec: TeacherRecord, cfg: CompressConfig, run_dir: Path, progress: Progress) -> Anchored:
+    """The host predictor corrected on the teacher's own operator mix (`anchor`): a few students cut
+    from the teacher, timed untrained, and the teacher's measured latency."""
+    return anchor_predictor(teacher, predictor, data.x_train[:2], profile=profile,
+                            teacher_latency=teacher_rec.latency.get(profile.name),
+                            spaces=cfg.spaces,
+                            students=cfg.anchor_students, round_to=profile.round_to, search_dir=run_dir / "search",
+                            resume=cfg.resume, progress=progress)
 
 
 def stage_search(teacher: Teacher, data: DataSplits, profile: HardwareProfile, predictor: Any, budget: Budget,

@@ -28,7 +28,8 @@ from .budget import Budget
 from .config import _FIELDS, coerce, resolve_config
 from .errors import ConfigError
 from .hardware import load_profile
-from .hardware.predict import LatencyPredictor, predictor_for
+from .hardware.corrected import predictor_from_dict
+from .hardware.predict import predictor_for
 from .intake import load_data, load_teacher
 from .pipeline import predicted_latency, search_config
 from .progress import Progress
@@ -106,6 +107,6 @@ def join_search(storage: str, study: str, *, overrides: Mapping[str, Any] | None
 
 
 def _predictor(stored: Mapping[str, Any] | None, profile: Any, shape: tuple[int, ...], n_models: int) -> Any:
-    if stored:  # the driver's fitted cost model: the same predictions on every worker's machine
-        return LatencyPredictor(coef=stored["coef"], key=stored.get("key"), info=stored.get("info"))
+    if stored:  # the driver's fitted cost model (and its correction on the teacher): the same predictions everywhere
+        return predictor_from_dict(stored)
     return predictor_for(profile, shape, n_models=n_models)  # a datasheet roofline: the same everywhere

@@ -79,6 +79,7 @@ def test_existing_run_is_never_overwritten(tmp_path, tiny_teacher_files, capsys)
     (["--out", "UNWRITABLE"], "cannot write"),
     (["--config", "BADCONFIG"], "unknown key"),
     (["--verify-top", "-1"], "verify_top must be 0 (off) or more"),
+    (["--anchor-students", "9"], "anchor_students must be 0 (off) to 6"),
 ])
 def test_bad_input_is_one_line(args, match, tmp_path, tiny_teacher_files, capsys):
     import numpy as np
@@ -153,6 +154,11 @@ def test_nested_run_end_to_end_and_resume(tmp_path, tiny_teacher_files, capsys):
     checked = m["search"]["verified"]["checked"]
     assert {c["role"] for c in checked} >= {"student", "size"} and "reselected" in m["search"]["verified"]
     assert all(c["measured_ms"] > 0 and c["predicted_ms"] > 0 for c in checked)
+    # before the search, the predictor was corrected on the teacher and students cut from it (anchor)
+    anchor = m["search"]["anchor"]
+    assert [r["name"] for r in anchor["timed"]][0] == "teacher" and len(anchor["timed"]) >= 3
+    assert anchor["method"] == "refit" and anchor["scale"] > 0 and "median_abs_after" in anchor["fit_error"]
+    assert (out / "search" / "anchor.json").is_file() and m["stages"]["anchor"] >= 0
     first = (out / "manifest.json").read_text()
     # a second invocation without --resume refuses; with --resume it completes from what is there
     assert main(args) == EXIT_USAGE
@@ -161,6 +167,7 @@ def test_nested_run_end_to_end_and_resume(tmp_path, tiny_teacher_files, capsys):
     assert m2["search"]["n_trials"] == m["search"]["n_trials"]  # no trial was redone
     assert len(m2["training"]["history"]) == len(m["training"]["history"])  # no epoch was redone
     assert m2["search"]["verified"] == m["search"]["verified"]  # the check before training was reused, not redone
+    assert m2["search"]["anchor"] == m["search"]["anchor"]  # and so was the predictor's correction
     assert json.loads(first)["teacher"]["sha256"] == m2["teacher"]["sha256"]
 
 

@@ -57,8 +57,8 @@ def test_a_piped_run_prints_a_line_per_stage_trial_epoch_and_size(json_run):
     kinds = [ln.split()[1] for ln in stamped]
     assert kinds.count("trial") == 2 and kinds.count("epoch") == 2 and kinds.count("export") == 2
     stages = [ln.split()[2].rstrip(":") for ln in stamped if ln.split()[1] == "stage"]
-    assert stages == ["intake", "calibration", "teacher", "search", "premeasure", "distill", "export", "select",
-                      "tensorrt", "seal"]
+    assert stages == ["intake", "calibration", "teacher", "anchor", "search", "premeasure", "distill", "export",
+                      "select", "tensorrt", "seal"]
     assert any("(2/2)" in ln for ln in stamped if " epoch " in ln)
     assert not any("\x1b[" in ln for ln in lines)  # no terminal codes in a log file
 

@@ -347,6 +347,17 @@ def _premeasure_detail(verified: Mapping[str, Any]) -> str:
         (f" ({', '.join(changed)})" if changed else "")
 
 
+def _anchor_detail(anchor: Mapping[str, Any]) -> str:
+    """What correcting the predictor on the teacher's operator mix did."""
+    if "skipped" in anchor:
+        return f"skipped: {anchor['skipped']}"
+    timed, fit = anchor.get("timed") or [], anchor.get("fit_error") or {}
+    if not timed:
+        return ""
+    return (f"latency predictor corrected x{anchor.get('scale', 1):.2f} on {len(timed)} networks of the teacher's "
+            f"operator mix (median error {fit.get('median_abs_before', 0):.0%} -> {fit.get('median_abs_after', 0):.0%})")
+
+
 def time_rows(manifest: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
     """(stage, seconds, share of the run, what it did): where the run's wall time went."""
     stages: Mapping[str, float] = manifest.get("stages") or {}
@@ -359,6 +370,7 @@ def time_rows(manifest: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
         "search": f"{search['n_trials']} candidates ranked without training"
                   + (f", {1000 * stages['search'] / search['n_trials']:.0f} ms each"
                      if search.get("n_trials") and stages.get("search") else "") if "n_trials" in search else "",
+        "anchor": _anchor_detail(search.get("anchor") or {}),
         "premeasure": _premeasure_detail(search.get("verified") or {}),
         "distill": f"{epochs} epochs of nested distillation, {training['train_seconds'] / epochs:.1f} s each"
                    if epochs and training.get("train_seconds") else "",
