@@ -39,7 +39,7 @@ from bench_budget_claim import make_teacher  # noqa: E402  (teachers trained onc
 RESULTS = ROOT / "benchmarks" / "results"
 WORK = ROOT / "benchmarks" / "_work" / "pipeline_time"
 TEACHERS = {"demo": "example", "resconcat": "resconcat", "mobilenet": "mobilenet"}
-STAGES = ["intake", "calibration", "teacher", "students", "search", "distill", "export", "select", "tensorrt", "seal", "report"]
+STAGES = ["intake", "calibration", "teacher", "anchor", "students", "search", "premeasure", "distill", "export", "select", "tensorrt", "seal", "report"]
 
 
 def run_once(code: Path, teacher: Path, seed: int, out: Path, budget: str, extra: list[str]) -> dict:
