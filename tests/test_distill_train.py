@@ -173,8 +173,9 @@ _CHILD = textwrap.dedent("""
     from test_distill_train import SIZES, _nets, CountingProgress
 
     class SlowAfterCheckpoint(CountingProgress):
-        def update(self, task, **kw):  # called right after each epoch's checkpoint is written
-            if "|" in kw.get("description", ""):
+        def done(self, kind, key=None, total=None, **info):  # called right after each epoch's checkpoint
+            super().done(kind, key, total, **info)
+            if kind == "epoch":
                 time.sleep(30)
 
     d = load_data("digits", seed=0, image_size=8)
