@@ -195,13 +195,18 @@ the TA's full-width BatchNorm running statistics; they now follow the TA's train
 """
 
 
-def markdown(results: list[dict], argv: Sequence[str]) -> str:
+def machine() -> str:
+    """One line naming the CPU, the cores, torch and its threads."""
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.machine()) if Path("/proc/cpuinfo").exists() else ""
+    return (f"Machine: {cpu}, {os.cpu_count()} logical cores visible, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} thread(s).")
+
+
+def markdown(results: list[dict], argv: Sequence[str]) -> str:
     out = ["## Nested Teacher → TA → students (one run) vs independent distillation", "",
            f"Command: `{' '.join(['python', 'benchmarks/bench_nested.py', *argv])}`", "",
-           f"Machine: {cpu}, {os.cpu_count()} logical cores visible, torch {torch.__version__}, "
-           f"{torch.get_num_threads()} thread(s). Shared with other jobs: wall times are indicative.", "",
+           f"{machine()} Shared with other jobs: wall times are indicative.", "",
            "Methods (same loop, optimiser, schedule, batch 64 and ±2 shift augmentation for all):",
            *[f"- {label}" for label in METHODS.values()], "",
            "(b) and (c) train each size separately for the same number of steps as the one nested run. "
