@@ -18,11 +18,10 @@ from compressor.families import build_family
 from compressor.hardware import load_profile
 from compressor.hardware.corrected import METHODS, CorrectedPredictor, predictor_from_dict
 from compressor.hardware.predict import LatencyPredictor
-from compressor.intake.lift import lift_exported
 from compressor.progress import Progress
 from compressor.search.spaces import TeacherScaledSpace
-from compressor.types import InputSpec, LatencyReport, Teacher
-from tiny_models import TinyResidual, randomise_bn
+from compressor.types import LatencyReport, Teacher
+from tiny_models import lifted_teacher
 
 SHAPE = (1, 8, 8)
 HOST = LatencyPredictor(coef={"dense_mflops": 0.01, "grouped_mflops": 0.03, "activation_mb": 0.02,
@@ -48,10 +47,7 @@ class Bench:
 
 @pytest.fixture(scope="module")
 def teacher() -> Teacher:
-    torch.manual_seed(0)
-    model = randomise_bn(TinyResidual()).eval()
-    ep = torch.export.export(model, (torch.randn(2, *SHAPE),), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
-    return Teacher(lift_exported(ep.module())[0], InputSpec(SHAPE, 10), "test", "module", "sha")
+    return lifted_teacher()
 
 
 def anchor(teacher, digits8, folder, bench=None, *, students=4, resume=False, profile="host-cpu-1t",

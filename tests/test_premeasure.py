@@ -16,12 +16,11 @@ from compressor.budget import Budget
 from compressor.config import resolve_config
 from compressor.errors import ConfigError
 from compressor.hardware import load_profile
-from compressor.intake.lift import lift_exported
 from compressor.premeasure import RECORD_NAME, premeasure
 from compressor.progress import Progress
 from compressor.search import SearchConfig, build_arch, run_search
-from compressor.types import InputSpec, LatencyReport, Teacher
-from tiny_models import TinyResidual, randomise_bn
+from compressor.types import LatencyReport, Teacher
+from tiny_models import lifted_teacher
 
 BUDGET = Budget(4.0, "4ms", "host-cpu-1t")
 SHAPE = (1, 8, 8)
@@ -57,10 +56,7 @@ class Bench:
 
 @pytest.fixture(scope="module")
 def teacher() -> Teacher:
-    torch.manual_seed(0)
-    model = randomise_bn(TinyResidual()).eval()
-    ep = torch.export.export(model, (torch.randn(2, *SHAPE),), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
-    return Teacher(lift_exported(ep.module())[0], InputSpec(SHAPE, 10), "test", "module", "sha")
+    return lifted_teacher()
 
 
 @pytest.fixture(scope="module")

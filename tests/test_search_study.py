@@ -10,21 +10,16 @@ from optuna.trial import TrialState
 from compressor.budget import Budget
 from compressor import prune as P
 from compressor.errors import ConfigError
-from compressor.intake.lift import lift_exported
 from compressor.search import SearchConfig, build_arch, run_search
-from compressor.types import InputSpec, Teacher
-from tiny_models import TinyResidual, randomise_bn
+from compressor.types import Teacher
+from tiny_models import lifted_teacher
 
 FAST = dict(spaces=("cnn",), n_trials=6, batch_size=16, reference_pool=3, population_size=4)
 
 
 @pytest.fixture(scope="module")
 def teacher():
-    torch.manual_seed(0)
-    model = randomise_bn(TinyResidual()).eval()
-    ep = torch.export.export(model, (torch.randn(2, 1, 8, 8),),
-                             dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
-    return Teacher(lift_exported(ep.module())[0], InputSpec((1, 8, 8), 10), "test", "module", "sha")
+    return lifted_teacher()
 
 
 class MacsLatency:

@@ -40,3 +40,15 @@ def randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
             m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
             m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
     return model
+
+
+def lifted_teacher():
+    """TinyResidual (random BatchNorm statistics) exported with a dynamic batch and lifted, as the
+    pipeline holds a prunable teacher: a `Teacher` of 1x8x8 inputs and 10 classes."""
+    from compressor.intake.lift import lift_exported
+    from compressor.types import InputSpec, Teacher
+
+    torch.manual_seed(0)
+    model = randomise_bn(TinyResidual()).eval()
+    ep = torch.export.export(model, (torch.randn(2, 1, 8, 8),), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    return Teacher(lift_exported(ep.module())[0], InputSpec((1, 8, 8), 10), "test", "module", "sha")
