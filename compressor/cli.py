@@ -140,7 +140,7 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, help="architecture search trials (default 24)")
     p.add_argument("--spaces", metavar="NAME,...",
                    help="search spaces: teacher_scaled, cnn, transformer (default teacher_scaled,cnn)")
-    p.add_argument("--proxy", help="training-free proxy ranking students: ensemble (default: DisWOT+SNIP+params), diswot, snip, synflow, naswot, params, ... or a+b")
+    p.add_argument("--proxy", help="training-free proxy ranking students (default: diswot_inherited+params, DisWOT against the trained teacher rank-averaged with params); also ensemble (DisWOT+SNIP+params), diswot, snip, synflow, naswot, zico, swap, params, ... or a+b")
     p.add_argument("--sampler", help="Optuna sampler: nsga2 (default) or tpe")
     p.add_argument("--losses", metavar="NAME[:W],...",
                    help="extra distillation losses on the student-teacher term, from the loss zoo: kd, dkd, ttm, "

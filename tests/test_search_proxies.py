@@ -192,3 +192,40 @@ def test_zero_head_gradient_equals_backpropagation():
     torch.nn.functional.cross_entropy(head(h), y).backward()
     assert torch.allclose(_zero_head_gradient(h, y, 3), head.weight.grad)
 
+
+
+def test_swap_counts_distinct_sample_wise_patterns(batch, ctx):
+    from compressor.search import zero_cost
+
+    class Twins(torch.nn.Module):
+        """Two identical rectified units (one pattern), or two independent ones."""
+
+        def __init__(self, same: bool) -> None:
+            super().__init__()
+            self.same = same
+            self.fc = torch.nn.Linear(64, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.fc(x.flatten(1))
+            if self.same:
+                h = h[:, :1].expand(-1, 2)
+            return torch.relu(h)
+
+    assert zero_cost.swap(Twins(same=True), batch, ctx)["swap"] == 0.0  # log 1
+    assert zero_cost.swap(Twins(same=False), batch, ctx)["swap"] == pytest.approx(math.log(2))
+
+
+def test_inherited_diswot_compares_the_weights_the_candidate_starts_with(teacher, batch, ctx):
+    same = PROXIES.get("diswot_inherited").measure(teacher, batch, ctx)
+    assert same == {"diswot_inh_sem": 0.0, "diswot_inh_rel": 0.0}  # the trained teacher against itself
+    other = PROXIES.get("diswot_inherited").measure(_students()["cnn"], batch, ctx)
+    assert other["diswot_inh_sem"] < 0 and other["diswot_inh_rel"] < 0
+
+
+def test_stage_grams_read_four_depths(teacher, batch):
+    from compressor.search.diswot import STAGES, stage_grams
+
+    grams = stage_grams(teacher, batch, seed=0)
+    assert len(grams) == len(STAGES) and all(g.shape == (16, 16) for g in grams)
+    assert not torch.equal(grams[0], grams[-1])  # an early map is not the last one
+    assert all(torch.equal(a, b) for a, b in zip(grams, stage_grams(teacher, batch, seed=0)))

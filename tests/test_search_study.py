@@ -58,7 +58,7 @@ def test_search_picks_a_feasible_student_and_a_nesting_assistant(teacher, digits
     assert ta(digits8.x_val[:2]).shape == (2, 10)
     trial = _load(res).trials[res.student.trial_number]
     assert set(trial.user_attrs) >= {"arch", "proxy_terms", "proxy_scores", "latency_ms", "params", "macs"}
-    assert {"ensemble", "diswot_sem", "diswot_rel", "snip", "params", "macs"} <= set(res.student.proxy_scores)
+    assert {"diswot_inherited+params", "diswot_inh_sem", "diswot_inh_rel", "params", "macs"} <= set(res.student.proxy_scores)
     assert "proxy_reference" in _load(res).user_attrs  # the scale every worker and resume normalises with
     assert trial.constraints == {"latency": pytest.approx(trial.user_attrs["latency_ms"] - 2.0)}
 
@@ -183,7 +183,7 @@ def test_an_opaque_teacher_falls_back_to_a_teacher_free_proxy(teacher, digits8, 
     opaque = Teacher(InferenceOnly(torch.jit.trace(teacher.module, torch.zeros(2, 1, 8, 8))), teacher.spec,
                      "x", "torchscript", "sha", prunable=False)
     res = _search(opaque, digits8, tmp_path, n_trials=3)
-    assert "snip+params" in res.student.proxy_scores and "ensemble" not in res.student.proxy_scores
+    assert "snip+params" in res.student.proxy_scores and "diswot_inherited+params" not in res.student.proxy_scores
 
 
 def test_a_candidate_already_scored_is_drawn_again_not_scored_twice(teacher, digits8, tmp_path):

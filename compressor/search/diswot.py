@@ -20,14 +20,15 @@ The published form stays available as the proxy ``diswot_official``.
 from __future__ import annotations
 
 import copy
-from typing import Literal, Mapping
+from typing import Any, Literal, Mapping
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from .context import Batch, DisWOTSignals, Reference, TeacherContext
-from .nets import FeatureMapTap, diswot_init
+from ..families import FAMILIES
+from .nets import FeatureMapTap, default_init, diswot_init
 from .similarity import (
     batch_gram,
     class_activation_maps,
@@ -68,7 +69,7 @@ def _zero_head_gradient(features: torch.Tensor, labels: torch.Tensor, classes: i
     return residual.T @ features.detach() / len(labels)
 
 
-def signals(model: nn.Module, batch: Batch, seed: int, head: Head = "zero") -> DisWOTSignals:
+def signals(model: nn.Module, batch: Batch, seed: int, head: Head = "zero", reinit: bool = True) -> DisWOTSignals:
     """The DisWOT signals of a DisWOT-initialised copy of `model` on `batch`, in train mode
     (batch norm uses batch statistics, as at the start of training), run where the batch lies
     (initialised on the CPU first, so the weights are the same on every device). The signals
@@ -76,9 +77,13 @@ def signals(model: nn.Module, batch: Batch, seed: int, head: Head = "zero") -> D
 
     With a zero linear head on pooled features one forward pass without gradients is
     enough (the gradient is analytic); otherwise CE is backpropagated once through a
-    copy whose gradients start at None (zeroed)."""
+    copy whose gradients start at None (zeroed). ``reinit=False`` keeps the weights the
+    network has (a trained teacher, a student cut from it)."""
     x, y = batch
-    net = diswot_init(copy.deepcopy(model), seed).to(x.device).train()
+    net = copy.deepcopy(model)
+    if reinit:
+        diswot_init(net, seed)
+    net = net.to(x.device).train()
     tap = FeatureMapTap(batch=len(x))
     watch = _HeadWatch(net, tap)
     try:
@@ -118,7 +123,17 @@ def teacher_context(teacher: nn.Module, batch: Batch, seed: int = 0,
     """The random-init teacher's signals for `batch`, computed once per study."""
     return TeacherContext(seed=seed, batch_size=len(batch[0]), teacher=signals(teacher, batch, seed),
                           reference=reference,
-                          extra={"teacher_random_head": signals(teacher, batch, seed, head="random")})
+                          extra={"teacher_random_head": signals(teacher, batch, seed, head="random"),
+                                 "teacher_trained": signals(teacher, batch, seed, reinit=False),
+                                 "teacher_stages": _or_none(stage_grams, teacher, batch, seed)})
+
+
+def _or_none(fn: Any, *args: Any) -> Any:
+    """An optional signal: a teacher without it still serves the proxies that do not read it."""
+    try:
+        return fn(*args)
+    except ValueError:
+        return None
 
 
 def _distances(t: DisWOTSignals, s: DisWOTSignals) -> dict[str, float]:
@@ -148,3 +163,59 @@ def measure_cam(model: nn.Module, batch: Batch, ctx: TeacherContext) -> Mapping[
     if t.cam is None or s.cam is None:
         raise ValueError("class-activation maps are unavailable for this teacher or candidate")
     return {"diswot_cam": -map_distance(t.cam, s.cam), **_distances(t, s)}
+
+
+def measure_inherited(model: nn.Module, batch: Batch, ctx: TeacherContext) -> Mapping[str, float]:
+    """DisWOT's two distances between the *trained* teacher and the candidate with the weights it
+    starts distillation with (a teacher-derived student keeps the teacher's; a family student
+    its own initialisation): ``diswot_inh_sem`` and ``diswot_inh_rel``."""
+    ctx.require_teacher(batch)
+    t = ctx.extra.get("teacher_trained")
+    if t is None:
+        raise ValueError("the context has no trained-teacher signals: build it with teacher_context()")
+    if isinstance(model, tuple(FAMILIES.values())):  # inherits nothing: a seeded start, not whatever it holds
+        model = default_init(copy.deepcopy(model), ctx.seed + 1)
+    d = _distances(t, signals(model, batch, ctx.seed + 1, reinit=False))
+    return {"diswot_inh_sem": d["diswot_sem"], "diswot_inh_rel": d["diswot_rel"]}
+
+
+STAGES = (0.25, 0.5, 0.75, 1.0)
+
+
+def stage_grams(model: nn.Module, batch: Batch, seed: int, reinit: bool = True) -> list[torch.Tensor]:
+    """Row-normalised B x B batch Grams of the feature maps at `STAGES` of the network's depth
+    (counted in Conv/Linear layers that output a feature map), DisWOT-initialised, train mode."""
+    x = batch[0]
+    net = copy.deepcopy(model)
+    if reinit:
+        diswot_init(net, seed)
+    net = net.to(x.device).train()
+    maps: list[torch.Tensor] = []
+
+    def keep(_m: nn.Module, _i: tuple, out: torch.Tensor) -> None:
+        if isinstance(out, torch.Tensor) and out.dim() >= 3 and out.shape[0] == len(x):
+            maps.append(out.detach())
+
+    hooks = [m.register_forward_hook(keep) for m in net.modules()
+             if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+    try:
+        with torch.no_grad():
+            net(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    if not maps:
+        raise ValueError("the network computes no feature map to compare")
+    picks = [maps[min(len(maps) - 1, max(0, round(f * len(maps)) - 1))] for f in STAGES]
+    return [batch_gram(m).cpu() for m in picks]
+
+
+def measure_stages(model: nn.Module, batch: Batch, ctx: TeacherContext) -> Mapping[str, float]:
+    """``diswot_stages``: minus the mean batch-Gram distance at a quarter, half, three quarters and
+    the end of both networks' depth (DisWOT's relation term compares only the last map)."""
+    ctx.require_teacher(batch)
+    t = ctx.extra.get("teacher_stages")
+    if t is None:
+        raise ValueError("the context has no per-stage teacher signals: build it with teacher_context()")
+    s = stage_grams(model, batch, ctx.seed + 1)
+    return {"diswot_stages": -sum(gram_distance(a, b) for a, b in zip(t, s)) / len(t)}

@@ -72,12 +72,18 @@ _single("synflow", zero_cost.synflow, "log SynFlow: BN off, |W|, float64, all-on
 _single("naswot", zero_cost.naswot, "log|det K| of binary ReLU codes")
 _single("zico", zero_cost.zico, "Σ log Σ mean|g|/std(g) over two half batches")
 _single("meco", zero_cost.meco, "Σ λ_min of channel correlations of one sample's feature maps")
+_single("swap", zero_cost.swap, "log count of distinct sample-wise activation patterns (SWAP)")
 register_proxy(Proxy("diswot", diswot.measure, {"diswot_sem": 1.0, "diswot_rel": 1.0}, needs_teacher=True,
                      description="DisWOT: −(norm M_sem + norm M_rel), class-Gram semantic term, zero-init head"))
 register_proxy(Proxy("diswot_official", diswot.measure_official, {"diswot_sem_official": 1.0, "diswot_rel": 1.0},
                      needs_teacher=True, description="DisWOT with the semantic term of a N(0, 1) head, as published"))
 register_proxy(Proxy("diswot_cam", diswot.measure_cam, {"diswot_cam": 1.0, "diswot_rel": 1.0}, needs_teacher=True,
                      description="DisWOT with a class-activation-map semantic term"))
+register_proxy(Proxy("diswot_inherited", diswot.measure_inherited, {"diswot_inh_sem": 1.0, "diswot_inh_rel": 1.0},
+                     needs_teacher=True,
+                     description="DisWOT between the trained teacher and the candidate as distillation starts it"))
+register_proxy(Proxy("diswot_stages", diswot.measure_stages, {"diswot_stages": 1.0}, needs_teacher=True,
+                     description="batch-Gram distance at 4 depths of random teacher and candidate"))
 register_proxy(Proxy("diswot_sem", diswot.measure, {"diswot_sem": 1.0}, needs_teacher=True,
                      description="DisWOT semantic term alone (−M_sem)"))
 register_proxy(Proxy("diswot_rel", diswot.measure, {"diswot_rel": 1.0}, needs_teacher=True,

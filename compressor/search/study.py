@@ -88,7 +88,10 @@ class SearchConfig:
     """
 
     spaces: tuple[str, ...] = ("teacher_scaled", "cnn")
-    proxy: str = "ensemble"  # DisWOT + SNIP + params; see benchmarks/results/proxy_correlation.md
+    # DisWOT between the trained teacher and the candidate as it starts distillation, rank-averaged with
+    # params: the lowest regret against distilling every candidate, on held-out teachers
+    # (benchmarks/results/search_pick.md; the earlier default `ensemble` lost up to 2.8 points there)
+    proxy: str = "diswot_inherited+params"
     n_trials: int = 40
     sampler: Literal["nsga2", "tpe"] = "nsga2"
     seed: int = 0

@@ -139,3 +139,19 @@ def meco(model: nn.Module, batch: Batch, ctx: TeacherContext) -> Mapping[str, fl
         for h in hooks:
             h.remove()
     return {"meco": total}
+
+
+def swap(model: nn.Module, batch: Batch, ctx: TeacherContext) -> Mapping[str, float]:
+    """log of the number of distinct *sample-wise* activation patterns (Peng et al. 2024, SWAP):
+    every rectifier unit's on/off vector across the batch, counted once per distinct vector,
+    summed over layers. Richer, less redundant units score higher."""
+    net = _fresh(model, ctx, batch)
+    total = 0
+
+    def add(codes: torch.Tensor) -> None:
+        nonlocal total
+        total += int(torch.unique(codes.T.to(torch.uint8), dim=0).shape[0])
+
+    with torch.no_grad(), ActivationCodes(add):
+        net(batch[0])
+    return {"swap": math.log(max(total, 1))}
