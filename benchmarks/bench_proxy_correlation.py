@@ -346,7 +346,7 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace, command: str, s
     return "\n".join(lines + NOTES) + "\n"
 
 
-DEFAULT = ("ensemble", "rank")  # SearchConfig's proxy and normalisation
+DEFAULT = ("ensemble", "rank")  # the search's default until bench_search_pick.py measured regret (search_pick.md)
 
 NOTES = [
     "## Notes", "",

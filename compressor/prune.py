@@ -171,25 +171,47 @@ def channel_groups(model: nn.Module, example: torch.Tensor,
                 continue
             members.append(Member(name, idxs, roots, dim))
         size = len(g[0].idxs)
-        unit = math.lcm(unit, _head_unit(model, layers))
+        unit = math.lcm(unit, _head_unit(model, layers, [m.module for m in members]))
         if whole or size % unit:
             continue  # channels that cannot be cut in whole units: not a group, so always kept at full width
         groups.append(ChannelGroup(key, size, tuple(members), nestable, tuple(layers), unit))
     return groups
 
 
-def _head_unit(model: nn.Module, layers: Sequence[str]) -> int:
+_RESHAPES = {torch.ops.aten.reshape.default, torch.ops.aten.view.default, torch.ops.aten._unsafe_view.default,
+             torch.reshape}
+
+
+def _head_unit(model: nn.Module, layers: Sequence[str], outputs: Sequence[str] = ()) -> int:
     """Attention projections are reshaped into heads: their channels go in whole heads.
 
-    A layer whose parent module declares `head_dim` (see `families.Attention`)
-    is an attention projection; cutting single channels there would regroup
-    channels into different heads after the reshape."""
+    A layer whose parent module declares `head_dim` (see `families.Attention`) is an
+    attention projection, and so, in a lifted graph (where module attributes are gone),
+    is a layer of `outputs` (the group cuts its output channels) whose output is reshaped
+    with a constant last size into at least one more
+    dimension (``[B, T, -1, 32]``: heads of 32). Cutting single channels there would regroup
+    channels into different heads after the reshape, or leave a size the constant does
+    not divide."""
     by_name = dict(model.named_modules())
     for name in layers:
         parent = by_name.get(name.rpartition(".")[0]) if "." in name else None
         if parent is not None and hasattr(parent, "head_dim"):
             return int(parent.head_dim)
-    return 1
+    unit = 1
+    if isinstance(model, torch.fx.GraphModule):
+        wanted = set(outputs)
+        for node in model.graph.nodes:
+            if node.op != "call_module" or node.target not in wanted \
+                    or not isinstance(by_name.get(node.target), nn.Linear):  # channels last: a split of them
+                continue
+            for user in node.users:
+                if user.op != "call_function" or user.target not in _RESHAPES or len(user.args) < 2:
+                    continue
+                shape = user.args[1]
+                if isinstance(shape, (list, tuple)) and len(shape) >= 3 and isinstance(shape[-1], int) \
+                        and shape[-1] > 1:
+                    unit = math.lcm(unit, int(shape[-1]))
+    return unit
 
 
 def keep_count(size: int, ratio: float, round_to: int = 1, unit: int = 1) -> int:

@@ -94,3 +94,23 @@ def test_attention_groups_cut_whole_heads():
     assert attn and all(g.unit == 8 for g in attn)
     emb = [g for g in groups if not g.nestable]
     assert emb  # the embedding width passes through layer norms: not nested
+
+
+def test_a_lifted_torchscript_vit_still_cuts_whole_heads(tmp_path):
+    """A TorchScript teacher loses the attention module's `head_dim`; the reshape into heads
+    (``[B, T, -1, 8]``) still says how wide a head is, and a cut at any ratio keeps whole heads."""
+    from compressor.intake.teacher import load_teacher
+
+    torch.manual_seed(0)
+    vit = build_family({"family": "transformer", "depth": 2, "dim": 32, "heads": 4, "patch": 4}, (1, 8, 8), 10).eval()
+    x = torch.randn(2, 1, 8, 8)
+    path = tmp_path / "vit.pt"
+    torch.jit.save(torch.jit.trace(vit, x), str(path))
+    lifted = load_teacher(path, x, 10).module
+    groups = P.channel_groups(lifted, x)
+    heads = [g for g in groups if any("attn_q" in m.module for m in g.members)]
+    assert len(heads) == 2 and all(g.unit == 8 for g in heads)
+    assert all(g.unit == 1 for g in groups if g not in heads)  # the residual width and the MLP: single channels
+    for ratio in (0.3, 0.6, 0.85):  # keeps 8, 16, 24 of 32 channels: whole heads, never 10 or 19
+        cut = P.materialize(lifted, x, heads, ratio)
+        assert cut(x).shape == (2, 10)
