@@ -494,7 +494,7 @@ def stage_nested(result: SearchResult, teacher: Teacher, data: DataSplits, profi
                       cfg.sizes, sizes=sizes)
     ta, groups, order, sizes = nest.ta, nest.groups, nest.order, nest.sizes
     dcfg = DistillConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed, round_to=profile.round_to,
-                         extra_losses=cfg.loss_weights, **_recipe(result.ta.arch))
+                         extra_losses=cfg.loss_weights, **_recipe(result.ta.arch, ta))
     device = resolve_device(cfg.device, ranks.local_rank if ranks else None)
     if ranks is not None:  # the other ranks build the same TA and train it with this one
         ranks.broadcast(TrainingPlan(ta_arch=dict(result.ta.arch), sizes=tuple(sizes), order=order, config=dcfg,
@@ -518,7 +518,7 @@ def stage_nested(result: SearchResult, teacher: Teacher, data: DataSplits, profi
     return servables, search_info, training
 
 
-def _recipe(arch: Mapping[str, Any]) -> dict[str, Any]:
+def _recipe(arch: Mapping[str, Any], ta: nn.Module | None = None) -> dict[str, Any]:
     """Nested training needs a higher learning rate than single-model KD: every size shares
     the steps. lr 1e-2, tau 1-2 and +-2 shifts were best for CNN TAs on digits and mnist1d
     (benchmarks/results/nested.md).
@@ -527,8 +527,10 @@ def _recipe(arch: Mapping[str, Any]) -> dict[str, Any]:
     against five other recipes at compress's 12 epochs, 3 seeds (benchmarks/results/
     nested_transformer.md), they had the best mean accuracy over four nested sizes and both data
     sets, 89.9 % (digits 96.2, mnist1d 83.6); the CNN recipe reached 88.3 % (digits 92.9: shifts
-    cost a patch-embedding transformer 2.5-3.5 points there), tau 2 alone 89.6 %, lr 1e-3 82.0 %."""
-    if arch.get("family") == "transformer":
+    cost a patch-embedding transformer 2.5-3.5 points there), tau 2 alone 89.6 %, lr 1e-3 82.0 %.
+    A TA cut from an attention teacher (a ViT's teacher_scaled TA) is a transformer too: `ta`
+    is looked at for attention, since its arch names no family."""
+    if arch.get("family") == "transformer" or (ta is not None and P.has_attention(ta)):
         return {}
     return {"lr": 1e-2, "temperature": 2.0, "augment": "shift"}
 

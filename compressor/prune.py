@@ -214,6 +214,21 @@ def _head_unit(model: nn.Module, layers: Sequence[str], outputs: Sequence[str] =
     return unit
 
 
+_SOFTMAX = {torch.ops.aten._softmax.default, torch.ops.aten.softmax.int,
+            torch.ops.aten._safe_softmax.default, torch.ops.aten.scaled_dot_product_attention.default,
+            torch.nn.functional.softmax, torch.nn.functional.scaled_dot_product_attention}
+
+
+def has_attention(model: nn.Module) -> bool:
+    """Whether `model` computes attention: a module declaring `head_dim` (`families.Attention`,
+    timm's and torchvision's attention blocks), or, in a lifted graph, a softmax or fused
+    attention call (a classifier's graph ends in logits, so a softmax inside is attention)."""
+    if any(hasattr(m, "head_dim") or isinstance(m, nn.MultiheadAttention) for m in model.modules()):
+        return True
+    graphs = [m for m in model.modules() if isinstance(m, torch.fx.GraphModule)]
+    return any(n.op == "call_function" and n.target in _SOFTMAX for g in graphs for n in g.graph.nodes)
+
+
 def keep_count(size: int, ratio: float, round_to: int = 1, unit: int = 1) -> int:
     """Channels kept at `ratio`, rounded to the hardware multiple (never 0, never > size).
 
