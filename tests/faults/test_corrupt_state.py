@@ -186,7 +186,10 @@ def _same_result(m: dict, ref: dict) -> None:
                                                    "teacher_agreement", "parity_ok")} for s in x["models"]}
 
     assert sizes(m) == sizes(ref)
-    assert m["selected"] == ref["selected"] and m["budget_met"] == ref["budget_met"]
+    assert m["budget_met"] == ref["budget_met"]
+    if m["selected"] != ref["selected"]:  # equally accurate sizes: the faster wins, and latency is re-measured
+        acc = {s["name"]: s["accuracy"] for s in m["models"]}
+        assert acc[m["selected"]] == acc[ref["selected"]], (m["selected"], ref["selected"])
     for k in ("n_trials", "n_failed", "feasible"):
         assert m["search"][k] == ref["search"][k], k
     assert m["search"]["student"]["arch"] == ref["search"]["student"]["arch"]
