@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -148,15 +148,19 @@ def build(arch: dict[str, Any], teacher: Teacher) -> nn.Module:
 
 
 def sample_candidates(teacher: Teacher, spaces: Sequence[str], n: int, seed: int,
-                      max_macs: float) -> list[dict[str, Any]]:
+                      max_macs: float | None = None, accept: Callable[[nn.Module], bool] | None = None,
+                      tries: int = 100) -> list[dict[str, Any]]:
     """`n` distinct architectures, taking turns over `spaces` (a turn passes only once its space
-    gave an accepted network, so every space gets its share), none above `max_macs`."""
+    gave an accepted network, so every space gets its share), each accepted by `accept`
+    (default: at most `max_macs` multiply-accumulates)."""
     rng = np.random.default_rng(seed)
     bound = {name: space(teacher, name) for name in spaces}
     example = teacher.spec.example(1)
+    if accept is None:
+        accept = lambda model: max_macs is None or P.count_macs(model, example) <= max_macs  # noqa: E731
     seen: set[str] = set()
     out: list[dict[str, Any]] = []
-    for attempt in range(100 * n):
+    for attempt in range(tries * n):
         if len(out) == n:
             break
         chosen = bound[spaces[len(out) % len(spaces)]]
@@ -165,7 +169,7 @@ def sample_candidates(teacher: Teacher, spaces: Sequence[str], n: int, seed: int
         if key in seen:
             continue
         seen.add(key)
-        if P.count_macs(chosen.build(arch, teacher), example) <= max_macs:
+        if accept(chosen.build(arch, teacher)):
             out.append(arch)
     return out
 

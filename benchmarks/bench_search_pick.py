@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_proxy_correlation import RandomTrial, _train_ce, lifted_teacher, space  # noqa: E402
+from bench_proxy_correlation import _train_ce, lifted_teacher, sample_candidates, space  # noqa: E402
 
 from compressor import prune as P  # noqa: E402
 from compressor.distill.single import KDConfig, distill_single  # noqa: E402
@@ -103,23 +103,8 @@ def sample(t: Teacher, spaces: Sequence[str], n: int, seed: int, max_ms: float, 
     from compressor.hardware.predict import predict_latency, predictor_for
 
     predictor = predictor_for(profile, t.spec.shape)
-    rng = np.random.default_rng(seed)
-    bound = {s: space(t, s) for s in spaces}
-    seen: set[str] = set()
-    out: list[dict[str, Any]] = []
-    for _ in range(200 * n):
-        if len(out) == n:
-            break
-        chosen = bound[spaces[len(out) % len(spaces)]]
-        arch = chosen.suggest(RandomTrial(rng))
-        key = json.dumps(arch, sort_keys=True)
-        if key in seen:
-            continue
-        seen.add(key)
-        model = chosen.build(arch, t)
-        if predict_latency(model, t.spec.shape, profile, predictor).value() <= max_ms:
-            out.append(arch)
-    return out
+    return sample_candidates(t, spaces, n, seed, tries=200,
+                             accept=lambda m: predict_latency(m, t.spec.shape, profile, predictor).value() <= max_ms)
 
 
 def candidates(name: str, t: Teacher, args: argparse.Namespace, profile: Any) -> list[dict[str, Any]]:
