@@ -49,7 +49,12 @@ class ConvBlock(nn.Module):
 
 
 class CNNFamily(nn.Module):
-    """arch: {"family": "cnn", "widths": [w per stage], "depths": [n per stage], "kernel": k}"""
+    """arch: {"family": "cnn", "widths": [w per stage], "depths": [n per stage], "kernel": k[, "stem": s]}
+
+    ``stem`` is the stride of the first block (default 1). A stride-2 stem is how mobile
+    networks afford depth under a small budget: every later stage runs on a quarter of the
+    pixels, and the receptive field the head pools over doubles.
+    """
 
     def __init__(self, arch: Mapping[str, Any], in_shape: tuple[int, ...], num_classes: int) -> None:
         super().__init__()
@@ -57,12 +62,15 @@ class CNNFamily(nn.Module):
         dims = _spatial_rank(self.in_shape)
         cin = 1 if len(self.in_shape) == 1 else self.in_shape[0]
         widths, depths, kernel = list(arch["widths"]), list(arch["depths"]), int(arch.get("kernel", 3))
+        stem = int(arch.get("stem", 1))
         if len(widths) != len(depths) or not widths:
             raise ConfigError(f"cnn arch needs widths and depths of equal length, got {arch}")
+        if stem not in (1, 2):
+            raise ConfigError(f"cnn arch 'stem' must be 1 or 2, got {stem}")
         blocks: list[nn.Module] = []
         for stage, (w, d) in enumerate(zip(widths, depths)):
             for i in range(int(d)):
-                stride = 2 if (stage > 0 and i == 0) else 1
+                stride = (2 if stage > 0 else stem) if i == 0 else 1
                 blocks.append(ConvBlock(cin, int(w), kernel, stride, dims))
                 cin = int(w)
         self.features = nn.Sequential(*blocks)

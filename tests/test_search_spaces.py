@@ -240,3 +240,28 @@ def test_nested_ratio_rejects_a_student_that_does_not_nest(tiny_teacher):
 
     with pytest.raises(NotNestedError):
         nested_ratio(a, b, tiny_teacher.spec.example(2), 8)
+
+
+@pytest.mark.parametrize("shape", [(1, 32, 32), (40,)], ids=["2d", "1d"])
+def test_cnn_space_offers_a_strided_stem_and_deep_narrow_anchors(shape, tiny_teacher):
+    teacher = Teacher(tiny_teacher.module, InputSpec(shape, 10), "x", "module", "sha")
+    space = SPACES.get("cnn")(teacher)
+    anchors = space.anchors()
+    assert [a["cnn.stages"] for a in anchors] == sorted({a["cnn.stages"] for a in anchors})
+    assert len(anchors) >= 2 and all(a["cnn.stem"] == 2 for a in anchors)
+    x = teacher.spec.example(2)
+    for params in anchors:
+        arch = space.suggest(Pick("first", fixed=params))
+        assert arch["stem"] == 2 and len(arch["widths"]) == params["cnn.stages"]
+        model = space.build(arch, teacher)
+        assert model(x).shape == (2, 10)
+        first = model.features[0](x if len(shape) > 1 else x.unsqueeze(1))
+        assert first.shape[-1] == shape[-1] // 2  # the stem halves the resolution
+        again = build_arch(json.loads(json.dumps(space.widen(arch, 2.0))), teacher)  # the TA keeps the stem
+        assert again.features[0].conv.stride[0] == 2
+
+
+def test_small_inputs_keep_the_full_resolution_stem(tiny_teacher):
+    space = SPACES.get("cnn")(tiny_teacher)  # 8x8: a stride-2 stem would leave no room for stages
+    assert "stem" not in space.suggest(Pick("random", seed=0))
+    assert all("cnn.stem" not in a for a in space.anchors())

@@ -321,8 +321,12 @@ class CNNSpace(SearchSpace):
     """`families.CNNFamily`: stages x width x depth, one kernel size.
 
     arch: ``{"space": "cnn", "family": "cnn", "widths": [...], "depths": [...], "kernel": k,
-    "round_to": 8}``. Each stage after the first halves the resolution, so the number
-    of stages is capped where the feature map would drop below 2.
+    "round_to": 8[, "stem": 2]}``. Each stage after the first halves the resolution, so the
+    number of stages is capped where the feature map would drop below 2. Inputs of 16 or more
+    per side also choose the stem's stride: a stride-2 stem is the cheap route to depth, and
+    the only one under budgets near the runtime's per-layer floor (a quarter of a
+    MobileNetV3-Small's 0.11 ms), where full-resolution first stages leave room for two
+    layers and a receptive field too small to read a digit.
     """
 
     name = "cnn"
@@ -335,6 +339,9 @@ class CNNSpace(SearchSpace):
         spatial = _spatial(teacher.spec.shape)
         most = 1 + int(math.log2(max(1, min(spatial) // 2)))
         self.stages = tuple(range(min(2, most), min(self.max_stages, most) + 1)) or (1,)
+        # stages that fit after a stride-2 stem (one halving fewer)
+        self._most_after_stem = 1 + int(math.log2(max(1, min(spatial) // 4)))
+        self.stems = (1, 2) if min(spatial) >= 16 else (1,)
         self.width_choices = tuple(sorted({round_up(w, self.round_to) for w in self.widths}))
         self.kernels = (3, 5, 7) if len(spatial) == 1 else (3, 5)
 
@@ -343,8 +350,14 @@ class CNNSpace(SearchSpace):
         widths = [int(trial.suggest_categorical(f"cnn.width{i}", self.width_choices)) for i in range(n)]
         depths = [int(trial.suggest_categorical(f"cnn.depth{i}", self.depths)) for i in range(n)]
         kernel = int(trial.suggest_categorical("cnn.kernel", self.kernels))
-        return {"space": self.name, "family": "cnn", "widths": widths, "depths": depths, "kernel": kernel,
+        arch = {"space": self.name, "family": "cnn", "widths": widths, "depths": depths, "kernel": kernel,
                 "round_to": self.round_to}
+        if len(self.stems) > 1:
+            stem = int(trial.suggest_categorical("cnn.stem", self.stems))
+            if stem > 1:
+                keep = max(1, min(n, self._most_after_stem))
+                arch.update(widths=widths[:keep], depths=depths[:keep], stem=stem)
+        return arch
 
     def build(self, arch: Mapping[str, Any], teacher: Teacher) -> nn.Module:
         return _seeded_build(build_family, arch, teacher.spec.shape, teacher.spec.num_classes)
@@ -353,9 +366,18 @@ class CNNSpace(SearchSpace):
         return {**arch, "widths": [round_up(w * factor, self.round_to) for w in arch["widths"]]}
 
     def anchors(self) -> list[dict[str, Any]]:
-        n = self.stages[0]
-        return [{"cnn.stages": n, **{f"cnn.width{i}": self.width_choices[0] for i in range(n)},
-                 **{f"cnn.depth{i}": 1 for i in range(n)}, "cnn.kernel": 3}]
+        def narrowest(n: int) -> dict[str, Any]:
+            params = {"cnn.stages": n, **{f"cnn.width{i}": self.width_choices[0] for i in range(n)},
+                      **{f"cnn.depth{i}": 1 for i in range(n)}, "cnn.kernel": 3}
+            if len(self.stems) > 1:  # the cheapest networks have the strided stem
+                params["cnn.stem"] = max(self.stems)
+            return params
+
+        if len(self.stems) == 1:
+            return [narrowest(self.stages[0])]
+        # the narrowest network at every depth that fits after the stem: under a budget near the
+        # per-layer floor these are the feasible ones, and the deeper ones see more of the image
+        return [narrowest(n) for n in self.stages if n <= self._most_after_stem]
 
 
 @register_space
