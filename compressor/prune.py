@@ -237,6 +237,8 @@ def keep_count(size: int, ratio: float, round_to: int = 1, unit: int = 1) -> int
     units (attention heads) keep whole units instead."""
     if not 0.0 < ratio <= 1.0:
         raise ValueError(f"width ratio must be in (0, 1] but got {ratio}")
+    if ratio == 1.0:  # the whole group, whatever its count: 40 channels stay 40 under round_to 16
+        return size
     if unit > 1:
         return unit * min(size // unit, max(1, round(ratio * size / unit)))
     if size <= round_to:

@@ -202,3 +202,15 @@ def test_choose_sizes_warns_when_nothing_fits(caplog):
     with caplog.at_level(logging.WARNING):
         sizes = choose_sizes(ta, x, groups, P.importance_order(ta, x, groups), lambda m: 100.0, 1.0, n=3)
     assert sizes[-1][1] < 1.0 and "over" in caplog.text
+
+
+def test_choose_sizes_spans_below_a_ta_that_fits():
+    torch.manual_seed(0)
+    ta = build_family({"family": "cnn", "widths": [32, 64], "depths": [1, 1]}, (1, 8, 8), 10).eval()
+    x = torch.randn(2, 1, 8, 8)
+    groups = P.channel_groups(ta, x)
+    lat = _fake_latency(x[:1])
+    sizes = choose_sizes(ta, x, groups, P.importance_order(ta, x, groups), lat, 10 * lat(ta), n=4)
+    times = [lat(P.materialize(ta, x, groups, r, None, 8)) for _, r in sizes]
+    assert sizes[0][1] == 1.0 and len(sizes) >= 3  # not one size: faster ones below the TA
+    assert times[-1] <= 0.4 * lat(ta) + 1e-9

@@ -114,3 +114,10 @@ def test_a_lifted_torchscript_vit_still_cuts_whole_heads(tmp_path):
     for ratio in (0.3, 0.6, 0.85):  # keeps 8, 16, 24 of 32 channels: whole heads, never 10 or 19
         cut = P.materialize(lifted, x, heads, ratio)
         assert cut(x).shape == (2, 10)
+
+
+@pytest.mark.parametrize("round_to", [8, 16])
+def test_keep_count_keeps_a_whole_group_whatever_the_multiple(round_to):
+    # 40 channels are not a multiple of 16: at ratio 1.0 they stay 40 on every CPU class
+    assert P.keep_count(40, 1.0, round_to) == 40
+    assert P.keep_count(40, 0.5, round_to) % round_to == 0

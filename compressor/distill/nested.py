@@ -272,7 +272,7 @@ def _check_ratio(ratio: Ratio, groups: Sequence[P.ChannelGroup]) -> Ratio:
 def choose_sizes(ta: nn.Module, example: Tensor, groups: Sequence[P.ChannelGroup],
                  order: Mapping[str, Sequence[int]], latency_fn: Callable[[nn.Module], float], budget_ms: float,
                  n: int = 4, student_ratio: Ratio | None = None, margin: float = 0.8,
-                 round_to: int = 8) -> list[SizeSpec]:
+                 round_to: int = 8, fits_span: float = 0.4) -> list[SizeSpec]:
     """`n` uniform widths from largest (the TA, 1.0) to smallest, plus the searched student.
 
     The smallest is the widest that keeps predicted latency under
@@ -284,7 +284,10 @@ def choose_sizes(ta: nn.Module, example: Tensor, groups: Sequence[P.ChannelGroup
     they keep after rounding to `round_to`. The searched student
     (`student_ratio`, uniform or per group) is added, replacing a size that
     keeps the same channels. Returns (name, ratio) pairs, largest first. If even the narrowest width misses the target, it is
-    returned anyway and a warning logged: the export stage reports the miss."""
+    returned anyway and a warning logged: the export stage reports the miss. If the TA itself
+    fits, the smallest is the widest at `fits_span` of the TA's latency instead: the sizes then
+    still span a range of budgets (the user gets faster sizes to choose from, not n copies of
+    the TA)."""
     if n < 1:
         raise ValueError(f"n must be at least 1 but got {n}")
     if budget_ms <= 0 or not 0 < margin <= 1:
@@ -310,6 +313,8 @@ def choose_sizes(ta: nn.Module, example: Tensor, groups: Sequence[P.ChannelGroup
         return lo
 
     target = margin * budget_ms
+    if latency(grid[-1]) <= target:  # the TA fits: span the sizes below it all the same
+        target = fits_span * latency(grid[-1])
     i_min = widest_under(target)
     if latency(grid[i_min]) > target:
         log.warning("the narrowest nested width (%.3f) is predicted at %.3f ms, over %.0f%% of the %.3f ms budget",
