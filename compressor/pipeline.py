@@ -106,7 +106,10 @@ log = logging.getLogger(__name__)
 
 # Shapes of results: the settings that, when changed, make a resumed run a different run.
 _SHAPING = ("teacher", "data", "seed", "image_size", "method", "sizes", "epochs", "proxy", "spaces", "budget",
-            "profile", "losses", "arch", "arch_kwargs", "weights")
+            "profile", "losses", "arch", "arch_kwargs", "weights", "verify_top", "anchor_students")
+# Settings added after runs were first written: a run folder whose config.json lacks one was made
+# with the value below (so a run started before they existed still resumes).
+_SHAPING_SINCE = {"verify_top": 3, "anchor_students": 4}
 # How many fitting sizes are re-measured, best first, before the run gives up on a verified pick.
 _MAX_VERIFY = 3
 # Created exclusively (O_EXCL) when a new run takes its folder; it stays, marking the folder as used,
@@ -307,7 +310,7 @@ def _check_resume_config(run_dir: Path, cfg: CompressConfig) -> None:
         except (OSError, ValueError) as e:  # ValueError: bad JSON, and garbled bytes that are not UTF-8
             raise ConfigError(f"cannot resume {run_dir}: {saved} is unreadable ({first_line(e)}); "
                               f"start a new run with another --out") from None
-        changed = [k for k in _SHAPING if json.dumps(old.get(k)) != json.dumps(current.get(k))]
+        changed = [k for k in _SHAPING if json.dumps(old.get(k, _SHAPING_SINCE.get(k))) != json.dumps(current.get(k))]
         if changed:
             raise ConfigError(f"cannot resume {run_dir}: {', '.join(changed)} changed since the run started "
                               f"(was {', '.join(f'{k}={old.get(k)!r}' for k in changed)})")

@@ -266,3 +266,23 @@ def test_cuda_profile_runs_through_its_backend(tmp_path, tiny_teacher_files, mon
     assert lat["measured"] and lat["env"]["backend"] == "fake-gpu"
     assert m["verification"] == []  # nothing to re-measure in a fresh process for a module-timed profile
     assert FakeGpu.timed
+
+
+@pytest.mark.parametrize("saved, refused", [({"verify_top": 0}, True), ({"anchor_students": 2}, True), ({}, False)])
+def test_resume_keeps_the_checks_before_training(tmp_path, saved, refused):
+    """verify_top and anchor_students shape the stored records a resume reuses; an older run folder
+    without them was made with the defaults."""
+    from compressor.config import resolve_config
+    from compressor.errors import ConfigError
+    from compressor.pipeline import _check_resume_config
+
+    cfg = resolve_config({}, {"teacher": "t.pt", "budget": "1ms", "out": str(tmp_path / "run")})
+    run = tmp_path / "run"
+    run.mkdir()
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("verify_top", "anchor_students")}
+    (run / "config.json").write_text(json.dumps({**old, **saved}))
+    if refused:
+        with pytest.raises(ConfigError, match="cannot resume .*" + next(iter(saved))):
+            _check_resume_config(run, cfg)
+    else:
+        _check_resume_config(run, cfg)

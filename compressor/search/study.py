@@ -5,7 +5,11 @@ a constraint (``latency - budget <= 0``, set on each trial with
 `Trial.set_constraint`, which Optuna 5's NSGA-II and TPE samplers read): the
 samplers prefer feasible trials, and the study's Pareto front is the trade-off a
 user can inspect in optuna-dashboard. The chosen student is the best-scoring
-feasible trial; if none is feasible, the fastest one, marked infeasible.
+feasible trial; if none is feasible, the fastest one, marked infeasible. Spare
+budget is traded through the score itself: the default proxy rank-averages
+teacher-likeness with the parameter count, so a smaller candidate wins only when
+it is more like the teacher by as much as it is smaller (bench_search_pick's
+regret table measures what that costs against training every candidate).
 
 Storage is a SQLite file in the run folder unless another Optuna URL or a journal
 file (``*.log``/``*.journal``) is given, so several `compress` workers on other
