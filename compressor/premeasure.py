@@ -203,14 +203,21 @@ def _check(result: SearchResult, teacher: Teacher, example: torch.Tensor, *, lat
     return Verified(result, sizes, record)
 
 
-def _ranked(result: SearchResult, budget: Budget) -> list[Candidate]:
-    """The chosen student, then the other in-budget candidates of the Pareto front, best score first.
+def _pool(result: SearchResult) -> dict[int, Candidate]:
+    return {c.trial_number: c for c in (*result.pareto, *result.runners_up)}
 
-    On the front (score up, latency down) a higher score costs more latency, so slowest
-    first is best-scoring first; off-front candidates are beaten on both by one on it."""
-    others = [c for c in result.pareto if c.trial_number != result.student.trial_number
+
+def _ranked(result: SearchResult, budget: Budget) -> list[Candidate]:
+    """The chosen student, then the other in-budget candidates, best score first.
+
+    On the front (score up, latency down) a higher score costs more latency, so slowest first
+    is best-scoring first. Off-front candidates (`runners_up`) are beaten on both by one on the
+    front, as predicted; but when that one measures over the budget, the best-scoring network
+    that fits may be one of them, not the next, far smaller, point of the front."""
+    others = [c for n, c in _pool(result).items() if n != result.student.trial_number
               and budget.fits(c.est_latency_ms)]
-    return [result.student, *sorted(others, key=lambda c: (-c.est_latency_ms, c.trial_number))]
+    return [result.student, *sorted(others, key=lambda c: (-(c.score if c.score is not None else 0.0),
+                                                           -c.est_latency_ms, c.trial_number))]
 
 
 def _check_candidates(result: SearchResult, teacher: Teacher, latency_fn: LatencyFn, budget: Budget, top: int,
@@ -237,7 +244,7 @@ def _check_candidates(result: SearchResult, teacher: Teacher, latency_fn: Latenc
             log.warning("no searched candidate fits the %.3f ms budget when measured; keeping the searched student",
                         budget.ms)
         return checked, result.student
-    return checked, next(c for c in result.pareto if c.trial_number == fitting.trial_number)
+    return checked, _pool(result)[fitting.trial_number]
 
 
 def _reselect(result: SearchResult, student: Candidate, teacher: Teacher, example: torch.Tensor,
@@ -296,7 +303,7 @@ def _measure_sizes(nest: Nesting, latency_fn: LatencyFn, budget: Budget, measure
 
 def _candidate_json(c: Candidate) -> dict[str, Any]:
     return {"arch": dict(c.arch), "proxy_scores": dict(c.proxy_scores), "est_latency_ms": c.est_latency_ms,
-            "trial_number": c.trial_number, "params": c.params, "macs": c.macs}
+            "trial_number": c.trial_number, "params": c.params, "macs": c.macs, "score": c.score}
 
 
 def _save(path: Path, verified: Verified, searched: SearchResult) -> None:

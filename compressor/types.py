@@ -162,6 +162,7 @@ class Candidate:
     trial_number: int
     params: int = 0
     macs: int = 0
+    score: float | None = None  # the study's objective (the proxy's score); None where not searched
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,9 @@ class SearchResult:
     n_trials: int
     n_failed: int
     feasible: bool = True  # False: no candidate met the budget; `student` is the fastest one found
+    # in-budget candidates off the front, best score first: a front candidate that measures over the
+    # budget can leave one of these as the best-scoring network that fits (`premeasure`)
+    runners_up: tuple[Candidate, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,27 @@ def test_a_pick_that_misses_when_measured_is_replaced_by_the_best_that_fits(sear
     assert any(n.startswith("candidate-") for n in bench.timed) and any(n.startswith("size-") for n in bench.timed)
 
 
+def test_a_better_scoring_runner_up_off_the_front_beats_a_far_smaller_front_point(searched, teacher, digits8,
+                                                                                  tmp_path) -> None:
+    """The front's next point after a pick that misses can be far smaller than the budget allows;
+    an in-budget candidate the pick dominated (as predicted) that scores better is chosen instead."""
+    import dataclasses
+
+    from compressor.types import Candidate
+
+    def cand(widths, score, n):
+        arch = {"space": "cnn", "family": "cnn", "widths": widths, "depths": [1, 1], "kernel": 3, "round_to": 8}
+        return Candidate(arch=arch, proxy_scores={}, est_latency_ms=predicted_ms(build_arch(arch, teacher)),
+                         trial_number=n, score=score)
+
+    small, mid = cand([8, 8], 0.1, 901), cand([16, 16], 0.5, 902)
+    result = dataclasses.replace(searched, pareto=(small, searched.student), runners_up=(mid,))
+    verified = check(result, teacher, digits8, tmp_path, Bench())
+    assert verified.record["reselected"] and verified.result.student.trial_number == 902
+    names = [c["name"] for c in verified.record["checked"] if c["role"] != "size"]
+    assert names[:2] == ["student", "trial 902"]
+
+
 def test_nested_sizes_that_miss_are_planned_again_until_those_meant_to_fit_do(searched, teacher, digits8,
                                                                               tmp_path) -> None:
     """The searched student measures as predicted (kept); the TA's sizes measure 3x their prediction."""

@@ -313,10 +313,11 @@ def choose_sizes(ta: nn.Module, example: Tensor, groups: Sequence[P.ChannelGroup
         return lo
 
     target = margin * budget_ms
-    if latency(grid[-1]) <= target:  # the TA fits: span the sizes below it all the same
+    ta_fits = latency(grid[-1]) <= target
+    if ta_fits:  # span the sizes below it all the same
         target = fits_span * latency(grid[-1])
     i_min = widest_under(target)
-    if latency(grid[i_min]) > target:
+    if latency(grid[i_min]) > target and not ta_fits:
         log.warning("the narrowest nested width (%.3f) is predicted at %.3f ms, over %.0f%% of the %.3f ms budget",
                     grid[i_min], latency(grid[i_min]), 100 * margin, budget_ms)
     lo_ms, hi_ms = latency(grid[i_min]), latency(grid[-1])

@@ -602,7 +602,11 @@ def _candidate(t: FrozenTrial) -> Candidate:
     ua = t.user_attrs
     return Candidate(arch=ua["arch"], proxy_scores={**ua["proxy_terms"], **ua["proxy_scores"]},
                      est_latency_ms=float(ua["latency_ms"]), trial_number=t.number,
-                     params=int(ua["params"]), macs=int(ua["macs"]))
+                     params=int(ua["params"]), macs=int(ua["macs"]), score=float(t.values[0]))
+
+
+# in-budget candidates off the Pareto front kept for the check before training
+_RUNNERS_UP = 8
 
 
 def _pareto(trials: list[FrozenTrial]) -> list[FrozenTrial]:
@@ -771,7 +775,11 @@ def _result(study: optuna.Study, scorer: _Scorer, location: str, budget: Budget,
                              macs=P.count_macs(ta_model, scorer.batch[0][:1]))
     study.set_user_attr("result", {"student_trial": best.number, "feasible": bool(feasible),
                                    "ta_arch": ta_arch, "proxy": scorer.proxy.name})
+    front = _pareto(feasible or complete)
+    on_front = {t.number for t in front}
+    runners_up = sorted((t for t in feasible if t.number not in on_front), key=lambda t: (-t.values[0], t.values[1]))
     return SearchResult(ta=ta_candidate, student=student,
-                        pareto=tuple(_candidate(t) for t in _pareto(feasible or complete)),
+                        pareto=tuple(_candidate(t) for t in front),
+                        runners_up=tuple(_candidate(t) for t in runners_up[:_RUNNERS_UP]),
                         study_name=cfg.study_name, storage=location, n_trials=len(complete) + len(failed),
                         n_failed=len(failed), feasible=bool(feasible))
