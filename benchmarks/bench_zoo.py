@@ -366,13 +366,22 @@ def report(rows: list[dict[str, Any]], command: str, wall: float) -> str:
                   if r["compress"].get("acc") is not None]
         hand_deltas = [r["hand"]["acc"] - r["teacher_info"]["val_accuracy"] for r in sub
                        if (r.get("hand") or {}).get("acc") is not None]
-        lines.append(f"- **{frac:g}x** ({len(sub)} teachers): compress met the budget for {met}, within "
-                     f"{'0' if frac >= 0.5 else '1'} point of the teacher for {within}, not below the hand baseline "
+        lines.append(f"- **{frac:g}x** ({len(sub)} teachers): compress met the budget for {met}, "
+                     f"{'with no loss' if frac >= 0.5 else 'within 1 point of the teacher'} for {within}, "
+                     f"not below the hand baseline "
                      f"for {not_below}; median Δ teacher {100 * statistics.median(deltas):+.1f} points"
                      + (f". By hand: met {hand_met}, median Δ teacher {100 * statistics.median(hand_deltas):+.1f}"
                         if hand_deltas else f". By hand: met {hand_met}") + ".")
-    lines += ["", f"torch {torch.__version__}, {platform.machine()}, {_cpu()}; {wall / 60:.0f} min for this "
-              f"invocation (teachers and results already cached are reused)."]
+    spent = {"teacher training": sum({r["teacher"]: r["teacher_info"]["seconds"] for r in rows}.values()),
+             "compress": sum((r.get("compress") or {}).get("seconds", 0) for r in rows),
+             "by hand": sum((r.get("hand") or {}).get("seconds", (r.get("hand") or {}).get("prune_s", 0))
+                            for r in rows)}
+    lines += ["", f"torch {torch.__version__}, {platform.machine()}, CPU class {_cpu()}, 2 cores shared with "
+              f"nothing else; " + ", ".join(f"{k} {v / 60:.0f} min" for k, v in spent.items())
+              + f" (this invocation {wall / 60:.0f} min; cached teachers and rows are reused, `--fresh` recomputes "
+              f"the rows). Budgets are relative to the teacher's latency as each run measured it, so the two "
+              f"fractions of one teacher can rest on different teacher timings (a 0.1 ms network varies by "
+              f"tens of per cent between processes here)."]
     return "\n".join(lines) + "\n"
 
 
@@ -395,11 +404,15 @@ def main() -> int:
     ap.add_argument("--max-minutes", type=float, default=0, help="start no new teacher after this long (0: no limit)")
     ap.add_argument("--fresh", action="store_true", help="recompute cached compress/hand results")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--note", help="a reading of the figures, kept in benchmarks/_work/zoo/note.md and printed "
+                                   "under the table (until another --note replaces it)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("compressor", "optuna"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    command = "python benchmarks/bench_zoo.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    # the report-only invocation rewrites the table from the cache that the plain command fills
+    argv = [a for a in sys.argv[1:] if a != "--report-only"]
+    command = " ".join(["python benchmarks/bench_zoo.py", *(shlex.quote(a) for a in argv)])
     t0 = time.perf_counter()
     data_path = dataset()
     split = load_split(data_path)
@@ -444,7 +457,13 @@ def main() -> int:
             path.write_text(json.dumps(row, indent=1))
             rows.append(row)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "zoo.md").write_text(report(rows, command, time.perf_counter() - t0))
+    note = WORK / "note.md"
+    if args.note:
+        note.write_text(args.note.strip() + "\n")
+    text = report(rows, command, time.perf_counter() - t0)
+    if note.exists():
+        text += "\n" + note.read_text()
+    (RESULTS / "zoo.md").write_text(text)
     logging.info("wrote %s", RESULTS / "zoo.md")
     return 0
 
