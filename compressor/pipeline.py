@@ -480,7 +480,8 @@ def stage_premeasure(result: SearchResult, teacher: Teacher, data: DataSplits, p
     return premeasure(result, teacher, data.x_train[:2], profile=profile,
                       latency_fn=predicted_latency(predictor, teacher.spec.shape), budget=budget, top=cfg.verify_top,
                       teacher_latency_ms=teacher_lat.value() if teacher_lat else float("inf"),
-                      round_to=profile.round_to, ta_factors=scfg.ta_factors, fixed_sizes=cfg.sizes,
+                      round_to=profile.round_to, ta_factors=scfg.ta_factors, ta_reach=scfg.ta_reach,
+                      fixed_sizes=cfg.sizes,
                       search_dir=run_dir / "search", resume=cfg.resume, progress=progress)
 
 

@@ -219,3 +219,28 @@ def test_resume_after_kill_continues_without_repeating_epochs(small, tmp_path):
     straight = train_family(teacher, ta, small, sizes=SIZES, config=DistillConfig(epochs=3, bn_calib_samples=64),
                             run_dir=tmp_path / "straight")
     assert [h["loss"] for h in straight.history] == pytest.approx([h["loss"] for h in r.history], rel=1e-5)
+
+
+def test_without_augmentation_the_teacher_runs_once_per_sample_and_trains_the_same(small, tmp_path, monkeypatch):
+    """No augmentation: the teacher's logits are computed once per run and looked up each step; the
+    run's losses are the ones a teacher called every step gives, and its compute count says so."""
+    from compressor.distill.train import _Trainer
+
+    cfg = DistillConfig(epochs=2, batch_size=64, bn_calib_samples=128)  # augment "none"
+    runs = {}
+    for cached in (True, False):
+        if not cached:
+            monkeypatch.setattr(_Trainer, "_cache_teacher", lambda self: None)
+        teacher, ta = _nets()
+        seen: list[int] = []
+        hook = teacher.register_forward_hook(lambda m, i, o: seen.append(len(i[0])))
+        runs[cached] = train_family(teacher, ta, small, sizes=SIZES, config=cfg, run_dir=tmp_path / str(cached))
+        hook.remove()
+        runs[cached].teacher_samples = sum(seen)
+    steps = 2 * (384 // 64)
+    probe = 1  # counting the teacher's MACs runs it on one sample
+    assert runs[True].teacher_samples == 384 + probe and runs[False].teacher_samples == steps * 64 + probe
+    for a, b in zip(runs[True].history, runs[False].history):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    teacher_macs = P.count_macs(_nets()[0], small.x_train[:1])
+    assert runs[False].train_flops - runs[True].train_flops == (steps * 64 - 384) * teacher_macs

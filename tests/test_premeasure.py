@@ -213,3 +213,35 @@ def test_verify_top_is_an_option_checked_up_front() -> None:
     assert resolve_config({"verify_top": 0}, base).verify_top == 0
     with pytest.raises(ConfigError, match="verify_top"):
         resolve_config({}, {**base, "verify_top": -1})
+
+
+@pytest.mark.parametrize("quick_spread, timed_again", [(1.0, True), (0.1, False)], ids=["near-miss", "fits"])
+def test_a_near_miss_under_the_quick_timing_is_timed_again_with_the_profile_s_own(monkeypatch, tmp_path, teacher,
+                                                                                  quick_spread, timed_again):
+    """p50 3.5 ms within the 4 ms budget: a quick spread of 1 ms puts it over and the profile's own
+    timing (spread 0.1 ms) decides; a quick verdict that fits is kept as it is."""
+    from types import SimpleNamespace
+
+    import compressor.premeasure as pm
+
+    profile = load_profile("host-cpu-1t")
+    quick_runs: list[bool] = []
+
+    def timed(prof, shape, onnx_path, module):
+        quick = prof.repeats < profile.repeats
+        quick_runs.append(quick)
+        return LatencyReport(profile=prof.name, stat="p50", p50_ms=3.5, p90_ms=3.6, p99_ms=3.7, mean_ms=3.5,
+                             std_ms=0.1, cov=0.03, samples=prof.repeats, measured=True,
+                             spread_ms=quick_spread if quick else 0.1)
+
+    monkeypatch.setattr(pm, "latency_report", timed)
+    monkeypatch.setattr(pm, "export_onnx", lambda module, x, path, slim: SimpleNamespace(path=path))
+    measure = pm.quick_measure(profile, SHAPE, torch.zeros(2, *SHAPE), tmp_path, BUDGET)
+    report = measure(teacher.module, "candidate-1")
+    assert quick_runs == ([True, False] if timed_again else [True])
+    assert BUDGET.fits(report)
+    # without a budget (the anchor's timing), the quick figure is what it is
+    quick_runs.clear()
+    assert not BUDGET.fits(pm.quick_measure(profile, SHAPE, torch.zeros(2, *SHAPE), tmp_path)(teacher.module, "c")) \
+        or not timed_again
+    assert quick_runs == [True]

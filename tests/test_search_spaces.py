@@ -232,6 +232,27 @@ def test_assistant_is_capped_by_the_teacher_latency(block_teacher):
     assert ta.arch["expansion"] == 1.0 and ta.arch["student_ratio"] == 1.0
 
 
+def test_assistant_reaches_over_a_budget_its_usual_widening_still_fits(block_teacher):
+    space = SPACES.get("cnn")(block_teacher)
+    arch = space.suggest(Pick("first"))
+    x = block_teacher.spec.example(2)
+    student = P.count_params(space.build(arch, block_teacher))
+    kwargs = dict(latency_fn=P.count_params, max_latency_ms=float("inf"), factors=(2.0, 1.5), example=x,
+                  round_to=8, reach=(3.0, 4.0, 6.0))
+    # the x2 assistant is under the budget: the narrowest reach over it is taken
+    budget = P.count_params(space.build(space.widen(arch, 3.0), block_teacher)) + 1
+    ta = widen_to_assistant(space, arch, block_teacher, budget_ms=budget, **kwargs)
+    assert ta.arch["expansion"] == 4.0 and P.count_params(ta.model) > budget
+    cut = P.materialize(ta.model, x, P.channel_groups(ta.model, x), ta.arch["student_ratio"], None, 8)
+    assert P.count_params(cut) == student
+    # over the budget already at x2: the usual rule alone; nothing over it: the widest within the teacher
+    assert widen_to_assistant(space, arch, block_teacher, budget_ms=student, **kwargs).arch["expansion"] == 2.0
+    huge = widen_to_assistant(space, arch, block_teacher, budget_ms=float("inf"), **kwargs)
+    assert huge.arch["expansion"] == 6.0
+    capped = {**kwargs, "max_latency_ms": budget}  # the teacher is as slow as the x3 assistant: x3 it is
+    assert widen_to_assistant(space, arch, block_teacher, budget_ms=float("inf"), **capped).arch["expansion"] == 3.0
+
+
 def test_nested_ratio_rejects_a_student_that_does_not_nest(tiny_teacher):
     space = SPACES.get("cnn")(tiny_teacher)
     a = space.build({"space": "cnn", "family": "cnn", "widths": [16, 32], "depths": [1, 1], "kernel": 3}, tiny_teacher)

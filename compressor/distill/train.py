@@ -2,7 +2,8 @@
 
 Each step, on one (optionally augmented) batch:
 
-1. the teacher runs once, frozen, without gradients;
+1. the teacher runs once, frozen, without gradients (without augmentation its
+   logits are computed once per run instead, and looked up);
 2. the TA (the family at full width) learns from the teacher and the labels:
    ``ta_ce·CE(TA, y) + ta_kd·τ²·KL(teacher ‖ TA)``;
 3. students (nested sizes) follow the sandwich rule: the smallest every step
@@ -310,6 +311,7 @@ class _Trainer:
         self.memory_format = torch.channels_last if example.dim() == 4 else None
         self._set_format(self.memory_format)
         self.net: nn.Module = _Granularities(self.ta, self.losses, family, self.taps, cfg, self.memory_format)
+        self.teacher_cache: Tensor | None = None  # the teacher's logits per training sample (`_cache_teacher`)
         if ranks is not None:
             # Buffers are synchronised once, here, and never again: the only buffers, BatchNorm
             # statistics, are recalibrated on the same samples before any size is evaluated or kept.
@@ -394,6 +396,8 @@ class _Trainer:
                             total=cfg.epochs * self.steps_per_epoch) if progress else None
         if progress and self.epoch:
             progress.advance(task, self.epoch * self.steps_per_epoch)
+        if self.epoch < cfg.epochs:
+            self._cache_teacher()
         while self.epoch < cfg.epochs:
             start = time.perf_counter()
             self.family.train()  # the TA and the students' skeletons: batch statistics in BatchNorm
@@ -401,7 +405,7 @@ class _Trainer:
             total = 0.0
             for i in range(self.steps_per_epoch):
                 idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-                total += self._step(self.data.x_train[idx], self.data.y_train[idx])
+                total += self._step(self.data.x_train[idx], self.data.y_train[idx], idx)
                 if progress:
                     progress.advance(task)
                     progress.update(task, description=f"nested distil e{self.epoch + 1}/{cfg.epochs} "
@@ -430,20 +434,39 @@ class _Trainer:
                     crash_point("epoch")  # rank 0 passes it in its journal (progress.done)
         self.family.train(False)
 
-    def _step(self, x: Tensor, y: Tensor) -> float:
+    def _cache_teacher(self) -> None:
+        """Without augmentation the teacher sees the same samples every epoch, so its logits are
+        computed once, here, rather than on every step (12 epochs: 12 teacher passes become 1; the
+        transformer recipe trains without augmentation). Feature losses need the teacher's feature
+        maps as well, which are not kept: those runs call the teacher every step."""
+        cfg = self.cfg
+        if self.teacher_tap is None or cfg.extra_losses or (cfg.augment != "none" and cfg.shift > 0):
+            return
+        with torch.no_grad():
+            self.teacher_cache = torch.cat([
+                self.teacher_tap(self._inputs(self.data.x_train[i:i + 256].to(self.device)))[0]
+                for i in range(0, len(self.data.x_train), 256)])
+        self.flops += len(self.data.x_train) * self.macs_teacher
+
+    def _step(self, x: Tensor, y: Tensor, idx: Tensor | None = None) -> float:
         cfg, batch = self.cfg, len(x)
         # every rank draws the whole batch's augmentation and sandwich: the seeded stream stays one
         x = augment(x, cfg.augment, cfg.shift, self.generator)
         students = self._sandwich()
+        cached = self.teacher_cache[idx.to(self.teacher_cache.device)] \
+            if self.teacher_cache is not None and idx is not None else None
         share = 1.0
         if self.ranks is not None:
             x, y = x[self.ranks.rank::self.ranks.world_size], y[self.ranks.rank::self.ranks.world_size]
+            cached = None if cached is None else cached[self.ranks.rank::self.ranks.world_size]
             # DDP averages the ranks' gradients; weighing each by its share of the batch makes that
             # average the whole batch's mean when the batch does not split evenly
             share = len(x) * self.ranks.world_size / batch
         x, y = self._inputs(x.to(self.device)), y.to(self.device)
         teacher = None
-        if self.teacher_tap is not None:
+        if cached is not None:
+            teacher = Out(cached, None, labels=y)
+        elif self.teacher_tap is not None:
             with torch.no_grad():
                 teacher = Out(*self.teacher_tap(x), labels=y)
         total, soft = 0.0, None
@@ -460,8 +483,8 @@ class _Trainer:
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.sched.step()
-        self.flops += batch * (self.macs_teacher + 3 * (self.macs_ta + sum(self.family.subnet(n).macs
-                                                                          for n in students)))
+        teacher_macs = 0 if cached is not None else self.macs_teacher  # cached: counted once, in _cache_teacher
+        self.flops += batch * (teacher_macs + 3 * (self.macs_ta + sum(self.family.subnet(n).macs for n in students)))
         return total
 
     def _validates(self, epoch: int) -> bool:

@@ -84,26 +84,47 @@ def nested_ratio(ta: nn.Module, student: nn.Module, example: torch.Tensor,
 def widen_to_assistant(space: SearchSpace, student_arch: Mapping[str, Any], teacher: Teacher, *,
                        latency_fn: Callable[[nn.Module], float], max_latency_ms: float,
                        factors: Sequence[float], example: torch.Tensor, round_to: int,
-                       student_latency_ms: float | None = None) -> Assistant:
+                       student_latency_ms: float | None = None, budget_ms: float | None = None,
+                       reach: Sequence[float] = ()) -> Assistant:
     """The widest of `factors` whose assistant is no slower than `max_latency_ms` and nests the student.
+
+    When that assistant still fits `budget_ms` (a student far under the budget: the family would
+    have no size with more capacity than the budget allows, and its sizes would all sit far below
+    it), the wider `reach` factors are tried, narrowest first, and the first assistant over the
+    budget is taken (else the widest that qualifies): MatTA's TA is a larger version of the
+    student, up to about the teacher, and the nested sizes then span from it down to the budget.
 
     Falls back to the student itself (factor 1, ratio 1.0) when no widening qualifies,
     including when a wider network cannot be built or timed.
     """
     student = space.build(student_arch, teacher)
-    for factor in sorted((f for f in factors if f > 1.0), reverse=True):
+
+    def widened(factor: float) -> Assistant | None:
         arch = space.widen(student_arch, factor)
         try:
             ta = space.build(arch, teacher)
             latency = float(latency_fn(ta))
             if latency > max_latency_ms:
-                log.info("assistant x%.2f predicted %.3f ms > teacher %.3f ms; trying narrower",
-                         factor, latency, max_latency_ms)
-                continue
+                log.info("assistant x%.2f predicted %.3f ms > teacher %.3f ms", factor, latency, max_latency_ms)
+                return None
             ratio = nested_ratio(ta, student, example, round_to)
         except Exception as e:  # NotNestedError, or a wider network the predictor cannot time
-            log.info("assistant x%.2f rejected (%s: %s); trying narrower", factor, type(e).__name__, e)
-            continue
+            log.info("assistant x%.2f rejected (%s: %s)", factor, type(e).__name__, e)
+            return None
         return Assistant({**arch, "student_ratio": ratio, "expansion": factor}, ta, latency)
-    latency = student_latency_ms if student_latency_ms is not None else float(latency_fn(student))
-    return Assistant({**dict(student_arch), "student_ratio": 1.0, "expansion": 1.0}, student, latency)
+
+    chosen = next((a for f in sorted((f for f in factors if f > 1.0), reverse=True)
+                   if (a := widened(f)) is not None), None)
+    if chosen is None:
+        latency = student_latency_ms if student_latency_ms is not None else float(latency_fn(student))
+        chosen = Assistant({**dict(student_arch), "student_ratio": 1.0, "expansion": 1.0}, student, latency)
+    if budget_ms is None or chosen.latency_ms > budget_ms:
+        return chosen
+    for factor in sorted(f for f in reach if f > chosen.arch["expansion"]):
+        wider = widened(factor)
+        if wider is None or wider.latency_ms <= chosen.latency_ms:
+            continue  # slower than the teacher, not nested, or clamped at the teacher's widths
+        chosen = wider
+        if chosen.latency_ms > budget_ms:
+            break
+    return chosen

@@ -85,7 +85,8 @@ class SearchConfig:
     """How the student search runs. Every field has a working default.
 
     `ta_factors` are the assistant's width expansions, tried widest first until the
-    assistant's predicted latency is at most the teacher's (MatTA). `round_to` must be
+    assistant's predicted latency is at most the teacher's (MatTA); when that assistant
+    still fits the budget, the `ta_reach` factors are tried until one is over it. `round_to` must be
     the hardware profile's channel multiple, the one distillation materialises with,
     or the student's nesting ratio will not be exact. `reference_pool` random
     candidates fix the scale on which a multi-term proxy's terms are added.
@@ -105,6 +106,9 @@ class SearchConfig:
     normalisation: NormMode = "rank"
     reference_pool: int = 8
     ta_factors: tuple[float, ...] = (2.0, 1.5, 1.25)
+    # a student far under the budget (a zoo teacher at 1/4 of its latency: a 3-stage 16-channel CNN at
+    # 0.015 of 0.106 ms) widened 2x still fits it, and its family has no size near the budget
+    ta_reach: tuple[float, ...] = (3.0, 4.0, 6.0, 8.0)
     round_to: int = 8
     population_size: int | None = None  # NSGA-II; default: n_trials // 4, between 4 and 36
     fallback_proxy: str = "snip+params"  # when the teacher has no layers DisWOT can read: best teacher-free pair
@@ -133,6 +137,8 @@ class SearchConfig:
             raise ConfigError(f"round_to must be at least 1 but got {self.round_to}.")
         if any(f < 1.0 for f in self.ta_factors):
             raise ConfigError(f"ta_factors must be at least 1 but got {self.ta_factors}.")
+        if any(f < 1.0 for f in self.ta_reach):
+            raise ConfigError(f"ta_reach must be at least 1 but got {self.ta_reach}.")
         check_device(self.device)
 
 
@@ -768,7 +774,8 @@ def _result(study: optuna.Study, scorer: _Scorer, location: str, budget: Budget,
         ta = widen_to_assistant(space, student.arch, scorer.teacher, latency_fn=scorer.latency_fn,
                                 max_latency_ms=max(teacher_latency_ms, student.est_latency_ms),
                                 factors=cfg.ta_factors, example=scorer.batch[0][:2], round_to=cfg.round_to,
-                                student_latency_ms=student.est_latency_ms)
+                                student_latency_ms=student.est_latency_ms, budget_ms=budget.ms,
+                                reach=cfg.ta_reach)
         ta_arch, ta_model, ta_ms = dict(ta.arch), ta.model, ta.latency_ms
     ta_candidate = Candidate(arch=ta_arch, proxy_scores={}, est_latency_ms=ta_ms,
                              trial_number=best.number, params=P.count_params(ta_model),
