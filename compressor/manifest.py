@@ -322,6 +322,7 @@ _MANIFEST = _Obj(
             "history": _List(_Obj(required={"epoch": _INT}, optional={
                 "loss": _Null(_NUM),
                 "val_acc": _AnyOf((_Null(_NUM), _Map(_Null(_NUM))), "a number or a mapping of size to number"),
+                "seconds": _NUM,
             })),
         }),
     },

@@ -190,6 +190,12 @@ def test_choose_sizes_spreads_from_budget_to_ta(student_ratio):
     wider = P.materialize(ta, x, groups, ratios[-1] + 1 / 64, order, 8)  # the smallest is the widest that fits
     assert lat(wider) > 0.8 * budget or P.count_params(wider) == P.count_params(
         P.materialize(ta, x, groups, ratios[-1], order, 8))
+    # and one size is the widest predicted within the budget itself
+    fitting = max(r for r, t in zip(ratios, times) if t <= budget)
+    grid = sorted({r for r in (k / 64 for k in range(1, 65))
+                   if lat(P.materialize(ta, x, groups, r, order, 8)) <= budget})
+    assert P.count_params(P.materialize(ta, x, groups, fitting, order, 8)) == \
+        P.count_params(P.materialize(ta, x, groups, grid[-1], order, 8))
     if student_ratio is not None:
         assert ("w060", 0.6) in sizes
     assert len({n for n, _ in sizes}) == len(sizes) and all(n.startswith("w") for n, _ in sizes)

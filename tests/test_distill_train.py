@@ -72,6 +72,7 @@ def test_one_run_trains_every_size_and_counts_compute(small, tmp_path):
     assert progress.steps == steps and any("w025" in d for d in progress.descriptions)
     assert progress.units == [("epoch", 1), ("epoch", 2)]
     assert [h["epoch"] for h in r.history] == [1, 2] and set(r.history[-1]["val_acc"]) == {"w100", "w050", "w025"}
+    assert all(h["seconds"] > 0 for h in r.history) and sum(h["seconds"] for h in r.history) <= r.train_seconds + 1e-3
     assert set(r.models) == set(r.val_acc) == {"w100", "w050", "w025"} and all(0 <= a <= 1 for a in r.val_acc.values())
     assert P.count_params(r.models["w025"]) < P.count_params(r.models["w050"]) < P.count_params(r.models["w100"])
     assert any(not torch.equal(before[k], v) for k, v in ta.state_dict().items())  # the TA itself trained

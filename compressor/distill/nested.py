@@ -277,9 +277,12 @@ def choose_sizes(ta: nn.Module, example: Tensor, groups: Sequence[P.ChannelGroup
 
     The smallest is the widest that keeps predicted latency under
     `margin × budget_ms` (0.8: 20 % headroom for the gap between predicted and
-    measured latency); the others are spaced geometrically in latency between
-    it and the TA, so each size is about the same factor faster than the next
-    (the budgets users ask for are spread on a log scale: 1, 2, 5 ms...).
+    measured latency), the next the widest predicted within the budget itself
+    (the most capacity the budget allows: a zoo teacher's family at half its latency
+    otherwise had its nearest size at 0.64x the budget); the others are spaced
+    geometrically in latency between it and the TA, so each size is about the same
+    factor faster than the next (the budgets users ask for are spread on a log
+    scale: 1, 2, 5 ms...).
     Widths are searched on a grid of 1/64 and deduplicated by the channel counts
     they keep after rounding to `round_to`. The searched student
     (`student_ratio`, uniform or per group) is added, replacing a size that
@@ -320,11 +323,20 @@ def choose_sizes(ta: nn.Module, example: Tensor, groups: Sequence[P.ChannelGroup
     if latency(grid[i_min]) > target and not ta_fits:
         log.warning("the narrowest nested width (%.3f) is predicted at %.3f ms, over %.0f%% of the %.3f ms budget",
                     grid[i_min], latency(grid[i_min]), 100 * margin, budget_ms)
-    lo_ms, hi_ms = latency(grid[i_min]), latency(grid[-1])
     picks = {i_min, len(grid) - 1} if n > 1 else {i_min}
-    for j in range(1, n - 1):
-        goal = lo_ms * (hi_ms / lo_ms) ** (j / (n - 1)) if lo_ms > 0 else hi_ms * j / (n - 1)
-        picks.add(max(i_min, widest_under(goal)))
+    floor = i_min
+    if not ta_fits and n > 2:
+        # the widest predicted within the budget itself: the size a user serves at that budget; the
+        # smallest keeps the headroom in case it measures over (premeasure re-plans when one does)
+        i_fit = widest_under(budget_ms)
+        if i_min < i_fit < len(grid) - 1:
+            picks.add(i_fit)
+            floor = i_fit
+    lo_ms, hi_ms = latency(grid[floor]), latency(grid[-1])
+    middles = n - len(picks)
+    for j in range(1, middles + 1):
+        goal = lo_ms * (hi_ms / lo_ms) ** (j / (middles + 1)) if lo_ms > 0 else hi_ms * j / (middles + 1)
+        picks.add(max(floor, widest_under(goal)))
     ratios: list[Ratio] = [grid[i] for i in sorted(picks, reverse=True)]
     if student_ratio is not None:
         student = _check_ratio(student_ratio, groups)

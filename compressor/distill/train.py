@@ -415,9 +415,10 @@ class _Trainer:
             if self.main and self._validates(self.epoch + 1):
                 self.last_models = models, acc = self.evaluate()
             self.epoch += 1
-            self.seconds += time.perf_counter() - start
+            took = time.perf_counter() - start
+            self.seconds += took
             if self.main:
-                self.history.append({"epoch": self.epoch, "loss": loss, "val_acc": acc})
+                self.history.append({"epoch": self.epoch, "loss": loss, "val_acc": acc, "seconds": round(took, 3)})
                 write_torch(ckpt_path, self.state())
                 if progress:
                     progress.done("epoch", self.epoch, total=cfg.epochs,
@@ -430,7 +431,7 @@ class _Trainer:
                 # costs no finished epoch, and the journal lists it
                 acc = self.ranks.broadcast(acc)
                 if not self.main:
-                    self.history.append({"epoch": self.epoch, "loss": loss, "val_acc": acc})
+                    self.history.append({"epoch": self.epoch, "loss": loss, "val_acc": acc, "seconds": round(took, 3)})
                     crash_point("epoch")  # rank 0 passes it in its journal (progress.done)
         self.family.train(False)
 
