@@ -405,7 +405,7 @@ class _Trainer:
             total = 0.0
             for i in range(self.steps_per_epoch):
                 idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-                total += self._step(self.data.x_train[idx], self.data.y_train[idx], idx)
+                total += self._step(idx)
                 if progress:
                     progress.advance(task)
                     progress.update(task, description=f"nested distil e{self.epoch + 1}/{cfg.epochs} "
@@ -449,13 +449,14 @@ class _Trainer:
                 for i in range(0, len(self.data.x_train), 256)])
         self.flops += len(self.data.x_train) * self.macs_teacher
 
-    def _step(self, x: Tensor, y: Tensor, idx: Tensor | None = None) -> float:
-        cfg, batch = self.cfg, len(x)
+    def _step(self, idx: Tensor) -> float:
+        """One optimizer step on the training samples `idx`; returns the summed loss."""
+        cfg, batch = self.cfg, len(idx)
+        x, y = self.data.x_train[idx], self.data.y_train[idx]
         # every rank draws the whole batch's augmentation and sandwich: the seeded stream stays one
         x = augment(x, cfg.augment, cfg.shift, self.generator)
         students = self._sandwich()
-        cached = self.teacher_cache[idx.to(self.teacher_cache.device)] \
-            if self.teacher_cache is not None and idx is not None else None
+        cached = None if self.teacher_cache is None else self.teacher_cache[idx.to(self.teacher_cache.device)]
         share = 1.0
         if self.ranks is not None:
             x, y = x[self.ranks.rank::self.ranks.world_size], y[self.ranks.rank::self.ranks.world_size]
