@@ -1,18 +1,24 @@
 """Language models: nested Teacher -> TA -> students in one run vs each size distilled alone, per size.
 
 On a GPT-2 teacher folder and its text (`compress example-lm-teacher --out gpt`), the sizes the
-example run trains (`--budget 0.5x` on a quiet machine: TA 0.68 of the teacher's compute per token,
-students 0.35, 0.245, 0.175; `lm.gpt.scaled_shape`) are obtained three ways, every one starting from
+example run trains (`--budget 0.5x` on a quiet machine: TA 0.675 of the teacher's compute per token,
+students 0.35, 0.245, 0.175; `lm.gpt.scaled_shape`) are obtained five ways, every one starting from
 the teacher's importance-sorted weights (`lm.gpt.sort_by_importance`), with the same loop
-(`lm.train.train_nested_lm`), optimiser, schedule, batch and number of steps:
+(`lm.train.train_nested_lm`), optimiser, schedule and batch:
 
-  (a) nested: TA + three students in one run (CE + KL(teacher) + KL(TA) for the students);
-  (b) independent: each student alone (CE + KL(teacher)), one run per size;
-  (c) nested without the TA: the three students in one run, no TA term (w_ta = 0) and no TA.
+  independent   each student alone, CE + KL(teacher), `--steps` steps per student (the reference);
+  chain         the default recipe: one size per step, the TA taught by the teacher, each student by
+                the TA (MatTA's teacher -> TA -> student chain), as many steps as fit in `--compute`
+                times the independent runs' compute;
+  no TA         one student per step, each taught by the teacher, no TA (same compute as `chain`);
+  sampled       one size per step, the TA and the students all taught by the teacher (same compute);
+  all           every size every step, students taught by teacher and TA (`--steps` steps: the
+                earlier recipe, about the independent runs' compute).
 
-Scores: validation perplexity and next-token accuracy (`lm.metrics`) of each student, in PyTorch.
-Compute is counted as executed: per token, teacher forward + 3 x forward MACs of every size trained
-(backward ~ 2 forwards), summed over steps.
+Scores: validation perplexity (per byte) and next-token accuracy (`lm.metrics`) of each size, in
+PyTorch. Compute is counted as executed (`LMTraining.trained` / `.targets`): 3 x forward MACs per
+token for every pass with a backward, 1 x for every forward-only pass (the teacher's, the TA's
+targets), summed over steps.
 
     python benchmarks/bench_lm_matta.py --teacher gpt --data python-docs.txt           # 3 seeds
     python benchmarks/bench_lm_matta.py --teacher gpt --data python-docs.txt --seeds 1 --steps 20
@@ -22,6 +28,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -31,10 +38,11 @@ from compressor.config import CompressConfig
 from compressor.lm.corpus import random_windows
 from compressor.lm.gpt import full_shape, macs_per_token, nested_forward, scaled_shape, sort_by_importance
 from compressor.lm.metrics import token_scores
-from compressor.lm.train import LMDistillConfig, train_nested_lm
+from compressor.lm.train import LMDistillConfig, LMTraining, name, train_nested_lm
 from compressor.tasks.causal_lm import CausalLM, load_lm_teacher
 
 TA, STUDENTS = 0.675, (0.35, 0.245, 0.175)
+WAYS = ("chain", "independent", "no TA", "sampled", "all")
 
 
 def main() -> None:
@@ -42,7 +50,9 @@ def main() -> None:
     ap.add_argument("--teacher", default="gpt")
     ap.add_argument("--data", default="python-docs.txt")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--steps", type=int, default=150, help="steps of each independent run and of `all`")
+    ap.add_argument("--compute", type=float, default=0.5,
+                    help="compute of the sampled recipes as a fraction of the independent runs' (default 0.5)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--out", default="benchmarks/results/lm_matta.md")
     args = ap.parse_args()
@@ -56,64 +66,93 @@ def main() -> None:
     ta = scaled_shape(full, TA, 16)
     students = [scaled_shape(full, r, 16) for r in STUDENTS]
     cfg = teacher.model.config
+    macs = {name(s): macs_per_token(cfg, s, data.context) for s in [full, ta, *students]}
+    macs["teacher"] = macs[name(full)]
 
-    def cost(shapes) -> float:  # MACs per training token: teacher forward + 3 x each trained size's forward
-        return macs_per_token(cfg, full, data.context) + 3 * sum(macs_per_token(cfg, s, data.context) for s in shapes)
+    def executed(run: LMTraining) -> float:  # MACs per token over the whole run
+        return (sum(3 * macs[k] * n for k, n in run.trained.items())
+                + sum(macs[k] * n for k, n in run.targets.items()))
+
+    t_ms, a_ms = macs["teacher"], macs[name(ta)]
+    s_mean = sum(macs[name(s)] for s in students) / len(students)
+    independent_total = args.steps * len(students) * (t_ms + 3 * s_mean)
+    per_step = {  # expected MACs per token and step of each sampled recipe (one size per step)
+        "chain": (t_ms + 3 * a_ms + len(students) * (a_ms + 3 * s_mean)) / (len(students) + 1),
+        "no TA": t_ms + 3 * s_mean,
+        "sampled": t_ms + 3 * (a_ms + len(students) * s_mean) / (len(students) + 1),
+    }
+    steps = {k: int(args.compute * independent_total / v) for k, v in per_step.items()}
+    steps["all"] = args.steps
 
     def score(model, shape) -> tuple[float, float]:
         ce, acc, _ = token_scores(lambda x: nested_forward(model, x, shape), data.val_windows)
         return float(torch.tensor(ce).exp()), acc
 
     rows: dict[str, dict[str, list]] = {}
-    seconds: dict[str, float] = {"nested": 0.0, "independent": 0.0, "nested_no_ta": 0.0}
+    compute: dict[str, list[float]] = {}
+    seconds: dict[str, float] = {}
+    t_score = score(ordered, full)
     for seed in range(args.seeds):
-        dcfg = LMDistillConfig(steps=args.steps, batch_size=args.batch_size, context=data.context, seed=seed)
-        t0 = time.perf_counter()
-        fam = copy.deepcopy(ordered)
-        train_nested_lm(teacher.model, fam, [ta, *students], data.corpus.train, dcfg)
-        seconds["nested"] += time.perf_counter() - t0
-        for r, s in zip(STUDENTS, students):
-            rows.setdefault(f"{r}", {}).setdefault("nested", []).append(score(fam, s))
-        t0 = time.perf_counter()
-        for r, s in zip(STUDENTS, students):
-            alone = copy.deepcopy(ordered)
-            train_nested_lm(teacher.model, alone, [s], data.corpus.train, dcfg)
-            rows[f"{r}"].setdefault("independent", []).append(score(alone, s))
-        seconds["independent"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        fam = copy.deepcopy(ordered)
-        train_nested_lm(teacher.model, fam, students, data.corpus.train,
-                        LMDistillConfig(**{**dcfg.__dict__, "w_ta": 0.0}))
-        seconds["nested_no_ta"] += time.perf_counter() - t0
-        for r, s in zip(STUDENTS, students):
-            rows[f"{r}"].setdefault("nested_no_ta", []).append(score(fam, s))
+        def run(way: str, shapes, recipe: str, n: int) -> tuple[torch.nn.Module, LMTraining]:
+            fam = copy.deepcopy(ordered)
+            t0 = time.perf_counter()
+            trained = train_nested_lm(teacher.model, fam, shapes, data.corpus.train,
+                                      LMDistillConfig(steps=n, batch_size=args.batch_size, context=data.context,
+                                                      seed=seed, recipe=recipe))
+            seconds[way] = seconds.get(way, 0.0) + time.perf_counter() - t0
+            return fam, trained
+
+        for way in WAYS:
+            if way == "independent":
+                total = 0.0
+                for r, s in zip(STUDENTS, students):
+                    fam, trained = run(way, [s], "chain", args.steps)  # one size: CE + KL(teacher) every step
+                    total += executed(trained)
+                    rows.setdefault(f"{r}", {}).setdefault(way, []).append(score(fam, s))
+            else:
+                shapes = students if way == "no TA" else [ta, *students]
+                recipe = {"no TA": "sampled"}.get(way, way)
+                fam, trained = run(way, shapes, recipe, steps[way])
+                total = executed(trained)
+                for r, s in zip(("TA", *STUDENTS), [ta, *students]):
+                    if s in shapes:
+                        rows.setdefault(f"{r}", {}).setdefault(way, []).append(score(fam, s))
+            compute.setdefault(way, []).append(total)
         print(f"seed {seed} done", json.dumps(rows), flush=True)
-        compute = {"nested": cost([ta, *students]), "independent": sum(cost([s]) for s in students),
-                   "nested_no_ta": cost(students)}
-        write(args, rows, compute, seconds, ta, students, seeds=seed + 1)  # after every seed: a stopped run keeps its part
+        write(args, rows, compute, seconds, steps, ta, students, t_score, seeds=seed + 1)  # a stopped run keeps its part
 
 
-def write(args, rows, compute, seconds, ta, students, seeds: int) -> None:
+def write(args, rows, compute, seconds, steps, ta, students, t_score, seeds: int) -> None:
     def mean(xs, i):
         return sum(x[i] for x in xs) / len(xs)
 
-    lines = [f"# Language models: nested (MatTA) vs independent distillation ({seeds} of {args.seeds} seeds, {args.steps} "
-             f"steps of {args.batch_size} x 128 tokens each)", "",
-             f"Teacher `{args.teacher}`, text `{args.data}`; TA {ta.to_dict()}; students "
-             + ", ".join(f"{r} {s.to_dict()}" for r, s in zip(STUDENTS, students)) + ".", "",
-             "| student (compute ratio) | nested ppl | independent ppl | nested w/o TA ppl | nested acc | "
-             "independent acc | nested w/o TA acc | nested vs independent (ppl, relative) |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r, by in rows.items():
-        n, i, w = by["nested"], by["independent"], by["nested_no_ta"]
-        rel = (mean(i, 0) - mean(n, 0)) / mean(i, 0)
-        lines.append(f"| {r} | {mean(n, 0):.3f} | {mean(i, 0):.3f} | {mean(w, 0):.3f} | {100 * mean(n, 1):.2f} % | "
-                     f"{100 * mean(i, 1):.2f} % | {100 * mean(w, 1):.2f} % | {100 * rel:+.2f} % |")
-    ratio = compute["nested"] / compute["independent"]
-    lines += ["", f"Compute per training token (executed MACs): nested {compute['nested'] / 1e6:.1f}M, the three "
-              f"independent runs {compute['independent'] / 1e6:.1f}M together, nested without TA "
-              f"{compute['nested_no_ta'] / 1e6:.1f}M: nested / independent = {ratio:.2f}. Wall seconds over all "
-              f"seeds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + "."]
+    ref = sum(compute["independent"]) / len(compute["independent"])
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()
+    lines = [f"# Language models: nested (MatTA) vs independent distillation ({seeds} of {args.seeds} seeds)", "",
+             f"Teacher `{args.teacher}` (perplexity {t_score[0]:.3f}, next-token accuracy {100 * t_score[1]:.2f} %), "
+             f"text `{args.data}`, batch {args.batch_size} x 128 tokens; TA {ta.to_dict()}; students "
+             + ", ".join(f"{r} {s.to_dict()}" for r, s in zip(STUDENTS, students)) + f". Code at {commit}.", "",
+             "| way | steps | compute vs independent | wall s (all seeds) |", "|---|---:|---:|---:|"]
+    for way in WAYS:
+        c = sum(compute[way]) / len(compute[way])
+        n = args.steps if way == "independent" else steps[way]
+        lines.append(f"| {way} | {n}{' per student' if way == 'independent' else ''} | {c / ref:.2f} | "
+                     f"{seconds[way]:.0f} |")
+    for metric, i, fmt in (("perplexity (lower is better)", 0, "{:.3f}"),
+                           ("next-token accuracy %", 1, "{:.2f}")):
+        lines += ["", f"{metric.capitalize()}, mean over seeds; last column: chain vs independent, relative "
+                  "(positive: chain better)", "",
+                  "| size (compute ratio) | " + " | ".join(WAYS) + " | chain vs independent |",
+                  "|---|" + "---:|" * (len(WAYS) + 1)]
+        for r, by in rows.items():
+            vals = {w: (100 if i else 1) * mean(by[w], i) for w in WAYS if w in by}
+            cells = [fmt.format(vals[w]) if w in vals else "-" for w in WAYS]
+            rel = "-"
+            if "independent" in vals:
+                d = (vals["independent"] - vals["chain"]) if i == 0 else (vals["chain"] - vals["independent"])
+                rel = f"{100 * d / vals['independent']:+.2f} %"
+            lines.append(f"| {r} | " + " | ".join(cells) + f" | {rel} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
