@@ -7,11 +7,12 @@ the teacher's importance-sorted weights (`lm.gpt.sort_by_importance`), with the 
 (`lm.train.train_nested_lm`), optimiser, schedule and batch:
 
   independent   each student alone, CE + KL(teacher), `--steps` steps per student (the reference);
-  chain         the default recipe: one size per step, the TA taught by the teacher, each student by
-                the TA (MatTA's teacher -> TA -> student chain), as many steps as fit in `--compute`
-                times the independent runs' compute;
+  chain         the default recipe: one size per step (each student twice per TA step), the TA taught
+                by the teacher, each student by the TA (MatTA's teacher -> TA -> student chain), as
+                many steps as fit in `--compute` times the independent runs' compute;
   no TA         one student per step, each taught by the teacher, no TA (same compute as `chain`);
-  sampled       one size per step, the TA and the students all taught by the teacher (same compute);
+  sampled       one size per step as in chain, the TA and the students all taught by the teacher
+                (same compute);
   all           every size every step, students taught by teacher and TA (`--steps` steps: the
                 earlier recipe, about the independent runs' compute).
 
@@ -76,10 +77,11 @@ def main() -> None:
     t_ms, a_ms = macs["teacher"], macs[name(ta)]
     s_mean = sum(macs[name(s)] for s in students) / len(students)
     independent_total = args.steps * len(students) * (t_ms + 3 * s_mean)
+    k = LMDistillConfig().student_rounds * len(students)  # student steps per TA step
     per_step = {  # expected MACs per token and step of each sampled recipe (one size per step)
-        "chain": (t_ms + 3 * a_ms + len(students) * (a_ms + 3 * s_mean)) / (len(students) + 1),
+        "chain": (t_ms + 3 * a_ms + k * (a_ms + 3 * s_mean)) / (k + 1),
         "no TA": t_ms + 3 * s_mean,
-        "sampled": t_ms + 3 * (a_ms + len(students) * s_mean) / (len(students) + 1),
+        "sampled": t_ms + 3 * (a_ms + k * s_mean) / (k + 1),
     }
     steps = {k: int(args.compute * independent_total / v) for k, v in per_step.items()}
     steps["all"] = args.steps

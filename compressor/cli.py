@@ -136,6 +136,10 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, metavar="N",
                    help="language models: training steps of --batch-size windows of 128 tokens (default: --epochs "
                         "passes over the text). e.g. --steps 150")
+    p.add_argument("--lm-recipe", choices=("chain", "sampled", "all"),
+                   help="language models: 'chain' (default): one size per step, the teacher teaching the TA and the "
+                        "TA the students; 'sampled': one size per step, all taught by the teacher; 'all': every size "
+                        "every step")
     p.add_argument("--batch-size", type=int, help="training batch size (default 64)")
     p.add_argument("--trials", type=int, help="architecture search trials (default 24)")
     p.add_argument("--spaces", metavar="NAME,...",
@@ -342,7 +346,7 @@ def _example_lm_teacher(argv: Sequence[str]) -> int:
     p.add_argument("--layers", type=int, default=4, help="transformer blocks (default 4)")
     p.add_argument("--d-model", type=int, default=128, help="residual width (default 128)")
     p.add_argument("--heads", type=int, default=4, help="attention heads (default 4)")
-    p.add_argument("--steps", type=int, default=400, help="training steps of 16 x 128 tokens (default 400)")
+    p.add_argument("--steps", type=int, default=2000, help="training steps of 16 x 128 tokens (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(list(argv))

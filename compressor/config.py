@@ -29,6 +29,7 @@ __all__ = ["CompressConfig", "load_config_file", "parse_budget", "resolve_config
 
 METHODS = ("nested", "skeleton")
 SAMPLERS = ("nsga2", "tpe")
+LM_RECIPES = ("chain", "sampled", "all")  # compressor.lm.train.RECIPES (kept here: config imports no torch)
 # Deployment formats per size (`export.formats`); ONNX is the base and is always written.
 FORMATS = ("onnx", "ort", "openvino", "executorch")
 
@@ -57,6 +58,7 @@ class CompressConfig:
     sizes: tuple[float, ...] | None = None
     epochs: int = 12
     steps: int | None = None  # language models: training steps of batch_size windows (default: `epochs` passes)
+    lm_recipe: str = "chain"  # language models: the nested recipe (compressor/lm/train.py)
     batch_size: int = 64
     trials: int = 24
     spaces: tuple[str, ...] = ("teacher_scaled", "cnn")
@@ -194,6 +196,7 @@ def resolve_config(file_values: Mapping[str, Any], cli_values: Mapping[str, Any]
     cfg.budget_spec  # noqa: B018 - raises when missing
     _check_choice("method", cfg.method, METHODS)
     _check_choice("sampler", cfg.sampler, SAMPLERS)
+    _check_choice("lm_recipe", cfg.lm_recipe, LM_RECIPES)
     unknown_formats = [f for f in cfg.formats if f not in FORMATS]
     if unknown_formats:
         close = difflib.get_close_matches(unknown_formats[0], FORMATS, n=1)

@@ -123,7 +123,7 @@ def run_causal_lm(task: "CausalLM", cfg: "CompressConfig", console: "Console", h
     with clock("distill"):
         family = copy.deepcopy(ordered)
         dcfg = LMDistillConfig(steps=_steps(cfg, data), batch_size=cfg.batch_size, context=data.context,
-                               seed=cfg.seed)
+                               seed=cfg.seed, recipe=cfg.lm_recipe)
         bar = progress.add("distil the nested family", total=dcfg.steps)
         trained = train_nested_lm(teacher.model, family, [s for s, _ in shapes.values()], data.corpus.train, dcfg,
                                   on_step=lambda step, losses: progress.advance(bar))

@@ -38,7 +38,7 @@ def write_python_docs(path: Path) -> Path:
 
 
 def train_example_lm_teacher(out: Path, corpus: Path, *, layers: int = 4, d_model: int = 128, heads: int = 4,
-                             context: int = 128, steps: int = 400, batch_size: int = 16, lr: float = 2e-3,
+                             context: int = 128, steps: int = 2000, batch_size: int = 16, lr: float = 2e-3,
                              seed: int = 0, progress: Any = None) -> dict[str, Any]:
     """Train a GPT-2 (`layers` x `d_model`, `heads` heads, FFN 4x) from scratch on the corpus
     and save it to the folder `out` with its tokenizer. Returns its figures."""

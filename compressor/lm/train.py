@@ -4,16 +4,16 @@ The TA is the widest size; every smaller size is a prefix of it (`gpt.nested_for
 one optimizer step updates the shared weights. Two recipes:
 
 `chain` (the default; MatTA's teacher -> TA -> student chain, MatFormer's sampled sizes): each
-step trains ONE size, the sizes taken in a fresh random order every `len(sizes)` steps, so each
-gets the same number of steps:
+step trains ONE size, taken from a cycle of the TA once and every student `student_rounds` times
+(2) in a fresh random order, so the students get equal shares and the TA half of one:
 
     TA:       w_ce * CE(TA, next token) + w_kd * tau^2 * KL(teacher || TA)
     student:  w_ce * CE(s, next token)  + w_ta * tau^2 * KL(TA || s)
 
 The teacher runs only on the TA's steps, and a student's target is the TA's forward without
-gradient, so a step costs about a third of training every size: on the example GPT-2, 225
-steps of this recipe cost 0.50x the compute of distilling each student alone for 150 steps
-and beat it at every size (benchmarks/bench_lm_matta.py).
+gradient, so a step costs about a third of training every size (BENCHMARKS.md "Language
+models": at half the compute of distilling each student alone, the chain's students match or
+beat them; benchmarks/bench_lm_matta.py).
 
 `sampled`: one size per step as in `chain`, every size taught by the teacher (no TA term):
 
@@ -40,12 +40,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import LM_RECIPES
 from .corpus import random_windows
 from .gpt import Shape, nested_forward
 
 __all__ = ["LMDistillConfig", "LMTraining", "RECIPES", "token_kl", "train_nested_lm"]
 
-RECIPES = ("chain", "sampled", "all")
+RECIPES = LM_RECIPES
 
 
 @dataclass(frozen=True)
@@ -61,9 +62,14 @@ class LMDistillConfig:
     w_ta: float = 0.5  # from the TA (students only)
     warmup: int = 10
     seed: int = 0
+    # chain, sampled: steps of each student per step of the TA. Two: on the example GPT-2 at half the
+    # independent runs' compute, every student gains 0.8-1.5 % perplexity over one, the TA loses 3 %
+    student_rounds: int = 2
     recipe: str = "chain"  # one size per step, students taught by the TA ("sampled": by the teacher; "all": every size every step)
 
     def __post_init__(self) -> None:
+        if self.student_rounds < 1:
+            raise ValueError(f"student_rounds must be at least 1, not {self.student_rounds}")
         if self.recipe not in RECIPES:
             raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, not {self.recipe!r}")
 
@@ -138,7 +144,8 @@ def train_nested_lm(teacher: nn.Module, family: nn.Module, shapes: Sequence[Shap
             todo = shapes
         else:
             if not queue:  # a fresh random order of all sizes: each gets the same number of steps
-                queue = [shapes[i] for i in torch.randperm(len(shapes), generator=order_gen).tolist()]
+                cycle = [ta] + list(shapes[1:]) * cfg.student_rounds
+                queue = [cycle[i] for i in torch.randperm(len(cycle), generator=order_gen).tolist()]
             todo = [queue.pop()]
         t_logits = teacher_logits(x) if cfg.recipe != "chain" or todo[0] == ta else None
         opt.zero_grad(set_to_none=True)
