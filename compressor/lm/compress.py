@@ -69,8 +69,9 @@ _PASSAGES = 64  # last-word passages scored per size: each is a short greedy dec
 _METHOD = ("nested (MatFormer / MatTA) distillation of a GPT-2: the TA and every size share one set of weights "
            "initialised from the teacher's, each layer's attention heads and FFN neurons sorted by importance; "
            "this size ({pct} of the teacher's compute per token) keeps the first {layers} layers, in each the first "
-           "{heads} heads and {ffn} FFN neurons, trained in the same run with token-level KD from the teacher and "
-           "the TA, then cut into a dense GPT2LMHeadModel (transformers, heads pruned with prune_heads)")
+           "{heads} heads and {ffn} FFN neurons, trained in the same run with token-level KD (the manifest's "
+           "training.recipe; by default the teacher teaches the TA and the TA the students), then cut into a dense "
+           "GPT2LMHeadModel (transformers, heads pruned with prune_heads)")
 _PARITY_ATOL = 1e-3  # logits over a few hundred tokens and the vocabulary: fp32 sums differ by ~1e-5
 
 
