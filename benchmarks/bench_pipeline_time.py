@@ -120,6 +120,9 @@ def main() -> None:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--budget", default="0.5x")
     ap.add_argument("--extra", default="", help="more compress flags, space separated, for both versions")
+    ap.add_argument("--extra-after", default="",
+                    help="compress flags for the 'after' side only: with --ref pointing at a checkout of the same "
+                         "code, this compares two settings side by side (e.g. --extra-after '--schedule chain')")
     ap.add_argument("--out", type=Path, default=RESULTS / "pipeline_time.md")
     ap.add_argument("--note", default="")
     args = ap.parse_args()
@@ -135,7 +138,8 @@ def main() -> None:
         for seed in seeds:
             for v, code in versions.items():  # side by side: each seed with both versions before the next
                 with tempfile.TemporaryDirectory(dir=WORK) as tmp:
-                    r = run_once(code, teacher, seed, Path(tmp) / "run", args.budget, extra)
+                    more = args.extra_after.split() if v == "after" else []
+                    r = run_once(code, teacher, seed, Path(tmp) / "run", args.budget, extra + more)
                 r["teacher_info"] = info
                 runs[v].append(r)
                 print(f"{name} seed {seed} {v}: {r['seconds']:.1f} s, exit {r['exit']}, selected {r['selected']} "
@@ -160,8 +164,9 @@ def write(all_runs: dict, args: argparse.Namespace, seeds: list[int], versions: 
               f"Python {platform.python_version()}; whole benchmark {wall / 60:.1f} min.",
               ]
     if len(versions) == 2:
-        lines.append(f"- *before*: the code at `{_describe(versions['before'])}`; *after*: `{_describe(ROOT)}`. "
-                     "Each seed ran with both versions back to back, so both saw the same machine load.")
+        lines.append(f"- *before*: the code at `{_describe(versions['before'])}`; *after*: `{_describe(ROOT)}`"
+                     + (f", with `{args.extra_after}`" if args.extra_after else "")
+                     + ". Each seed ran with both versions back to back, so both saw the same machine load.")
     for name, runs in all_runs.items():
         first = next(iter(runs.values()))[0]
         info = first["teacher_info"]

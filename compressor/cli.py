@@ -136,6 +136,10 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, metavar="N",
                    help="language models: training steps of --batch-size windows of 128 tokens (default: --epochs "
                         "passes over the text). e.g. --steps 150")
+    p.add_argument("--schedule", choices=("sandwich", "chain"),
+                   help="nested distillation: 'sandwich' (default): every step trains the TA, the smallest size and "
+                        "one other; 'chain': every step trains one size, the teacher teaching the TA and the TA the "
+                        "students (about 0.4x the time per epoch; give it 1.5x the --epochs)")
     p.add_argument("--lm-recipe", choices=("chain", "sampled", "all"),
                    help="language models: 'chain' (default): one size per step, the teacher teaching the TA and the "
                         "TA the students; 'sampled': one size per step, all taught by the teacher; 'all': every size "

@@ -29,7 +29,8 @@ __all__ = ["CompressConfig", "load_config_file", "parse_budget", "resolve_config
 
 METHODS = ("nested", "skeleton")
 SAMPLERS = ("nsga2", "tpe")
-LM_RECIPES = ("chain", "sampled", "all")  # compressor.lm.train.RECIPES (kept here: config imports no torch)
+LM_RECIPES = ("chain", "sampled", "all")
+SCHEDULES = ("sandwich", "chain")  # compressor.distill.train.SCHEDULES  # compressor.lm.train.RECIPES (kept here: config imports no torch)
 # Deployment formats per size (`export.formats`); ONNX is the base and is always written.
 FORMATS = ("onnx", "ort", "openvino", "executorch")
 
@@ -59,6 +60,7 @@ class CompressConfig:
     epochs: int = 12
     steps: int | None = None  # language models: training steps of batch_size windows (default: `epochs` passes)
     lm_recipe: str = "chain"  # language models: the nested recipe (compressor/lm/train.py)
+    schedule: str = "sandwich"  # image/1-D nested runs: which granularities train on each step (distill/train.py)
     batch_size: int = 64
     trials: int = 24
     spaces: tuple[str, ...] = ("teacher_scaled", "cnn")
@@ -197,6 +199,10 @@ def resolve_config(file_values: Mapping[str, Any], cli_values: Mapping[str, Any]
     _check_choice("method", cfg.method, METHODS)
     _check_choice("sampler", cfg.sampler, SAMPLERS)
     _check_choice("lm_recipe", cfg.lm_recipe, LM_RECIPES)
+    _check_choice("schedule", cfg.schedule, SCHEDULES)
+    if cfg.schedule == "chain" and cfg.losses:
+        raise ConfigError("--losses compare a student with the teacher, which --schedule chain does not run on a "
+                          "student's step: use --schedule sandwich with them")
     unknown_formats = [f for f in cfg.formats if f not in FORMATS]
     if unknown_formats:
         close = difflib.get_close_matches(unknown_formats[0], FORMATS, n=1)

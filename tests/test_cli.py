@@ -80,6 +80,7 @@ def test_existing_run_is_never_overwritten(tmp_path, tiny_teacher_files, capsys)
     (["--config", "BADCONFIG"], "unknown key"),
     (["--verify-top", "-1"], "verify_top must be 0 (off) or more"),
     (["--anchor-students", "9"], "anchor_students must be 0 (off) to 6"),
+    (["--schedule", "chain", "--losses", "dkd"], "use --schedule sandwich with them"),
 ])
 def test_bad_input_is_one_line(args, match, tmp_path, tiny_teacher_files, capsys):
     import numpy as np

@@ -245,3 +245,60 @@ def test_without_augmentation_the_teacher_runs_once_per_sample_and_trains_the_sa
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
     teacher_macs = P.count_macs(_nets()[0], small.x_train[:1])
     assert runs[False].train_flops - runs[True].train_flops == (steps * 64 - 384) * teacher_macs
+
+
+def test_chain_trains_one_granularity_per_step_and_runs_the_teacher_for_the_ta_only(small, tmp_path):
+    """The chain schedule: cycles of the TA once and each student twice; the teacher runs on the
+    TA's steps, a student's step runs the TA forward (no gradient) as its teacher."""
+    from compressor.distill.train import _Trainer
+
+    teacher, ta = _nets()
+    seen: list[int] = []
+    hook = teacher.register_forward_hook(lambda m, i, o: seen.append(len(i[0])))
+    turns: list = []
+    real = _Trainer._chain_turn
+
+    def record(self, step):
+        turns.append(real(self, step))
+        return turns[-1]
+
+    cfg = DistillConfig(epochs=2, batch_size=64, bn_calib_samples=128, augment="shift", shift=1, schedule="chain")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_Trainer, "_chain_turn", record)
+        r = train_family(teacher, ta, small, sizes=SIZES, config=cfg, run_dir=tmp_path)
+    hook.remove()
+    steps = 2 * (384 // 64)  # 12 steps: cycles of 5 (TA, w050 twice, w025 twice), each in its own order
+    assert len(turns) == steps
+    for k in range(0, steps - 4, 5):
+        assert sorted(turns[k:k + 5], key=str) == sorted([None, "w050", "w050", "w025", "w025"], key=str)
+    ta_steps = turns.count(None)
+    probe = 1  # counting the teacher's MACs runs it on one sample
+    assert sum(seen) == ta_steps * 64 + probe  # the teacher: on the TA's steps only
+    per = {None: P.count_macs(teacher, small.x_train[:1]) + 3 * r.macs["w100"],
+           "w050": r.macs["w100"] + 3 * r.macs["w050"], "w025": r.macs["w100"] + 3 * r.macs["w025"]}
+    assert r.train_flops == 64 * sum(per[t] for t in turns)
+    assert set(r.models) == {"w100", "w050", "w025"}
+
+
+def test_chain_turns_are_a_function_of_the_step_and_seed():
+    """A resumed run takes the same turns: they follow from the step index and the seed alone."""
+    from compressor.distill.train import _Trainer
+
+    class Stub:
+        students = ["w050", "w025"]
+        cfg = DistillConfig(schedule="chain", seed=3)
+
+    a = [_Trainer._chain_turn(Stub(), s) for s in range(40)]
+    assert a == [_Trainer._chain_turn(Stub(), s) for s in range(40)]
+    Stub.cfg = DistillConfig(schedule="chain", seed=4)
+    assert a != [_Trainer._chain_turn(Stub(), s) for s in range(40)]
+    assert a.count(None) == 8 and a.count("w050") == a.count("w025") == 16
+
+
+def test_chain_schedule_is_checked():
+    with pytest.raises(ConfigError, match="schedule must be one of sandwich, chain"):
+        DistillConfig(schedule="ladder")
+    with pytest.raises(ConfigError, match="student_rounds"):
+        DistillConfig(schedule="chain", student_rounds=0)
+    with pytest.raises(ConfigError, match="use the sandwich schedule"):
+        DistillConfig(schedule="chain", extra_losses=(("fitnets", 0.5),))

@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .. import prune as P
+from ..config import SCHEDULES
 from ..errors import ConfigError
 from ..evaluate import accuracy, predict_logits
 from ..faults import crash_point
@@ -95,6 +96,13 @@ class DistillConfig:
     # moved every size by less than the seed-to-seed spread (benchmarks/results/nested.md), and with
     # the example's four sizes it trains 2 students a step instead of 3 (a fifth of the step's time)
     n_random_widths: int = 1
+    # "sandwich": every step trains the TA, the smallest and `n_random_widths` others (above);
+    # "chain": every step trains ONE granularity, from a cycle of the TA once and each student
+    # `student_rounds` times in a seeded random order; the teacher teaches the TA, the TA the
+    # students (their KD weight alpha + beta on the TA's logits, computed without gradient), so
+    # the teacher runs on the TA's steps only (MatTA's teacher -> TA -> student chain)
+    schedule: str = "sandwich"
+    student_rounds: int = 2
     bn_calib_samples: int = 512
     # every size is extracted, recalibrated and validated every `eval_every` epochs and after the last
     # (each validation costs about a quarter of an epoch on the example: 3.5 s against 12 s; only the
@@ -118,6 +126,13 @@ class DistillConfig:
                 raise ConfigError(f"{name} must be at least 0 but got {getattr(self, name)}")
         if self.round_to < 1:
             raise ConfigError(f"round_to must be at least 1 but got {self.round_to}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)} but got {self.schedule!r}")
+        if self.student_rounds < 1:
+            raise ConfigError(f"student_rounds must be at least 1 but got {self.student_rounds}")
+        if self.schedule == "chain" and self.extra_losses:
+            raise ConfigError("extra losses compare a student with the teacher, which the chain schedule does not "
+                              "run on a student's step: use the sandwich schedule with them")
         if self.augment not in AUGMENTS:
             raise ConfigError(f"augment must be one of {', '.join(AUGMENTS)} but got {self.augment!r}")
         extra = tuple((str(n), float(w)) for n, w in self.extra_losses)
@@ -300,6 +315,7 @@ class _Trainer:
         self.macs_teacher = _teacher_macs(teacher, example[:1]) if cfg.uses_teacher else 0
         self.macs_ta = P.count_macs(self.ta, example[:1])
         self.epoch, self.flops, self.seconds = 0, 0, 0.0
+        self.step_index = 0  # optimizer steps taken: the chain's position (restored from `epoch` on resume)
         self.history: list[dict[str, Any]] = []
         self.last_models: tuple[dict[str, nn.Module], dict[str, float]] | None = None
         if device.type != "cpu":  # built on the CPU above (taps and MAC counts trace CPU examples), moved whole
@@ -398,6 +414,7 @@ class _Trainer:
             progress.advance(task, self.epoch * self.steps_per_epoch)
         if self.epoch < cfg.epochs:
             self._cache_teacher()
+        self.step_index = self.epoch * self.steps_per_epoch
         while self.epoch < cfg.epochs:
             start = time.perf_counter()
             self.family.train()  # the TA and the students' skeletons: batch statistics in BatchNorm
@@ -455,6 +472,8 @@ class _Trainer:
         x, y = self.data.x_train[idx], self.data.y_train[idx]
         # every rank draws the whole batch's augmentation and sandwich: the seeded stream stays one
         x = augment(x, cfg.augment, cfg.shift, self.generator)
+        if cfg.schedule == "chain":
+            return self._chain_step(idx, x, y)
         students = self._sandwich()
         cached = None if self.teacher_cache is None else self.teacher_cache[idx.to(self.teacher_cache.device)]
         share = 1.0
@@ -488,6 +507,46 @@ class _Trainer:
         teacher_macs = 0 if cached is not None else self.macs_teacher  # cached: counted once, in _cache_teacher
         self.flops += batch * (teacher_macs + 3 * (self.macs_ta + sum(self.family.subnet(n).macs for n in students)))
         return total
+
+    def _chain_step(self, idx: Tensor, x: Tensor, y: Tensor) -> float:
+        """One optimizer step of the chain schedule: the granularity this step trains, and only it."""
+        cfg, batch = self.cfg, len(idx)
+        name = self._chain_turn(self.step_index)
+        self.step_index += 1
+        cached = None if self.teacher_cache is None else self.teacher_cache[idx.to(self.teacher_cache.device)]
+        share = 1.0
+        if self.ranks is not None:
+            x, y = x[self.ranks.rank::self.ranks.world_size], y[self.ranks.rank::self.ranks.world_size]
+            cached = None if cached is None else cached[self.ranks.rank::self.ranks.world_size]
+            share = len(x) * self.ranks.world_size / batch
+        x, y = self._inputs(x.to(self.device)), y.to(self.device)
+        teacher = soft = None
+        if name is None:
+            if cached is not None:
+                teacher = Out(cached, None, labels=y)
+            elif self.teacher_tap is not None:
+                with torch.no_grad():
+                    teacher = Out(*self.teacher_tap(x), labels=y)
+            self.flops += batch * ((0 if cached is not None else self.macs_teacher) + 3 * self.macs_ta)
+        else:
+            with torch.no_grad():
+                soft = self.ta(x)  # the student's teacher: the TA as it is now, in training mode like the student
+            self.flops += batch * (self.macs_ta + 3 * self.family.subnet(name).macs)
+        loss, _ = self.net(name, x, y, teacher, soft)
+        (loss if share == 1.0 else loss * share).backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.sched.step()
+        return loss.item() * share
+
+    def _chain_turn(self, step: int) -> str | None:
+        """The granularity (None: the TA) the chain trains at optimizer step `step`: cycles of the TA
+        once and each student `student_rounds` times, each cycle in its own seeded order, so a
+        resumed run takes the same turns without storing any."""
+        cycle: list[str | None] = [None, *self.students * self.cfg.student_rounds]
+        k, pos = divmod(step, len(cycle))
+        order = torch.randperm(len(cycle), generator=torch.Generator().manual_seed(self.cfg.seed * 100_003 + k))
+        return cycle[int(order[pos])]
 
     def _validates(self, epoch: int) -> bool:
         """Whether epoch `epoch` (1-based) ends with validation: every `eval_every`-th, and the last."""
@@ -569,6 +628,8 @@ class _Granularities(nn.Module):
             return loss, logits
         logits, feats = self.taps[name](x, self._student_tensors(name))
         loss = cfg.student_ce * F.cross_entropy(logits, y)
+        if cfg.schedule == "chain":  # taught by the TA alone, with the whole KD weight
+            return loss + (cfg.alpha + cfg.beta) * kd_kl(logits, soft, tau), logits
         if cfg.alpha:
             loss = loss + cfg.alpha * kd_kl(logits, soft, tau)
         if cfg.beta:
