@@ -120,3 +120,10 @@ def test_an_unknown_recipe_is_refused():
     with pytest.raises(ValueError, match="student_rounds must be at least 1"):
         LMDistillConfig(student_rounds=0)
 
+
+
+def test_too_few_steps_for_every_size_is_said(caplog):
+    with caplog.at_level("WARNING", logger="compressor.lm.train"):
+        run, _, _, _ = _train("chain", 2)
+    missed = [name(s) for s in SIZES if name(s) not in run.trained]
+    assert len(missed) >= 2 and all(m in caplog.text for m in missed) and "give more steps" in caplog.text

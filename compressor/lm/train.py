@@ -31,6 +31,7 @@ removed instead of learning the language from scratch (Minitron).
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ from torch import nn
 from ..config import LM_RECIPES
 from .corpus import random_windows
 from .gpt import Shape, nested_forward
+
+log = logging.getLogger(__name__)
 
 __all__ = ["LMDistillConfig", "LMTraining", "RECIPES", "token_kl", "train_nested_lm"]
 
@@ -176,6 +179,10 @@ def train_nested_lm(teacher: nn.Module, family: nn.Module, shapes: Sequence[Shap
             run.history.append({"step": step, **losses})
     family.eval()
     run.seconds = time.perf_counter() - start
+    untrained = [name(s) for s in shapes if name(s) not in run.trained]
+    if untrained:  # one size per step: fewer steps than a cycle can miss a size
+        log.warning("%d steps trained no step of %s (the %s recipe trains one size per step): give more steps",
+                    cfg.steps, ", ".join(untrained), cfg.recipe)
     return run
 
 
