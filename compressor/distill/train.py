@@ -510,7 +510,7 @@ class _Trainer:
 
     def _chain_step(self, idx: Tensor, x: Tensor, y: Tensor) -> float:
         """One optimizer step of the chain schedule: the granularity this step trains, and only it."""
-        cfg, batch = self.cfg, len(idx)
+        batch = len(idx)
         name = self._chain_turn(self.step_index)
         self.step_index += 1
         cached = None if self.teacher_cache is None else self.teacher_cache[idx.to(self.teacher_cache.device)]
