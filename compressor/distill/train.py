@@ -475,21 +475,8 @@ class _Trainer:
         if cfg.schedule == "chain":
             return self._chain_step(idx, x, y)
         students = self._sandwich()
-        cached = None if self.teacher_cache is None else self.teacher_cache[idx.to(self.teacher_cache.device)]
-        share = 1.0
-        if self.ranks is not None:
-            x, y = x[self.ranks.rank::self.ranks.world_size], y[self.ranks.rank::self.ranks.world_size]
-            cached = None if cached is None else cached[self.ranks.rank::self.ranks.world_size]
-            # DDP averages the ranks' gradients; weighing each by its share of the batch makes that
-            # average the whole batch's mean when the batch does not split evenly
-            share = len(x) * self.ranks.world_size / batch
-        x, y = self._inputs(x.to(self.device)), y.to(self.device)
-        teacher = None
-        if cached is not None:
-            teacher = Out(cached, None, labels=y)
-        elif self.teacher_tap is not None:
-            with torch.no_grad():
-                teacher = Out(*self.teacher_tap(x), labels=y)
+        x, y, cached, share = self._this_rank(idx, x, y)
+        teacher = self._teacher(x, y, cached)
         total, soft = 0.0, None
         granularities = [None, *students]  # None: the TA, whose output the students learn from
         for i, name in enumerate(granularities):
@@ -508,25 +495,38 @@ class _Trainer:
         self.flops += batch * (teacher_macs + 3 * (self.macs_ta + sum(self.family.subnet(n).macs for n in students)))
         return total
 
-    def _chain_step(self, idx: Tensor, x: Tensor, y: Tensor) -> float:
-        """One optimizer step of the chain schedule: the granularity this step trains, and only it."""
+    def _this_rank(self, idx: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor | None, float]:
+        """This rank's part of the batch (all of it on one process) on the device, the teacher's cached
+        logits for it, and the weight of its loss."""
         batch = len(idx)
-        name = self._chain_turn(self.step_index)
-        self.step_index += 1
         cached = None if self.teacher_cache is None else self.teacher_cache[idx.to(self.teacher_cache.device)]
         share = 1.0
         if self.ranks is not None:
             x, y = x[self.ranks.rank::self.ranks.world_size], y[self.ranks.rank::self.ranks.world_size]
             cached = None if cached is None else cached[self.ranks.rank::self.ranks.world_size]
+            # DDP averages the ranks' gradients; weighing each by its share of the batch makes that
+            # average the whole batch's mean when the batch does not split evenly
             share = len(x) * self.ranks.world_size / batch
-        x, y = self._inputs(x.to(self.device)), y.to(self.device)
+        return self._inputs(x.to(self.device)), y.to(self.device), cached, share
+
+    def _teacher(self, x: Tensor, y: Tensor, cached: Tensor | None) -> Out | None:
+        """The teacher's output on `x`: looked up when cached, else run without gradients."""
+        if cached is not None:
+            return Out(cached, None, labels=y)
+        if self.teacher_tap is None:
+            return None
+        with torch.no_grad():
+            return Out(*self.teacher_tap(x), labels=y)
+
+    def _chain_step(self, idx: Tensor, x: Tensor, y: Tensor) -> float:
+        """One optimizer step of the chain schedule: the granularity this step trains, and only it."""
+        batch = len(idx)
+        name = self._chain_turn(self.step_index)
+        self.step_index += 1
+        x, y, cached, share = self._this_rank(idx, x, y)
         teacher = soft = None
         if name is None:
-            if cached is not None:
-                teacher = Out(cached, None, labels=y)
-            elif self.teacher_tap is not None:
-                with torch.no_grad():
-                    teacher = Out(*self.teacher_tap(x), labels=y)
+            teacher = self._teacher(x, y, cached)
             self.flops += batch * ((0 if cached is not None else self.macs_teacher) + 3 * self.macs_ta)
         else:
             with torch.no_grad():
