@@ -14,7 +14,8 @@ the teacher's importance-sorted weights (`lm.gpt.sort_by_importance`), with the 
   sampled       one size per step as in chain, the TA and the students all taught by the teacher
                 (same compute);
   all           every size every step, students taught by teacher and TA (`--steps` steps: the
-                earlier recipe, about the independent runs' compute).
+                earlier recipe, about the independent runs' compute);
+  chain + TAID  chain with TAID's interpolated targets (`--lm-taid`; same steps as chain).
 
 Scores: validation perplexity (per byte) and next-token accuracy (`lm.metrics`) of each size, in
 PyTorch. Compute is counted as executed (`LMTraining.trained` / `.targets`): 3 x forward MACs per
@@ -43,7 +44,7 @@ from compressor.lm.train import LMDistillConfig, LMTraining, name, train_nested_
 from compressor.tasks.causal_lm import CausalLM, load_lm_teacher
 
 TA, STUDENTS = 0.675, (0.35, 0.245, 0.175)
-WAYS = ("chain", "independent", "no TA", "sampled", "all")
+WAYS = ("chain", "independent", "no TA", "sampled", "all", "chain + TAID")
 
 
 def main() -> None:
@@ -56,7 +57,11 @@ def main() -> None:
                     help="compute of the sampled recipes as a fraction of the independent runs' (default 0.5)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--out", default="benchmarks/results/lm_matta.md")
+    ap.add_argument("--ways", default=",".join(WAYS), help="comma-separated subset of: " + ", ".join(WAYS))
     args = ap.parse_args()
+    args.ways = tuple(w for w in WAYS if w in {x.strip() for x in args.ways.split(",")})
+    if "independent" not in args.ways:
+        ap.error("--ways must include independent: compute is counted against it")
     torch.set_num_threads(2)
     teacher = load_lm_teacher(args.teacher)
     task = CausalLM()
@@ -85,6 +90,7 @@ def main() -> None:
     }
     steps = {k: int(args.compute * independent_total / v) for k, v in per_step.items()}
     steps["all"] = args.steps
+    steps["chain + TAID"] = steps["chain"]
 
     def score(model, shape) -> tuple[float, float]:
         ce, acc, _ = token_scores(lambda x: nested_forward(model, x, shape), data.val_windows)
@@ -95,16 +101,16 @@ def main() -> None:
     seconds: dict[str, float] = {}
     t_score = score(ordered, full)
     for seed in range(args.seeds):
-        def run(way: str, shapes, recipe: str, n: int) -> tuple[torch.nn.Module, LMTraining]:
+        def run(way: str, shapes, recipe: str, n: int, taid: bool = False) -> tuple[torch.nn.Module, LMTraining]:
             fam = copy.deepcopy(ordered)
             t0 = time.perf_counter()
             trained = train_nested_lm(teacher.model, fam, shapes, data.corpus.train,
                                       LMDistillConfig(steps=n, batch_size=args.batch_size, context=data.context,
-                                                      seed=seed, recipe=recipe))
+                                                      seed=seed, recipe=recipe, taid=taid))
             seconds[way] = seconds.get(way, 0.0) + time.perf_counter() - t0
             return fam, trained
 
-        for way in WAYS:
+        for way in args.ways:
             if way == "independent":
                 total = 0.0
                 for r, s in zip(STUDENTS, students):
@@ -113,8 +119,8 @@ def main() -> None:
                     rows.setdefault(f"{r}", {}).setdefault(way, []).append(score(fam, s))
             else:
                 shapes = students if way == "no TA" else [ta, *students]
-                recipe = {"no TA": "sampled"}.get(way, way)
-                fam, trained = run(way, shapes, recipe, steps[way])
+                recipe = {"no TA": "sampled", "chain + TAID": "chain"}.get(way, way)
+                fam, trained = run(way, shapes, recipe, steps[way], taid=way.endswith("TAID"))
                 total = executed(trained)
                 for r, s in zip(("TA", *STUDENTS), [ta, *students]):
                     if s in shapes:
@@ -136,7 +142,7 @@ def write(args, rows, compute, seconds, steps, ta, students, t_score, seeds: int
              f"text `{args.data}`, batch {args.batch_size} x 128 tokens; TA {ta.to_dict()}; students "
              + ", ".join(f"{r} {s.to_dict()}" for r, s in zip(STUDENTS, students)) + f". Code at {commit}.", "",
              "| way | steps | compute vs independent | wall s (all seeds) |", "|---|---:|---:|---:|"]
-    for way in WAYS:
+    for way in args.ways:
         c = sum(compute[way]) / len(compute[way])
         n = args.steps if way == "independent" else steps[way]
         lines.append(f"| {way} | {n}{' per student' if way == 'independent' else ''} | {c / ref:.2f} | "
@@ -145,13 +151,13 @@ def write(args, rows, compute, seconds, steps, ta, students, t_score, seeds: int
                            ("next-token accuracy %", 1, "{:.2f}")):
         lines += ["", f"{metric.capitalize()}, mean over seeds; last column: chain vs independent, relative "
                   "(positive: chain better)", "",
-                  "| size (compute ratio) | " + " | ".join(WAYS) + " | chain vs independent |",
-                  "|---|" + "---:|" * (len(WAYS) + 1)]
+                  "| size (compute ratio) | " + " | ".join(args.ways) + " | chain vs independent |",
+                  "|---|" + "---:|" * (len(args.ways) + 1)]
         for r, by in rows.items():
-            vals = {w: (100 if i else 1) * mean(by[w], i) for w in WAYS if w in by}
-            cells = [fmt.format(vals[w]) if w in vals else "-" for w in WAYS]
+            vals = {w: (100 if i else 1) * mean(by[w], i) for w in args.ways if w in by}
+            cells = [fmt.format(vals[w]) if w in vals else "-" for w in args.ways]
             rel = "-"
-            if "independent" in vals:
+            if "independent" in vals and "chain" in vals:
                 d = (vals["independent"] - vals["chain"]) if i == 0 else (vals["chain"] - vals["independent"])
                 rel = f"{100 * d / vals['independent']:+.2f} %"
             lines.append(f"| {r} | " + " | ".join(cells) + f" | {rel} |")

@@ -144,6 +144,9 @@ def _run_parser() -> argparse.ArgumentParser:
                    help="language models: 'chain' (default): one size per step, the teacher teaching the TA and the "
                         "TA the students; 'sampled': one size per step, all taught by the teacher; 'all': every size "
                         "every step")
+    p.add_argument("--lm-taid", action="store_true", default=None,
+                   help="language models: TAID's interpolated target for every distillation term (from the size's "
+                        "own prediction towards its teacher's over the run; arXiv 2501.16937)")
     p.add_argument("--batch-size", type=int, help="training batch size (default 64)")
     p.add_argument("--trials", type=int, help="architecture search trials (default 24)")
     p.add_argument("--spaces", metavar="NAME,...",

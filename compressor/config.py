@@ -60,6 +60,7 @@ class CompressConfig:
     epochs: int = 12
     steps: int | None = None  # language models: training steps of batch_size windows (default: `epochs` passes)
     lm_recipe: str = "chain"  # language models: the nested recipe (compressor/lm/train.py)
+    lm_taid: bool = False  # language models: TAID's interpolated targets (lm/train.py TAIDState)
     schedule: str = "sandwich"  # image/1-D nested runs: which granularities train on each step (distill/train.py)
     batch_size: int = 64
     trials: int = 24

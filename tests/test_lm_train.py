@@ -13,7 +13,7 @@ pytest.importorskip("transformers")
 
 from compressor.lm.gpt import Shape, nested_forward  # noqa: E402
 from compressor.lm.hf import transformers  # noqa: E402
-from compressor.lm.train import LMDistillConfig, name, token_kl, train_nested_lm  # noqa: E402
+from compressor.lm.train import LMDistillConfig, TAIDState, name, token_kl, train_nested_lm  # noqa: E402
 
 SIZES = [Shape(3, 4, 128), Shape(2, 2, 64), Shape(2, 2, 32), Shape(1, 1, 16)]
 
@@ -119,6 +119,41 @@ def test_an_unknown_recipe_is_refused():
         LMDistillConfig(recipe="every")
     with pytest.raises(ValueError, match="student_rounds must be at least 1"):
         LMDistillConfig(student_rounds=0)
+    with pytest.raises(ValueError, match="taid_start must be in"):
+        LMDistillConfig(taid=True, taid_start=1.5)
+
+
+def test_taid_target_starts_near_the_size_and_ends_at_its_teacher():
+    g = torch.Generator().manual_seed(0)
+    own, target = torch.randn(2, 8, 64, generator=g), 3 * torch.randn(2, 8, 64, generator=g)
+    state = TAIDState(t=0.4)
+    assert float(token_kl(own, state.target(own, target))) < 0.5 * float(token_kl(own, target))
+    assert torch.equal(TAIDState(t=1.0).target(own, target), target)
+    assert torch.equal(TAIDState(t=0.0).target(own, target), own)
+
+
+def test_taid_t_rises_faster_while_the_loss_falls_and_never_below_the_line_to_one():
+    cfg = LMDistillConfig(taid=True, taid_alpha=0.05)
+    falling, rising = TAIDState(t=0.4), TAIDState(t=0.4)
+    for i in range(10):
+        falling.update(1.0 / (i + 1), i / 100, cfg)
+        rising.update(1.0 + i, i / 100, cfg)
+    assert falling.t > rising.t > 0.4  # both rise; a falling loss (positive momentum) faster
+    ts = []
+    for i in range(101):
+        rising.update(5.0, i / 100, cfg)
+        ts.append(rising.t)
+    assert ts == sorted(ts) and ts[-1] == 1.0
+    assert all(t >= 0.4 + 0.6 * i / 100 - 1e-12 for i, t in enumerate(ts))
+
+
+def test_a_taid_run_takes_every_size_to_the_plain_target_by_its_last_step():
+    run, _, family, before = _train("all", 6, taid=True)
+    last = run.history[-1]
+    assert all(last[f"{name(s)}:taid_t"] == 1.0 for s in SIZES)
+    assert 0.4 <= run.history[0][f"{name(SIZES[0])}:taid_t"] < 1.0
+    plain, _, family_plain, _ = _train("all", 6)
+    assert not torch.equal(family.transformer.h[0].mlp.c_fc.weight, family_plain.transformer.h[0].mlp.c_fc.weight)
 
 
 

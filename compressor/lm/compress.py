@@ -124,7 +124,7 @@ def run_causal_lm(task: "CausalLM", cfg: "CompressConfig", console: "Console", h
     with clock("distill"):
         family = copy.deepcopy(ordered)
         dcfg = LMDistillConfig(steps=_steps(cfg, data), batch_size=cfg.batch_size, context=data.context,
-                               seed=cfg.seed, recipe=cfg.lm_recipe)
+                               seed=cfg.seed, recipe=cfg.lm_recipe, taid=cfg.lm_taid)
         bar = progress.add("distil the nested family", total=dcfg.steps)
         trained = train_nested_lm(teacher.model, family, [s for s, _ in shapes.values()], data.corpus.train, dcfg,
                                   on_step=lambda step, losses: progress.advance(bar))
@@ -133,7 +133,7 @@ def run_causal_lm(task: "CausalLM", cfg: "CompressConfig", console: "Console", h
                     "sizes": {n: r for n, (_, r) in shapes.items()},
                     "shapes": {n: s.to_dict() for n, (s, _) in shapes.items()},
                     "ta": next(iter(shapes)), "family_weights": "family/model.safetensors",
-                    "config": dataclasses.asdict(dcfg), "device": "cpu", "ranks": 1, "recipe": dcfg.recipe,
+                    "config": dataclasses.asdict(dcfg), "device": "cpu", "ranks": 1, "recipe": dcfg.recipe, "taid": dcfg.taid,
                     "forwards_per_step": trained.forwards_per_step(),
                     "losses": [{"name": "ce", "weight": dcfg.w_ce}, {"name": "kd_teacher", "weight": dcfg.w_kd},
                                {"name": "kd_ta", "weight": dcfg.w_ta}]}

@@ -25,7 +25,8 @@ beat them; benchmarks/bench_lm_matta.py).
     student:  w_ce * CE(s, next token)  + w_kd * tau^2 * KL(teacher || s) + w_ta * tau^2 * KL(TA || s)
 
 In each the KL is on each position's next-token distribution (token-level KD) and the TA's
-target is detached (in-place distillation). The family starts from the teacher's own
+target is detached (in-place distillation). With `taid`, every KL's target is TAID's
+interpolation instead (`TAIDState`): from near the size's own prediction towards the target. The family starts from the teacher's own
 importance-sorted weights (`gpt.sort_by_importance`), so training repairs what the cut
 removed instead of learning the language from scratch (Minitron).
 """
@@ -47,7 +48,7 @@ from .gpt import Shape, nested_forward
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LMDistillConfig", "LMTraining", "RECIPES", "token_kl", "train_nested_lm"]
+__all__ = ["LMDistillConfig", "LMTraining", "RECIPES", "TAIDState", "token_kl", "train_nested_lm"]
 
 RECIPES = LM_RECIPES
 
@@ -70,10 +71,19 @@ class LMDistillConfig:
     # the TA's 3.6 % higher
     student_rounds: int = 2
     recipe: str = "chain"  # one size per step, students taught by the TA ("sampled": by the teacher; "all": every size every step)
+    # TAID (arXiv 2501.16937): each KL's target moves from the size's own logits to the target's;
+    # t starts at taid_start and rises by taid_alpha * sigmoid(momentum of the loss's relative fall),
+    # never below the straight line to 1 at the last step (the paper's defaults)
+    taid: bool = False
+    taid_start: float = 0.4
+    taid_alpha: float = 5e-4
+    taid_beta: float = 0.99
 
     def __post_init__(self) -> None:
         if self.student_rounds < 1:
             raise ValueError(f"student_rounds must be at least 1, not {self.student_rounds}")
+        if not 0.0 <= self.taid_start <= 1.0:
+            raise ValueError(f"taid_start must be in [0, 1], not {self.taid_start}")
         if self.recipe not in RECIPES:
             raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, not {self.recipe!r}")
 
@@ -93,6 +103,31 @@ class LMTraining:
         out = {k: v / max(1, self.steps) for k, v in self.trained.items()}
         out.update({f"{k}:target": v / max(1, self.steps) for k, v in self.targets.items()})
         return out
+
+
+@dataclass
+class TAIDState:
+    """TAID's time-dependent target for one size (Shing et al., ICLR 2025).
+
+    The target's logits are (1 - t) * z_size (without gradient) + t * z_target: early on the size
+    is asked for little more than it already predicts, which is what closes a large capacity gap
+    without the mode averaging of a far target; t reaches 1 (the plain target) by the last step.
+    How fast t rises between the two follows the loss: the momentum of its relative fall."""
+    t: float
+    momentum: float = 0.0
+    last: float | None = None
+
+    def target(self, logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
+        return (1.0 - self.t) * logits.detach() + self.t * target_logits.detach()
+
+    def update(self, loss: float, progress: float, cfg: LMDistillConfig) -> None:
+        """After a step of this size at `progress` (0..1 of the run) with KL `loss`."""
+        if self.last is not None:
+            fall = (self.last - loss) / (abs(self.last) + 1e-8)
+            self.momentum = cfg.taid_beta * self.momentum + (1.0 - cfg.taid_beta) * fall
+        self.last = loss
+        rise = cfg.taid_alpha * (1.0 / (1.0 + math.exp(-self.momentum))) * (1.0 - self.t)
+        self.t = min(1.0, max(cfg.taid_start + (1.0 - cfg.taid_start) * progress, self.t + rise))
 
 
 def name(shape: Shape) -> str:
@@ -129,6 +164,7 @@ def train_nested_lm(teacher: nn.Module, family: nn.Module, shapes: Sequence[Shap
     opt = torch.optim.AdamW(family.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     run = LMTraining(steps=cfg.steps, seconds=0.0)
     queue: list[Shape] = []
+    taid = {name(s): TAIDState(cfg.taid_start) for s in shapes} if cfg.taid else {}
     start = time.perf_counter()
 
     def count(book: dict[str, int], key: str) -> None:
@@ -158,10 +194,15 @@ def train_nested_lm(teacher: nn.Module, family: nn.Module, shapes: Sequence[Shap
         for s in todo:
             logits = nested_forward(family, x, s)
             count(run.trained, name(s))
+            state = taid.get(name(s))
+
+            def kl(target: torch.Tensor) -> torch.Tensor:
+                return token_kl(logits, state.target(logits, target) if state else target, cfg.temperature)
+
             ce = F.cross_entropy(logits.flatten(0, 1), y.flatten())
-            loss = cfg.w_ce * ce
+            kd = torch.zeros((), dtype=ce.dtype)
             if t_logits is not None:
-                loss = loss + cfg.w_kd * token_kl(logits, t_logits, cfg.temperature)
+                kd = kd + cfg.w_kd * kl(t_logits)
             if s == ta:
                 ta_logits = logits.detach()
             elif cfg.w_ta > 0 and cfg.recipe != "sampled":
@@ -169,15 +210,17 @@ def train_nested_lm(teacher: nn.Module, family: nn.Module, shapes: Sequence[Shap
                     count(run.targets, name(ta))
                     with torch.no_grad():
                         ta_logits = nested_forward(family, x, ta)
-                loss = loss + cfg.w_ta * token_kl(logits, ta_logits, cfg.temperature)
-            loss.backward()  # size by size: only one size's activations are held at a time
+                kd = kd + cfg.w_ta * kl(ta_logits)
+            (cfg.w_ce * ce + kd).backward()  # size by size: only one size's activations are held at a time
+            if state is not None:
+                state.update(kd.item(), (step + 1) / cfg.steps, cfg)
             losses[name(s)] = ce.item()
         nn.utils.clip_grad_norm_(family.parameters(), 1.0)
         opt.step()
         if on_step is not None:
             on_step(step, losses)
         if step % 10 == 0 or step == cfg.steps - 1:
-            run.history.append({"step": step, **losses})
+            run.history.append({"step": step, **losses, **{f"{k}:taid_t": round(v.t, 4) for k, v in taid.items()}})
     family.eval()
     run.seconds = time.perf_counter() - start
     untrained = [name(s) for s in shapes if name(s) not in run.trained]
