@@ -13,6 +13,17 @@ from tiny_models import TinyResidual, randomise_bn  # noqa: E402
 torch.set_num_threads(1)  # tests share two cores; determinism over speed
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_calibration_cache(tmp_path_factory):
+    """Latency calibrations of this test session (and the `compress` processes it starts) go to a
+    folder of its own, never the user's cache: the suite runs as on a fresh machine (CI's), and a
+    calibration left by an earlier run or another checkout can neither hide nor cause a failure."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("COMPRESSOR_CACHE_DIR", str(tmp_path_factory.mktemp("calibration-cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def digits8():
     from compressor.intake.data import load_data
