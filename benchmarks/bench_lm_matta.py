@@ -24,6 +24,10 @@ targets), summed over steps.
 
     python benchmarks/bench_lm_matta.py --teacher gpt --data python-docs.txt           # 3 seeds
     python benchmarks/bench_lm_matta.py --teacher gpt --data python-docs.txt --seeds 1 --steps 20
+    # the 6-layer teacher (compress example-lm-teacher --out gpt6 --layers 6 --d-model 256 --heads 8),
+    # four of the ways, then chain against independent at equal compute
+    python benchmarks/bench_lm_matta.py --teacher gpt6 --ways "chain,independent,no TA,chain + TAID"
+    python benchmarks/bench_lm_matta.py --teacher gpt6 --ways chain,independent --compute 1.0
 """
 from __future__ import annotations
 
