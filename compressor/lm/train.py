@@ -12,8 +12,9 @@ step trains ONE size, taken from a cycle of the TA once and every student `stude
 
 The teacher runs only on the TA's steps, and a student's target is the TA's forward without
 gradient, so a step costs about a third of training every size (BENCHMARKS.md "Language
-models": at half the compute of distilling each student alone, the chain's students match or
-beat them; benchmarks/bench_lm_matta.py).
+models", benchmarks/bench_lm_matta.py: the chain's students match or beat distilling each alone
+at half its compute on the 4-layer example teacher, and at the same compute, not half, on a
+6-layer one whose students differ in depth and heads).
 
 `sampled`: one size per step as in `chain`, every size taught by the teacher (no TA term):
 
