@@ -133,7 +133,8 @@ def run_causal_lm(task: "CausalLM", cfg: "CompressConfig", console: "Console", h
                     "sizes": {n: r for n, (_, r) in shapes.items()},
                     "shapes": {n: s.to_dict() for n, (s, _) in shapes.items()},
                     "ta": next(iter(shapes)), "family_weights": "family/model.safetensors",
-                    "config": dataclasses.asdict(dcfg), "device": "cpu", "ranks": 1, "recipe": dcfg.recipe, "taid": dcfg.taid,
+                    "config": dataclasses.asdict(dcfg), "device": "cpu", "ranks": 1, "recipe": dcfg.recipe,
+                    "taid": dcfg.taid,
                     "forwards_per_step": trained.forwards_per_step(),
                     "losses": [{"name": "ce", "weight": dcfg.w_ce}, {"name": "kd_teacher", "weight": dcfg.w_kd},
                                {"name": "kd_ta", "weight": dcfg.w_ta}]}

@@ -27,9 +27,9 @@ at half its compute on the 4-layer example teacher, and at the same compute, not
 
 In each the KL is on each position's next-token distribution (token-level KD) and the TA's
 target is detached (in-place distillation). With `taid`, every KL's target is TAID's
-interpolation instead (`TAIDState`): from near the size's own prediction towards the target. The family starts from the teacher's own
-importance-sorted weights (`gpt.sort_by_importance`), so training repairs what the cut
-removed instead of learning the language from scratch (Minitron).
+interpolation instead (`TAIDState`): from near the size's own prediction towards the target.
+The family starts from the teacher's own importance-sorted weights (`gpt.sort_by_importance`),
+so training repairs what the cut removed instead of learning the language from scratch (Minitron).
 """
 from __future__ import annotations
 
@@ -142,6 +142,11 @@ def token_kl(student_logits: torch.Tensor, target_logits: torch.Tensor, tau: flo
     return F.kl_div(s.flatten(0, -2), t.flatten(0, -2), log_target=True, reduction="batchmean") * tau * tau
 
 
+def _kd(logits: torch.Tensor, target: torch.Tensor, taid: TAIDState | None, tau: float) -> torch.Tensor:
+    """The KL towards `target`, or with TAID towards its interpolation with `logits`."""
+    return token_kl(logits, taid.target(logits, target) if taid else target, tau)
+
+
 def _lr(step: int, cfg: LMDistillConfig) -> float:
     """Linear warm-up, then cosine decay to a tenth."""
     if step < cfg.warmup:
@@ -196,14 +201,10 @@ def train_nested_lm(teacher: nn.Module, family: nn.Module, shapes: Sequence[Shap
             logits = nested_forward(family, x, s)
             count(run.trained, name(s))
             state = taid.get(name(s))
-
-            def kl(target: torch.Tensor) -> torch.Tensor:
-                return token_kl(logits, state.target(logits, target) if state else target, cfg.temperature)
-
             ce = F.cross_entropy(logits.flatten(0, 1), y.flatten())
             kd = torch.zeros((), dtype=ce.dtype)
             if t_logits is not None:
-                kd = kd + cfg.w_kd * kl(t_logits)
+                kd = kd + cfg.w_kd * _kd(logits, t_logits, state, cfg.temperature)
             if s == ta:
                 ta_logits = logits.detach()
             elif cfg.w_ta > 0 and cfg.recipe != "sampled":
@@ -211,7 +212,7 @@ def train_nested_lm(teacher: nn.Module, family: nn.Module, shapes: Sequence[Shap
                     count(run.targets, name(ta))
                     with torch.no_grad():
                         ta_logits = nested_forward(family, x, ta)
-                kd = kd + cfg.w_ta * kl(ta_logits)
+                kd = kd + cfg.w_ta * _kd(logits, ta_logits, state, cfg.temperature)
             (cfg.w_ce * ce + kd).backward()  # size by size: only one size's activations are held at a time
             if state is not None:
                 state.update(kd.item(), (step + 1) / cfg.steps, cfg)
