@@ -16,10 +16,10 @@ the teacher's importance-sorted weights (`lm.gpt.sort_by_importance`), with the 
   all           every size every step, students taught by teacher and TA (`--steps` steps: the
                 earlier recipe, about the independent runs' compute);
   chain + TAID  chain with TAID's interpolated targets (`--lm-taid`; same steps as chain).
-  chain, TA batch    chain with `share_ta_batch`: each cycle's TA step first, its batch and the TA's
+  chain (TA batch)    chain with `share_ta_batch`: each cycle's TA step first, its batch and the TA's
                 logits from it reused by the cycle's student steps (no TA forward without gradient), as
                 many steps as fit in `--compute`;
-  chain, TA batch x1 the same with each student once per TA step (`student_rounds` 1).
+  chain (TA batch) x1 the same with each student once per TA step (`student_rounds` 1).
 
 Scores: validation perplexity (per byte) and next-token accuracy (`lm.metrics`) of each size, in
 PyTorch. Compute is counted as executed (`LMTraining.trained` / `.targets`): 3 x forward MACs per
@@ -52,7 +52,7 @@ from compressor.lm.train import LMDistillConfig, LMTraining, name, train_nested_
 from compressor.tasks.causal_lm import CausalLM, load_lm_teacher
 
 TA, STUDENTS = 0.675, (0.35, 0.245, 0.175)
-WAYS = ("chain", "independent", "no TA", "sampled", "all", "chain + TAID", "chain, TA batch", "chain, TA batch x1")
+WAYS = ("chain", "independent", "no TA", "sampled", "all", "chain + TAID", "chain (TA batch)", "chain (TA batch) x1")
 
 
 def main() -> None:
@@ -97,7 +97,7 @@ def main() -> None:
         "sampled": t_ms + 3 * (a_ms + k * s_mean) / (k + 1),
     }
     steps = {k: int(args.compute * independent_total / v) for k, v in per_step.items()}
-    for way, rounds in (("chain, TA batch", k // len(students)), ("chain, TA batch x1", 1)):
+    for way, rounds in (("chain (TA batch)", k // len(students)), ("chain (TA batch) x1", 1)):
         kk = rounds * len(students)
         steps[way] = int(args.compute * independent_total / ((t_ms + 3 * a_ms + kk * 3 * s_mean) / (kk + 1)))
     steps["all"] = args.steps
@@ -116,7 +116,7 @@ def main() -> None:
             fam = copy.deepcopy(ordered)
             t0 = time.perf_counter()
             extra = {}
-            if way.startswith("chain, TA batch"):
+            if way.startswith("chain (TA batch)"):
                 extra = {"share_ta_batch": True, "student_rounds": 1 if way.endswith("x1") else 2}
             trained = train_nested_lm(teacher.model, fam, shapes, data.corpus.train,
                                       LMDistillConfig(steps=n, batch_size=args.batch_size, context=data.context,
