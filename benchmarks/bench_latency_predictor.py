@@ -42,12 +42,16 @@ from compressor.hardware.predict import _nnls_relative  # noqa: E402
 SHAPE = (1, 32, 32)
 
 
-def measure_all(models: list, profile, label: str) -> list[float]:
+def measure_all(models: list, profile, label: str, seconds: list[float] | None = None) -> list[float]:
+    """Each model's latency; `seconds` receives what exporting and timing each one took."""
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, m in enumerate(models):
+            t = time.perf_counter()
             path = export_for_timing(m, SHAPE, Path(tmp) / "m.onnx")
             out.append(measure_onnx(path, profile, SHAPE).value())
+            if seconds is not None:
+                seconds.append(time.perf_counter() - t)
             print(f"  {label} {i + 1}/{len(models)}: {out[-1]:.4f} ms", flush=True)
     return out
 
@@ -75,6 +79,8 @@ def main() -> int:
     ap.add_argument("--profile", default="host-cpu-1t")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "latency_predictor.md")
+    ap.add_argument("--subsets", default="12,20",
+                    help="also fit on the first N calibration models (light timing) for each N listed")
     ap.add_argument("--note", default="taken on a SHARED machine (other jobs on the same 2 cores): noisy")
     args = ap.parse_args()
     command = " ".join(["python", "benchmarks/bench_latency_predictor.py", *sys.argv[1:]])
@@ -93,7 +99,8 @@ def main() -> int:
     # the same models timed as `compress` times a calibration (hardware.quick_timing: ~20 runs each)
     light = quick_timing(profile)
     t_light = time.perf_counter()
-    y_light = np.array(measure_all([m for _, m in cal], light, "calibration, light timing"))
+    per_model: list[float] = []
+    y_light = np.array(measure_all([m for _, m in cal], light, "calibration, light timing", per_model))
     t_light = time.perf_counter() - t_light
     light_predictor = LatencyPredictor().fit([m for _, m in cal], list(y_light), SHAPE, profile)
     print(f"measuring {len(test)} held-out candidates ...", flush=True)
@@ -104,6 +111,11 @@ def main() -> int:
     rows = {"fitted cost model (ours), profile's timing": err,
             "fitted cost model, light calibration timing (what `compress` does)":
                 ape(np.array([light_predictor.predict_ms(m, SHAPE) for _, m in test]), y)}
+    for n in sorted({int(v) for v in args.subsets.split(",") if v.strip()}):
+        if n < len(cal):  # sample_candidates(n) is the first n of sample_candidates(N): the set a run of n times
+            sub = LatencyPredictor().fit([m for _, m in cal[:n]], list(y_light[:n]), SHAPE, profile)
+            rows[f"fitted cost model, light timing, first {n} models only ({sum(per_model[:n]):.1f} s to time)"] = \
+                ape(np.array([sub.predict_ms(m, SHAPE) for _, m in test]), y)
     cal_costs = [layer_costs(m, SHAPE) for _, m in cal]
     test_costs = [layer_costs(m, SHAPE) for _, m in test]
     for which, label in (("flops", "baseline: FLOPs + const"), ("four", "baseline: FLOPs, bytes, layers, const")):
