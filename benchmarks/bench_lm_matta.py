@@ -16,10 +16,6 @@ the teacher's importance-sorted weights (`lm.gpt.sort_by_importance`), with the 
   all           every size every step, students taught by teacher and TA (`--steps` steps: the
                 earlier recipe, about the independent runs' compute);
   chain + TAID  chain with TAID's interpolated targets (`--lm-taid`; same steps as chain).
-  chain (TA batch)    chain with `share_ta_batch`: each cycle's TA step first, its batch and the TA's
-                logits from it reused by the cycle's student steps (no TA forward without gradient), as
-                many steps as fit in `--compute`;
-  chain (TA batch) x1 the same with each student once per TA step (`student_rounds` 1).
 
 Scores: validation perplexity (per byte) and next-token accuracy (`lm.metrics`) of each size, in
 PyTorch. Compute is counted as executed (`LMTraining.trained` / `.targets`): 3 x forward MACs per
@@ -52,7 +48,7 @@ from compressor.lm.train import LMDistillConfig, LMTraining, name, train_nested_
 from compressor.tasks.causal_lm import CausalLM, load_lm_teacher
 
 TA, STUDENTS = 0.675, (0.35, 0.245, 0.175)
-WAYS = ("chain", "independent", "no TA", "sampled", "all", "chain + TAID", "chain (TA batch)", "chain (TA batch) x1")
+WAYS = ("chain", "independent", "no TA", "sampled", "all", "chain + TAID")
 
 
 def main() -> None:
@@ -97,9 +93,6 @@ def main() -> None:
         "sampled": t_ms + 3 * (a_ms + k * s_mean) / (k + 1),
     }
     steps = {k: int(args.compute * independent_total / v) for k, v in per_step.items()}
-    for way, rounds in (("chain (TA batch)", k // len(students)), ("chain (TA batch) x1", 1)):
-        kk = rounds * len(students)
-        steps[way] = int(args.compute * independent_total / ((t_ms + 3 * a_ms + kk * 3 * s_mean) / (kk + 1)))
     steps["all"] = args.steps
     steps["chain + TAID"] = steps["chain"]
 
@@ -115,12 +108,9 @@ def main() -> None:
         def run(way: str, shapes, recipe: str, n: int, taid: bool = False) -> tuple[torch.nn.Module, LMTraining]:
             fam = copy.deepcopy(ordered)
             t0 = time.perf_counter()
-            extra = {}
-            if way.startswith("chain (TA batch)"):
-                extra = {"share_ta_batch": True, "student_rounds": 1 if way.endswith("x1") else 2}
             trained = train_nested_lm(teacher.model, fam, shapes, data.corpus.train,
                                       LMDistillConfig(steps=n, batch_size=args.batch_size, context=data.context,
-                                                      seed=seed, recipe=recipe, taid=taid, **extra))
+                                                      seed=seed, recipe=recipe, taid=taid))
             seconds[way] = seconds.get(way, 0.0) + time.perf_counter() - t0
             return fam, trained
 
@@ -133,7 +123,7 @@ def main() -> None:
                     rows.setdefault(f"{r}", {}).setdefault(way, []).append(score(fam, s))
             else:
                 shapes = students if way == "no TA" else [ta, *students]
-                recipe = "sampled" if way == "no TA" else "chain" if way.startswith("chain") else way
+                recipe = {"no TA": "sampled", "chain + TAID": "chain"}.get(way, way)
                 fam, trained = run(way, shapes, recipe, steps[way], taid=way.endswith("TAID"))
                 total = executed(trained)
                 for r, s in zip(("TA", *STUDENTS), [ta, *students]):

@@ -166,7 +166,7 @@ def _run_parser() -> argparse.ArgumentParser:
                    help="continue the run in --out: finished stages, trials and epochs are not redone")
     p.add_argument("--calibration-models", type=int, metavar="N",
                    help="models timed (once per machine, then cached) to fit the host latency predictor "
-                        "(default 40)")
+                        "(default 16)")
     p.add_argument("--verify-top", type=int, metavar="N",
                    help="before distillation, export and time (untrained, a few seconds) the N best in-budget "
                         "search candidates and the planned nested sizes on the profile, and re-select when a "

@@ -162,25 +162,3 @@ def test_too_few_steps_for_every_size_is_said(caplog):
         run, _, _, _ = _train("chain", 2)
     missed = [name(s) for s in SIZES if name(s) not in run.trained]
     assert len(missed) >= 2 and all(m in caplog.text for m in missed) and "give more steps" in caplog.text
-
-
-
-def test_share_ta_batch_reuses_the_tas_batch_and_logits(monkeypatch):
-    """With share_ta_batch each cycle starts with the TA's step, and its students learn from that
-    step's batch and the TA's logits there: no TA forward without gradient runs."""
-    import compressor.lm.train as lm_train
-    seen: list[tuple[Shape, torch.Tensor]] = []
-
-    def spy(model, x, shape):
-        seen.append((shape, x.clone()))
-        return nested_forward(model, x, shape)
-
-    monkeypatch.setattr(lm_train, "nested_forward", spy)
-    run, teacher, _, _ = _train("chain", 2 * 7, share_ta_batch=True)  # two cycles: the TA, 3 students twice
-    ta = SIZES[0]
-    assert name(ta) not in run.targets
-    assert teacher.calls == run.trained[name(ta)] == 2
-    assert [s for s, _ in seen][::7] == [ta, ta]  # each cycle opens with the TA
-    for i, (shape, x) in enumerate(seen):
-        assert torch.equal(x, seen[i - i % 7][1])  # every student step of a cycle: the TA step's batch
-    assert not torch.equal(seen[0][1], seen[7][1])  # a fresh batch for the next cycle

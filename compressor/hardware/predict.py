@@ -327,7 +327,7 @@ class LatencyPredictor:
 
     @classmethod
     def cached(cls, profile: HardwareProfile, input_shape: Sequence[int],
-               modules: Sequence[nn.Module] | None = None, n_models: int = 40, seed: int = 0,
+               modules: Sequence[nn.Module] | None = None, n_models: int = 16, seed: int = 0,
                directory: str | Path | None = None, progress: bool = False) -> "LatencyPredictor":
         """The cached calibration for (profile, this machine, input shape), calibrating
         and caching it first if there is none. Without `modules`, `n_models` random

@@ -79,9 +79,6 @@ class LMDistillConfig:
     taid_start: float = 0.4
     taid_alpha: float = 5e-4
     taid_beta: float = 0.99
-    # chain: each cycle's TA step goes first and every student step of the cycle reuses its batch and
-    # the TA's logits from that step (no window drawn, no forward of the TA without gradient)
-    share_ta_batch: bool = False
 
     def __post_init__(self) -> None:
         if self.student_rounds < 1:
@@ -173,8 +170,6 @@ def train_nested_lm(teacher: nn.Module, family: nn.Module, shapes: Sequence[Shap
     opt = torch.optim.AdamW(family.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     run = LMTraining(steps=cfg.steps, seconds=0.0)
     queue: list[Shape] = []
-    shared: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # share_ta_batch: x, y, TA logits
-    sharing = cfg.share_ta_batch and cfg.recipe == "chain"
     taid = {name(s): TAIDState(cfg.taid_start) for s in shapes} if cfg.taid else {}
     start = time.perf_counter()
 
@@ -189,24 +184,19 @@ def train_nested_lm(teacher: nn.Module, family: nn.Module, shapes: Sequence[Shap
     for step in range(cfg.steps):
         for g in opt.param_groups:
             g["lr"] = _lr(step, cfg)
+        w = random_windows(train_ids, cfg.context, cfg.batch_size, gen)
+        x, y = w[:, :-1], w[:, 1:]
         if cfg.recipe == "all":
             todo = shapes
         else:
             if not queue:  # a fresh random order of all sizes: each gets the same number of steps
                 cycle = [ta] + list(shapes[1:]) * cfg.student_rounds
                 queue = [cycle[i] for i in torch.randperm(len(cycle), generator=order_gen).tolist()]
-                if sharing:  # the TA first (queue pops from the end): its batch serves the cycle's students
-                    queue = [s for s in queue if s != ta] + [ta]
             todo = [queue.pop()]
-        ta_logits = None
-        if sharing and todo[0] != ta and shared is not None:
-            x, y, ta_logits = shared
-        else:
-            w = random_windows(train_ids, cfg.context, cfg.batch_size, gen)
-            x, y = w[:, :-1], w[:, 1:]
         t_logits = teacher_logits(x) if cfg.recipe != "chain" or todo[0] == ta else None
         opt.zero_grad(set_to_none=True)
         losses: dict[str, float] = {}
+        ta_logits = None
         for s in todo:
             logits = nested_forward(family, x, s)
             count(run.trained, name(s))
@@ -217,8 +207,6 @@ def train_nested_lm(teacher: nn.Module, family: nn.Module, shapes: Sequence[Shap
                 kd = kd + cfg.w_kd * _kd(logits, t_logits, state, cfg.temperature)
             if s == ta:
                 ta_logits = logits.detach()
-                if sharing:
-                    shared = (x, y, ta_logits)
             elif cfg.w_ta > 0 and cfg.recipe != "sampled":
                 if ta_logits is None:  # chain: the TA's target for this student, no gradient
                     count(run.targets, name(ta))
