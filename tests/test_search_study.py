@@ -199,3 +199,23 @@ def test_a_candidate_already_scored_is_drawn_again_not_scored_twice(teacher, dig
     redrawn = [t for t in trials if "duplicate_of" in t.user_attrs]
     assert all(t.state == TrialState.PRUNED for t in redrawn)
     assert all(json.dumps(t.params, sort_keys=True) for t in redrawn)  # drawn, then set aside unscored
+
+
+def test_the_widest_uniform_teacher_cut_in_budget_is_scored_first(teacher, digits8, tmp_path):
+    """The hand-pruning baseline, a uniform cut of the whole teacher, is always among the candidates:
+    the widest ratio whose predicted latency fits, the next ratio up not fitting."""
+    from compressor.search.spaces import TeacherScaledSpace
+
+    latency = MacsLatency()
+    space = TeacherScaledSpace(teacher, round_to=8)
+    full = latency(teacher.module)
+    budget = 0.6 * full  # between uniform cuts: some ratio fits, the teacher does not
+    res = _search(teacher, digits8, tmp_path, budget=budget, spaces=("teacher_scaled",), n_trials=4, latency=latency)
+    archs = [t.user_attrs["arch"] for t in _load(res).trials if t.state == TrialState.COMPLETE]
+    uniform = [a for a in archs if not a["drop"] and len(set(a["ratios"].values())) == 1]
+    assert uniform, archs
+    r = uniform[0]["ratios"]
+    ratio = next(iter(r.values()))
+    assert latency(space.build(uniform[0], teacher)) <= budget
+    wider = TeacherScaledSpace.ratios[TeacherScaledSpace.ratios.index(ratio) + 1]
+    assert latency(space.build({**uniform[0], "ratios": {k: wider for k in r}}, teacher)) > budget

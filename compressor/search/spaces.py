@@ -27,7 +27,7 @@ import copy
 import dataclasses
 import math
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Mapping, Protocol, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence
 
 import torch
 from torch import fx, nn
@@ -77,6 +77,21 @@ class SearchSpace(ABC):
         """Sampler parameters of networks worth evaluating first (the smallest of the space),
         so that a tight budget has at least one feasible candidate early."""
         return []
+
+    def budget_anchors(self, fits: Callable[[Arch], bool]) -> list[dict[str, Any]]:
+        """Sampler parameters of networks worth evaluating first that depend on the budget;
+        `fits(arch)`: whether the network's predicted latency meets it."""
+        return []
+
+
+class _Fixed:
+    """A `Trial` answering from fixed parameters (a space's own `suggest` turns them into an arch)."""
+
+    def __init__(self, params: Mapping[str, Any]) -> None:
+        self.params = params
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        return self.params[name]
 
 
 SPACES: Registry[type[SearchSpace]] = Registry("search space")
@@ -310,6 +325,27 @@ class TeacherScaledSpace(SearchSpace):
     def anchors(self) -> list[dict[str, Any]]:
         smallest = {f"ts.width{i}": self.ratios[0] for i in range(len(self._width_ties))}
         return [{**smallest, **{f"ts.keep{i}": False for i in range(len(self._depth_ties))}}]
+
+    def budget_anchors(self, fits: Callable[[Arch], bool]) -> list[dict[str, Any]]:
+        """The widest uniform cut of the whole teacher (every block kept, one ratio everywhere)
+        that fits: what pruning the teacher by hand gives, with the teacher's weights. Scored
+        first, so the search never misses it for want of sampling it: NSGA-II starts from random
+        draws, and on SqueezeNet at half its latency 7 of the 8 teacher cuts it drew landed just
+        over the budget, and a 3k-parameter CNN was all that fitted (BENCHMARKS.md "Zoo teachers").
+        Latency rises with the ratio, so the ratios are bisected: about three networks built."""
+        keep = {f"ts.keep{i}": True for i in range(len(self._depth_ties))}
+
+        def params(r: float) -> dict[str, Any]:
+            return {**{f"ts.width{i}": r for i in range(len(self._width_ties))}, **keep}
+
+        lo, hi, best = 0, len(self.ratios) - 2, None  # ratio 1.0 everywhere is the teacher itself
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            if fits(self.suggest(_Fixed(params(self.ratios[mid])))):
+                best, lo = params(self.ratios[mid]), mid + 1
+            else:
+                hi = mid - 1
+        return [best] if best is not None else []
 
 
 def _spatial(shape: Sequence[int]) -> tuple[int, ...]:

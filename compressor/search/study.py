@@ -688,7 +688,7 @@ def _take_part(teacher: Teacher, data: DataSplits, *, latency_fn: Callable[[nn.M
         done = len(_finished(trials))
         if not trials:
             for space in spaces.values():
-                for params in space.anchors():
+                for params in [*space.anchors(), *space.budget_anchors(_fits(scorer, budget))]:
                     study.enqueue_trial({"space": space.name, **params}, skip_if_exists=True)
         cache = {_arch_key(t.user_attrs["arch"]): {k: t.user_attrs[k] for k in
                                                    ("latency_ms", "proxy_terms", "proxy_scores", "params", "macs")}
@@ -714,6 +714,17 @@ def _take_part(teacher: Teacher, data: DataSplits, *, latency_fn: Callable[[nn.M
     with _writing_study(location), _quiet_candidate_failures():
         _fill(study, store, objective, after_trial, config.n_trials, journal)
     return study, scorer, location, mine
+
+
+def _fits(scorer: "_Scorer", budget: Budget) -> Callable[[Mapping[str, Any]], bool]:
+    """Whether an architecture's predicted latency meets the budget (one that cannot be built does not)."""
+    def fits(arch: Mapping[str, Any]) -> bool:
+        try:
+            return budget.fits(float(scorer.latency_fn(scorer.spaces[arch["space"]].build(arch, scorer.teacher))))
+        except Exception as e:  # noqa: BLE001 - scored as a trial it would fail with its reason; here it is just not queued
+            log.debug("budget anchor %s not built: %s", arch, first_line(e))
+            return False
+    return fits
 
 
 def _fill(study: optuna.Study, store: Any, objective: Callable[[optuna.Trial], Any],
