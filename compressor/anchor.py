@@ -65,27 +65,16 @@ class Anchored:
         return isinstance(self.predictor, CorrectedPredictor)
 
 
-class _Fixed:
-    """A `Trial` that answers every width with one ratio and every block with a keep pattern."""
-
-    def __init__(self, ratio: float, keep: str) -> None:
-        self.ratio, self.keep, self.blocks = ratio, keep, 0
-
-    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
-        if name.startswith("ts.width"):
-            return min(choices, key=lambda c: abs(float(c) - self.ratio))
-        self.blocks += 1
-        return {"none": False, "all": True, "alternate": self.blocks % 2 == 0}[self.keep]
-
-
 def plan_students(space: Any, n: int) -> list[tuple[str, dict[str, Any]]]:
     """Up to `n` distinct (name, arch) of `space` (a `TeacherScaledSpace`) at spread-out sizes (`PLAN`)."""
+    from .search.spaces import UniformTrial  # here: importing the search package loads Optuna
+
     out: list[tuple[str, dict[str, Any]]] = []
     seen: set[str] = set()
     for ratio, keep in PLAN:
         if len(out) >= n:
             break
-        arch = space.suggest(_Fixed(ratio, keep))
+        arch = space.suggest(UniformTrial(ratio, keep))
         key = json.dumps(arch, sort_keys=True)
         if key in seen:  # a teacher without droppable blocks: the keep patterns coincide
             continue

@@ -84,14 +84,18 @@ class SearchSpace(ABC):
         return []
 
 
-class _Fixed:
-    """A `Trial` answering from fixed parameters (a space's own `suggest` turns them into an arch)."""
+class UniformTrial:
+    """A `Trial` for `TeacherScaledSpace.suggest`: every width the choice nearest one ratio, every
+    block kept, dropped or (`alternate`) every second one kept."""
 
-    def __init__(self, params: Mapping[str, Any]) -> None:
-        self.params = params
+    def __init__(self, ratio: float, keep: str) -> None:
+        self.ratio, self.keep, self.blocks = ratio, keep, 0
 
     def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
-        return self.params[name]
+        if name.startswith("ts.width"):
+            return min(choices, key=lambda c: abs(float(c) - self.ratio))
+        self.blocks += 1
+        return {"none": False, "all": True, "alternate": self.blocks % 2 == 0}[self.keep]
 
 
 SPACES: Registry[type[SearchSpace]] = Registry("search space")
@@ -341,7 +345,7 @@ class TeacherScaledSpace(SearchSpace):
         lo, hi, best = 0, len(self.ratios) - 2, None  # ratio 1.0 everywhere is the teacher itself
         while lo <= hi:
             mid = (lo + hi) // 2
-            if fits(self.suggest(_Fixed(params(self.ratios[mid])))):
+            if fits(self.suggest(UniformTrial(self.ratios[mid], "all"))):
                 best, lo = params(self.ratios[mid]), mid + 1
             else:
                 hi = mid - 1
