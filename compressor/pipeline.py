@@ -73,6 +73,7 @@ from .hardware import (
     needs_calibration,
     predictor_for,
     remeasure_in_fresh_process,
+    steadier,
 )
 from .hardware.backends import cpu_channel_block, cpu_model
 from .hardware.isa import host_cpu_class
@@ -186,7 +187,8 @@ def run_classification(task: Task, cfg: CompressConfig, console: Console, held: 
                       for p in profiles}
     with clock("teacher"):
         teacher_rec = stage_teacher(teacher, data, profiles, predictors, run_dir, resume=cfg.resume,
-                                    journal=journal)
+                                    journal=journal,
+                                    steady_on=profile if cfg.budget_spec.factor is not None else None)
         budget = cfg.budget_spec.resolve(profile.name, profile.stat,
                                          _value(teacher_rec.latency.get(profile.name), profile))
     progress.log(f"[bold]compress[/] {cfg.teacher} -> {run_dir}  budget {budget.describe()}"
@@ -324,16 +326,18 @@ _TEACHER_RECORD = "teacher.json"
 
 def stage_teacher(teacher: Teacher, data: DataSplits, profiles: list[HardwareProfile],
                   predictors: Mapping[str, Any], run_dir: Path, resume: bool = False,
-                  journal: Journal | None = None) -> TeacherRecord:
+                  journal: Journal | None = None, steady_on: HardwareProfile | None = None) -> TeacherRecord:
     """Accuracy, size and latency of the teacher, kept in `teacher.json`.
 
-    A resumed run reuses the record of the same teacher file: measuring again would give a
-    slightly different latency, hence another relative budget (`--budget 0.5x`) than the one
-    the finished search and sizes were judged against."""
+    On `steady_on` (the profile of a relative budget) the latency is the lower of two
+    measurements, the second in a fresh process (`hardware.steadier`): the budget is a
+    fraction of that one figure. A resumed run reuses the record of the same teacher file:
+    measuring again would give a slightly different latency, hence another relative budget
+    (`--budget 0.5x`) than the one the finished search and sizes were judged against."""
     saved = _finished_teacher(run_dir, teacher, profiles) if resume else None
     if saved is not None:
         return saved
-    record = _measure_teacher(teacher, data, profiles, predictors, run_dir)
+    record = _measure_teacher(teacher, data, profiles, predictors, run_dir, steady_on)
     onnx = run_dir / "teacher.onnx"
     write_json(run_dir / _TEACHER_RECORD, {**to_jsonable(record),
                                            "onnx_sha256": sha256_file(onnx) if onnx.is_file() else None})
@@ -356,7 +360,8 @@ def _finished_teacher(run_dir: Path, teacher: Teacher, profiles: list[HardwarePr
 
 
 def _measure_teacher(teacher: Teacher, data: DataSplits, profiles: list[HardwareProfile],
-                     predictors: Mapping[str, Any], run_dir: Path) -> TeacherRecord:
+                     predictors: Mapping[str, Any], run_dir: Path,
+                     steady_on: HardwareProfile | None = None) -> TeacherRecord:
     """Accuracy, size and latency of the teacher (measured via its ONNX export where possible)."""
     logits = predict_logits(teacher.module, data.x_val)
     onnx_path = None
@@ -372,6 +377,8 @@ def _measure_teacher(teacher: Teacher, data: DataSplits, profiles: list[Hardware
                                                 predictor=predictors[prof.name])
         except (BackendUnavailableError, ValueError) as e:
             log.warning("no teacher latency on %s: %s", prof.name, first_line(e))
+    if steady_on is not None and onnx_path is not None and steady_on.name in latency:
+        latency[steady_on.name] = steadier(latency[steady_on.name], onnx_path, steady_on, teacher.spec.shape)
     return TeacherRecord(path=teacher.source, sha256=teacher.sha256, format=teacher.format,
                          prunable=teacher.prunable, input_shape=tuple(teacher.spec.shape),
                          num_classes=teacher.spec.num_classes, params=P.count_params(teacher.module),

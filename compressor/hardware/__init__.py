@@ -20,7 +20,7 @@ from .backends import cpu_model, onnx_input_shape
 from .candidates import build_candidate, sample_arch, sample_candidates
 from .display import profile_report_lines, profiles_table, report_table
 from .isa import CPU_CLASSES, classify, host_cpu_class
-from .latency import latency_report, remeasure_in_fresh_process, with_prediction
+from .latency import latency_report, remeasure_in_fresh_process, steadier, with_prediction
 from .layers import LayerCost, layer_costs
 from .measure import (
     is_measurable,
@@ -84,6 +84,7 @@ __all__ = [
     "round_channels",
     "sample_arch",
     "sample_candidates",
+    "steadier",
     "unavailable_reason",
     "with_prediction",
 ]

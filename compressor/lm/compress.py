@@ -31,13 +31,13 @@ from ..distill import size_name
 from ..errors import EXIT_BUDGET_NOT_MET, EXIT_OK, ConfigError
 from ..export import export_onnx, onnx_metadata, onnx_predict, set_onnx_metadata
 from ..files import first_line, write_json
-from ..hardware import is_measurable, latency_report, load_profile
+from ..hardware import is_measurable, latency_report, load_profile, steadier
 from ..journal import Journal
 from ..manifest import relative_path
 from ..progress import Progress
 from ..record import RunRecord, SizeRecord, TeacherRecord
 from ..report import model_card_filename, print_summary
-from ..types import HardwareProfile, LatencyReport
+from ..types import HardwareProfile
 from .gpt import (
     LogitsOnly,
     Shape,
@@ -101,7 +101,8 @@ def run_causal_lm(task: "CausalLM", cfg: "CompressConfig", console: "Console", h
     with clock("teacher"):
         t_onnx = _export(LogitsOnly(teacher.model), task.example_inputs(data, 4), run_dir / "teacher.onnx")
         t_latency = {p.name: latency_report(p, shape, onnx_path=t_onnx.path) for p in profiles}
-        t_latency[profile.name] = _steadier(t_latency[profile.name], t_onnx.path, profile, shape)
+        if cfg.budget_spec.factor is not None:  # a relative budget: its one figure, taken twice
+            t_latency[profile.name] = steadier(t_latency[profile.name], t_onnx.path, profile, shape)
         t_decode = _decode(teacher.model, data, profiles, run_dir / "teacher.decode.onnx", run_dir)
         t_scores = _scores(teacher.model, data, teacher)
         teacher_rec = TeacherRecord(
@@ -193,22 +194,6 @@ def _steps(cfg: "CompressConfig", data: "LMData") -> int:
     if cfg.steps:
         return cfg.steps
     return cfg.epochs * max(1, len(data.corpus.train) // (cfg.batch_size * data.context))
-
-
-def _steadier(first: LatencyReport, onnx: Path, profile: HardwareProfile, shape: tuple[int, ...]) -> LatencyReport:
-    """The teacher's figure on the budget's profile, measured again in a fresh process; the lower of the
-    two is kept. A relative budget (0.5x) is a fraction of this one figure, and interference from
-    other processes only ever adds time: a teacher timed during a burst would loosen every budget."""
-    from ..hardware import remeasure_in_fresh_process
-
-    try:
-        second = remeasure_in_fresh_process(onnx, profile, shape)
-    except Exception as e:  # noqa: BLE001 - the first figure still stands
-        log.warning("teacher not re-measured: %s", first_line(e))
-        return first
-    kept = min(first, second, key=lambda r: r.value())
-    return dataclasses.replace(kept, env={**kept.env, "measurements_ms": [first.value(), second.value()],
-                                          "kept": "the lower of two measurements (the second in a fresh process)"})
 
 
 # ---------------------------------------------------------------------------- search
