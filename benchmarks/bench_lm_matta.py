@@ -17,6 +17,10 @@ the teacher's importance-sorted weights (`lm.gpt.sort_by_importance`), with the 
                 earlier recipe, about the independent runs' compute);
   chain + TAID  chain with TAID's interpolated targets (`--lm-taid`; same steps as chain).
 
+Every size keeps the teacher's blocks in their order of importance (`lm.gpt.layer_order`, what
+the pipeline does); `chain (first blocks)` and `independent (first blocks)` are the same two ways
+with each size keeping the teacher's first blocks instead (the earlier nesting), for comparison.
+
 Scores: validation perplexity (per byte) and next-token accuracy (`lm.metrics`) of each size, in
 PyTorch. Compute is counted as executed (`LMTraining.trained` / `.targets`): 3 x forward MACs per
 token for every pass with a backward, 1 x for every forward-only pass (the teacher's, the TA's
@@ -28,6 +32,8 @@ targets), summed over steps.
     # four of the ways, then chain against independent at equal compute
     python benchmarks/bench_lm_matta.py --teacher gpt6 --ways "chain,independent,no TA,chain + TAID"
     python benchmarks/bench_lm_matta.py --teacher gpt6 --ways chain,independent --compute 1.0
+    # which blocks the sizes keep: in order of importance against the first blocks
+    python benchmarks/bench_lm_matta.py --teacher gpt6 --ways "chain,independent,chain (first blocks),independent (first blocks)"
 """
 from __future__ import annotations
 
@@ -42,13 +48,14 @@ import torch
 
 from compressor.config import CompressConfig
 from compressor.lm.corpus import random_windows
-from compressor.lm.gpt import full_shape, macs_per_token, nested_forward, scaled_shape, sort_by_importance
+from compressor.lm.gpt import LAYER_ORDER, full_shape, macs_per_token, nested_forward, scaled_shape, sort_by_importance
 from compressor.lm.metrics import token_scores
 from compressor.lm.train import LMDistillConfig, LMTraining, name, train_nested_lm
 from compressor.tasks.causal_lm import CausalLM, load_lm_teacher
 
 TA, STUDENTS = 0.675, (0.35, 0.245, 0.175)
-WAYS = ("chain", "independent", "no TA", "sampled", "all", "chain + TAID")
+FIRST = " (first blocks)"  # the way with every size keeping the teacher's first blocks
+WAYS = ("chain", "independent", "no TA", "sampled", "all", "chain + TAID", "chain" + FIRST, "independent" + FIRST)
 
 
 def main() -> None:
@@ -72,6 +79,9 @@ def main() -> None:
     data = task.load_data(CompressConfig(teacher=args.teacher, data=args.data), teacher)
     calib = random_windows(data.corpus.train, data.context, 16, torch.Generator().manual_seed(0))[:, :-1]
     ordered = sort_by_importance(teacher.model, calib)
+    first_blocks = copy.deepcopy(ordered)
+    setattr(first_blocks.config, LAYER_ORDER, list(range(first_blocks.config.n_layer)))
+    print("blocks in order of importance:", getattr(ordered.config, LAYER_ORDER), flush=True)
     full = full_shape(ordered)
     ta = scaled_shape(full, TA, 16)
     students = [scaled_shape(full, r, 16) for r in STUDENTS]
@@ -94,7 +104,7 @@ def main() -> None:
     }
     steps = {k: int(args.compute * independent_total / v) for k, v in per_step.items()}
     steps["all"] = args.steps
-    steps["chain + TAID"] = steps["chain"]
+    steps["chain + TAID"] = steps["chain" + FIRST] = steps["chain"]
 
     def score(model, shape) -> tuple[float, float]:
         ce, acc, _ = token_scores(lambda x: nested_forward(model, x, shape), data.val_windows)
@@ -106,7 +116,7 @@ def main() -> None:
     t_score = score(ordered, full)
     for seed in range(args.seeds):
         def run(way: str, shapes, recipe: str, n: int, taid: bool = False) -> tuple[torch.nn.Module, LMTraining]:
-            fam = copy.deepcopy(ordered)
+            fam = copy.deepcopy(first_blocks if way.endswith(FIRST) else ordered)
             t0 = time.perf_counter()
             trained = train_nested_lm(teacher.model, fam, shapes, data.corpus.train,
                                       LMDistillConfig(steps=n, batch_size=args.batch_size, context=data.context,
@@ -115,7 +125,7 @@ def main() -> None:
             return fam, trained
 
         for way in args.ways:
-            if way == "independent":
+            if way.startswith("independent"):
                 total = 0.0
                 for r, s in zip(STUDENTS, students):
                     fam, trained = run(way, [s], "chain", args.steps)  # one size: CE + KL(teacher) every step
@@ -123,7 +133,7 @@ def main() -> None:
                     rows.setdefault(f"{r}", {}).setdefault(way, []).append(score(fam, s))
             else:
                 shapes = students if way == "no TA" else [ta, *students]
-                recipe = {"no TA": "sampled", "chain + TAID": "chain"}.get(way, way)
+                recipe = {"no TA": "sampled", "chain + TAID": "chain", "chain" + FIRST: "chain"}.get(way, way)
                 fam, trained = run(way, shapes, recipe, steps[way], taid=way.endswith("TAID"))
                 total = executed(trained)
                 for r, s in zip(("TA", *STUDENTS), [ta, *students]):
@@ -148,8 +158,9 @@ def write(args, rows, compute, seconds, steps, ta, students, t_score, seeds: int
              "| way | steps | compute vs independent | wall s (all seeds) |", "|---|---:|---:|---:|"]
     for way in args.ways:
         c = sum(compute[way]) / len(compute[way])
-        n = args.steps if way == "independent" else steps[way]
-        lines.append(f"| {way} | {n}{' per student' if way == 'independent' else ''} | {c / ref:.2f} | "
+        alone = way.startswith("independent")
+        n = args.steps if alone else steps[way]
+        lines.append(f"| {way} | {n}{' per student' if alone else ''} | {c / ref:.2f} | "
                      f"{seconds[way]:.0f} |")
     for metric, i, fmt in (("perplexity (lower is better)", 0, "{:.3f}"),
                            ("next-token accuracy %", 1, "{:.2f}")):

@@ -22,6 +22,7 @@ from compressor.lm.gpt import (  # noqa: E402
     Shape,
     dense_model,
     full_shape,
+    kept_layers,
     nested_forward,
     scaled_shape,
     sort_by_importance,
@@ -82,9 +83,11 @@ def lm_files(tmp_path_factory):
 
 def _masked_forward(model, ids: torch.Tensor, shape: Shape) -> torch.Tensor:
     """The full model with heads, FFN neurons and layers past `shape` switched off by masks:
-    transformers' own head_mask, a zeroing hook on each FFN activation, and the last blocks left out."""
+    transformers' own head_mask, a zeroing hook on each FFN activation, and the blocks that the
+    importance order drops left out."""
     m = copy.deepcopy(model)
-    m.transformer.h = m.transformer.h[:shape.layers]
+    order = model.config.nested_layer_order
+    m.transformer.h = torch.nn.ModuleList([m.transformer.h[i] for i in sorted(order[:shape.layers])])
     m.config.n_layer = shape.layers
     head_mask = torch.zeros(shape.layers, model.config.n_head)
     head_mask[:, :shape.heads] = 1
@@ -93,7 +96,7 @@ def _masked_forward(model, ids: torch.Tensor, shape: Shape) -> torch.Tensor:
     for blk in m.transformer.h:
         blk.mlp.act.register_forward_hook(lambda _m, _i, out: out * keep)
     m.config._attn_implementation = "eager"  # head_mask is applied by the eager attention
-    return m(ids, head_mask=head_mask).logits
+    return m(ids, head_mask=head_mask, use_cache=False).logits  # the kept blocks keep their old layer_idx
 
 
 @pytest.mark.parametrize("shape", [Shape(3, 4, 128), Shape(2, 2, 64), Shape(1, 1, 8), Shape(3, 3, 40)])
@@ -124,6 +127,34 @@ def test_importance_order_keeps_the_function_and_sorts_heads():
         ordered(ids)
     mean = acts["a"].abs().mean(dim=(0, 1))
     assert mean[0] == mean.max()
+
+
+def test_layer_order_nests_and_drops_the_block_that_matters_least():
+    model = _tiny_gpt(n_layer=4)
+    ids = torch.randint(0, 259, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # block 2 made harmful: large random writes into the residual stream
+        for lin in (model.transformer.h[2].attn.c_proj, model.transformer.h[2].mlp.c_proj):
+            lin.weight.normal_(0, 1.0)
+    ordered = sort_by_importance(model, ids)
+    order = ordered.config.nested_layer_order
+    assert sorted(order) == [0, 1, 2, 3] and order[-1] == 2  # its removal lowers the loss: dropped first
+    assert kept_layers(ordered.config, 3) == [0, 1, 3]
+    assert all(set(kept_layers(ordered.config, k)) <= set(kept_layers(ordered.config, k + 1)) for k in range(1, 4))
+    # a dense 3-block size is those blocks, renumbered; nested and dense agree, the full size is the model
+    shape = Shape(3, 4, 128)
+    dense = dense_model(ordered, shape)
+    assert dense.config.n_layer == 3 and not hasattr(dense.config, "nested_layer_order")
+    with torch.no_grad():
+        assert torch.allclose(dense(ids).logits, nested_forward(ordered, ids, shape), atol=1e-5)
+        assert torch.allclose(dense(ids).logits, _masked_forward(ordered, ids, shape), atol=1e-5)
+        assert torch.allclose(nested_forward(ordered, ids), model(ids).logits, atol=1e-4)
+
+
+def test_family_keeps_its_layer_order_through_save_pretrained(tmp_path):
+    ordered = sort_by_importance(_tiny_gpt(n_layer=3), torch.randint(0, 259, (2, 16)))
+    ordered.save_pretrained(tmp_path)
+    again = transformers().GPT2LMHeadModel.from_pretrained(tmp_path)
+    assert again.config.nested_layer_order == ordered.config.nested_layer_order
 
 
 def test_dense_size_saves_and_loads_with_transformers(tmp_path):

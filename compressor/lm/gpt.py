@@ -1,11 +1,14 @@
 """GPT-2-family nesting: one set of weights, many sizes (MatFormer / MatTA for decoders).
 
-A size is a `Shape`: the first `layers` blocks, in each the first `heads` attention heads
-(whole heads) and the first `ffn` FFN neurons. The residual width (`n_embd`) stays whole, so
-layer norms keep their meaning at every size (METHODS.md §6). Prefixes only keep the most
-important units because `sort_by_importance` first permutes each layer's heads and FFN
-neurons by their activation on real text (Minitron); those permutations leave the
-teacher's function unchanged.
+A size is a `Shape`: `layers` blocks, in each the first `heads` attention heads (whole heads)
+and the first `ffn` FFN neurons. The residual width (`n_embd`) stays whole, so layer norms keep
+their meaning at every size (METHODS.md §6). Prefixes only keep the most important units
+because `sort_by_importance` first permutes each layer's heads and FFN neurons by their
+activation on real text (Minitron); those permutations leave the teacher's function unchanged.
+Blocks cannot be permuted (they run in order), so which blocks a size keeps is a list in the
+config instead (`LAYER_ORDER`, most important first; `kept_layers`): a size of `layers` blocks
+runs the first `layers` of that list in their original order, so every size's blocks contain
+every smaller size's. Without the list, the first blocks.
 
 `nested_forward` runs any size on the shared weights (training); `dense_model` cuts a size
 out as a real, smaller `GPT2LMHeadModel` (config updated, heads pruned with transformers'
@@ -22,8 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LogitsOnly", "Shape", "dense_model", "full_shape", "macs_per_token", "nested_forward", "scaled_shape",
-           "sort_by_importance"]
+__all__ = ["LAYER_ORDER", "LogitsOnly", "Shape", "dense_model", "full_shape", "kept_layers", "macs_per_token",
+           "nested_forward", "scaled_shape", "sort_by_importance"]
+
+# the config key (saved in config.json with the family) listing the blocks most important first
+LAYER_ORDER = "nested_layer_order"
 
 
 @dataclass(frozen=True, order=True)
@@ -48,6 +54,13 @@ def _ffn_width(config: Any) -> int:
 def full_shape(model: nn.Module) -> Shape:
     c = model.config
     return Shape(c.n_layer, c.n_head, _ffn_width(c))
+
+
+def kept_layers(config: Any, layers: int) -> list[int]:
+    """The blocks a size of `layers` blocks runs, in execution order: the first `layers` of the
+    config's `LAYER_ORDER` (the first blocks where it has none)."""
+    order = getattr(config, LAYER_ORDER, None) or list(range(config.n_layer))
+    return sorted(order[:layers])
 
 
 def scaled_shape(full: Shape, ratio: float, round_to: int = 8) -> Shape:
@@ -76,7 +89,8 @@ def sort_by_importance(model: nn.Module, ids: torch.Tensor) -> nn.Module:
 
     Importance is the mean activation magnitude on `ids` (Minitron): a head's output norm before
     the output projection, a neuron's |activation|. Heads and neurons of a layer are summed in
-    any order, so the permuted model computes exactly what `model` does."""
+    any order, so the permuted model computes exactly what `model` does. The blocks' order of
+    importance goes into the config (`LAYER_ORDER`, `layer_order`)."""
     model = copy.deepcopy(model).eval()
     c = model.config
     hd = c.n_embd // c.n_head
@@ -107,7 +121,28 @@ def sort_by_importance(model: nn.Module, ids: torch.Tensor) -> nn.Module:
         blk.mlp.c_fc.weight.copy_(blk.mlp.c_fc.weight[:, neurons])
         blk.mlp.c_fc.bias.copy_(blk.mlp.c_fc.bias[neurons])
         blk.mlp.c_proj.weight.copy_(blk.mlp.c_proj.weight[neurons])
+    setattr(c, LAYER_ORDER, layer_order(model, ids))
     return model
+
+
+@torch.no_grad()
+def layer_order(model: nn.Module, ids: torch.Tensor) -> list[int]:
+    """`model`'s blocks, most important first, by greedy removal: the block whose removal raises
+    the next-token loss on `ids` least goes first, then the same among those left (depth pruning
+    by loss, as Minitron and ShortGPT rank layers). Removal order, reversed, makes the sets nest:
+    the blocks kept at any depth include those kept at every smaller depth. A prefix of blocks
+    instead would ask a small size's last block both to finish the prediction and to feed the
+    blocks that larger sizes run after it; a late block that refines the output is usually worth
+    more to every size than a middle one."""
+    model = model.eval()
+    kept, dropped = list(range(model.config.n_layer)), []
+    while len(kept) > 1:
+        loss = {i: float(F.cross_entropy(_forward(model, ids[:, :-1], [k for k in kept if k != i], None)
+                                         .flatten(0, 1), ids[:, 1:].flatten())) for i in kept}
+        least = min(kept, key=lambda i: (loss[i], -i))  # ties: the later block goes first
+        kept.remove(least)
+        dropped.append(least)
+    return kept + dropped[::-1]
 
 
 # ----------------------------------------------------------------------------- nested forward
@@ -125,13 +160,21 @@ def nested_forward(model: nn.Module, ids: torch.Tensor, shape: Shape | None = No
     GPT-2's block, written out so a size is a slice of each weight: gradients of every size
     reach the same parameters (one optimizer step trains the whole family). It is also what
     the ONNX exporter traces (`LogitsOnly`): transformers' mask building does not trace."""
+    c = model.config
+    if shape is None:
+        return _forward(model, ids, list(range(c.n_layer)), None)
+    return _forward(model, ids, kept_layers(c, shape.layers), shape)
+
+
+def _forward(model: nn.Module, ids: torch.Tensor, blocks: list[int], shape: Shape | None) -> torch.Tensor:
+    """Logits through the blocks `blocks`, each cut to `shape`'s heads and FFN (None: whole)."""
     c, tr = model.config, model.transformer
     hd = c.n_embd // c.n_head
-    shape = shape or Shape(c.n_layer, tr.h[0].attn.num_heads, _ffn_width(c))
+    shape = shape or Shape(len(blocks), tr.h[0].attn.num_heads, _ffn_width(c))
     # no Python ints from ids.shape below: the ONNX trace keeps batch and sequence dynamic
     x = tr.drop(tr.wte(ids) + tr.wpe.weight[:ids.shape[1]])
     inner = shape.heads * hd
-    for blk in tr.h[:shape.layers]:
+    for blk in (tr.h[i] for i in blocks):
         split = blk.attn.split_size  # q, k and v are each this wide in c_attn (narrower once heads were pruned)
         w, bias = blk.attn.c_attn.weight, blk.attn.c_attn.bias
         if inner != split:
@@ -163,22 +206,27 @@ class LogitsOnly(nn.Module):
 
 @torch.no_grad()
 def dense_model(model: nn.Module, shape: Shape) -> nn.Module:
-    """`shape` cut out of `model` as a real GPT2LMHeadModel: fewer blocks (`n_layer`), a narrower
-    FFN (`n_inner`), and whole heads removed with transformers' `prune_heads` (recorded in the
-    config's `pruned_heads`, so `from_pretrained` rebuilds it)."""
+    """`shape` cut out of `model` as a real GPT2LMHeadModel: fewer blocks (`n_layer`: those
+    `kept_layers` names, renumbered), a narrower FFN (`n_inner`), and whole heads removed with
+    transformers' `prune_heads` (recorded in the config's `pruned_heads`, so `from_pretrained`
+    rebuilds it)."""
     full = full_shape(model)
     if not shape.nests_in(full) or min(shape.layers, shape.heads, shape.ffn) < 1:
         raise ValueError(f"size {shape} does not nest in {full}")
     config = copy.deepcopy(model.config)
     config.n_layer, config.n_inner = shape.layers, shape.ffn
     config.pruned_heads = {}
+    if hasattr(config, LAYER_ORDER):  # the dense model runs all its blocks
+        delattr(config, LAYER_ORDER)
     small = type(model)(config)
+    renumber = {old: new for new, old in enumerate(kept_layers(model.config, shape.layers))}
     sd = {}
     for k, v in model.state_dict().items():
         parts = k.split(".")
         if len(parts) > 2 and parts[1] == "h":
-            if int(parts[2]) >= shape.layers:
+            if int(parts[2]) not in renumber:
                 continue
+            k = ".".join([*parts[:2], str(renumber[int(parts[2])]), *parts[3:]])
             name = ".".join(parts[3:])
             if name == "mlp.c_fc.weight":
                 v = v[:, :shape.ffn]
