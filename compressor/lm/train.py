@@ -1,7 +1,7 @@
 """One training run for a nested family of GPT-2 sizes: teacher -> TA -> students (MatTA).
 
-The TA is the widest size; every smaller size is a prefix of it (`gpt.nested_forward`), and
-one optimizer step updates the shared weights. Three recipes:
+The TA is the widest size; every smaller size nests in it (`gpt.nested_forward`: a prefix of its
+heads and FFN neurons, a subset of its blocks), and one optimizer step updates the shared weights. Three recipes:
 
 `chain` (the default; MatTA's teacher -> TA -> student chain, MatFormer's sampled sizes): each
 step trains ONE size, taken from a cycle of the TA once and every student `student_rounds` times
@@ -69,8 +69,8 @@ class LMDistillConfig:
     seed: int = 0
     # chain, sampled: steps of each student per step of the TA. Two: on the example GPT-2 at half the
     # independent runs' compute (3 seeds), every student's perplexity 1.2-1.8 % lower than with one,
-    # the TA's 3.6 % higher
-    student_rounds: int = 2
+    # the TA's 3.6 % higher. A tuple gives each student its own count, widest first.
+    student_rounds: int | tuple[int, ...] = 2
     recipe: str = "chain"  # one size per step, students taught by the TA ("sampled": by the teacher; "all": every size every step)
     # TAID (arXiv 2501.16937): each KL's target moves from the size's own logits to the target's;
     # t starts at taid_start and rises by taid_alpha * sigmoid(momentum of the loss's relative fall),
@@ -81,12 +81,21 @@ class LMDistillConfig:
     taid_beta: float = 0.99
 
     def __post_init__(self) -> None:
-        if self.student_rounds < 1:
+        counts = (self.student_rounds,) if isinstance(self.student_rounds, int) else self.student_rounds
+        if not counts or min(counts) < 1:
             raise ValueError(f"student_rounds must be at least 1, not {self.student_rounds}")
         if not 0.0 <= self.taid_start <= 1.0:
             raise ValueError(f"taid_start must be in [0, 1], not {self.taid_start}")
         if self.recipe not in RECIPES:
             raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, not {self.recipe!r}")
+
+    def rounds(self, students: int) -> tuple[int, ...]:
+        """Steps of each of `students` students (widest first) per step of the TA."""
+        if isinstance(self.student_rounds, int):
+            return (self.student_rounds,) * students
+        if len(self.student_rounds) != students:
+            raise ValueError(f"student_rounds gives {len(self.student_rounds)} counts for {students} students")
+        return tuple(self.student_rounds)
 
 
 @dataclass
@@ -190,7 +199,7 @@ def train_nested_lm(teacher: nn.Module, family: nn.Module, shapes: Sequence[Shap
             todo = shapes
         else:
             if not queue:  # a fresh random order of all sizes: each gets the same number of steps
-                cycle = [ta] + list(shapes[1:]) * cfg.student_rounds
+                cycle = [ta] + [s for s, k in zip(shapes[1:], cfg.rounds(len(shapes) - 1)) for _ in range(k)]
                 queue = [cycle[i] for i in torch.randperm(len(cycle), generator=order_gen).tolist()]
             todo = [queue.pop()]
         t_logits = teacher_logits(x) if cfg.recipe != "chain" or todo[0] == ta else None
