@@ -16,8 +16,6 @@ the teacher's importance-sorted weights (`lm.gpt.sort_by_importance`), with the 
   all           every size every step, students taught by teacher and TA (`--steps` steps: the
                 earlier recipe, about the independent runs' compute);
   chain + TAID  chain with TAID's interpolated targets (`--lm-taid`; same steps as chain).
-  chain (rounds 3-2-1)  chain with the students stepped 3, 2 and 1 times per TA step, widest first
-                (instead of 2 each; same compute as chain).
 
 Every size keeps the teacher's blocks in their order of importance (`lm.gpt.layer_order`, what
 the pipeline does); `chain (first blocks)` and `independent (first blocks)` are the same two ways
@@ -57,9 +55,7 @@ from compressor.tasks.causal_lm import CausalLM, load_lm_teacher
 
 TA, STUDENTS = 0.675, (0.35, 0.245, 0.175)
 FIRST = " (first blocks)"  # the way with every size keeping the teacher's first blocks
-WEIGHTED, ROUNDS = "chain (rounds 3-2-1)", (3, 2, 1)  # the chain, larger students stepped more often
-WAYS = ("chain", "independent", "no TA", "sampled", "all", "chain + TAID", "chain" + FIRST, "independent" + FIRST,
-        WEIGHTED)
+WAYS = ("chain", "independent", "no TA", "sampled", "all", "chain + TAID", "chain" + FIRST, "independent" + FIRST)
 
 
 def main() -> None:
@@ -106,8 +102,6 @@ def main() -> None:
         "no TA": t_ms + 3 * s_mean,
         "sampled": t_ms + 3 * (a_ms + k * s_mean) / (k + 1),
     }
-    per_step[WEIGHTED] = (t_ms + 3 * a_ms + sum(k * (a_ms + 3 * macs[name(s)]) for k, s in zip(ROUNDS, students))
-                          ) / (1 + sum(ROUNDS))
     steps = {k: int(args.compute * independent_total / v) for k, v in per_step.items()}
     steps["all"] = args.steps
     steps["chain + TAID"] = steps["chain" + FIRST] = steps["chain"]
@@ -124,10 +118,9 @@ def main() -> None:
         def run(way: str, shapes, recipe: str, n: int, taid: bool = False) -> tuple[torch.nn.Module, LMTraining]:
             fam = copy.deepcopy(first_blocks if way.endswith(FIRST) else ordered)
             t0 = time.perf_counter()
-            rounds = {"student_rounds": ROUNDS} if way == WEIGHTED else {}
             trained = train_nested_lm(teacher.model, fam, shapes, data.corpus.train,
                                       LMDistillConfig(steps=n, batch_size=args.batch_size, context=data.context,
-                                                      seed=seed, recipe=recipe, taid=taid, **rounds))
+                                                      seed=seed, recipe=recipe, taid=taid))
             seconds[way] = seconds.get(way, 0.0) + time.perf_counter() - t0
             return fam, trained
 

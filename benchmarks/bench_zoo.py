@@ -195,6 +195,9 @@ def run_compress(name: str, frac: float, ts: Path, data_path: Path) -> dict[str,
               "meets": bool(s["meets_budget"]), "parity_ok": bool(s.get("parity_ok"))} for s in m["models"]]
     row: dict[str, Any] = {"exit_code": result.exit_code, "seconds": seconds, "budget_ms": float(b["ms"]),
                            "teacher_ms": float(b["teacher_ms"]) if b.get("teacher_ms") else None, "stat": stat,
+                           # the two timings the budget's teacher figure was the lower of (hardware.steadier)
+                           "teacher_measurements_ms": ((m["teacher"]["latency"].get(b["profile"]) or {}).get("env")
+                                                       or {}).get("measurements_ms"),
                            "selected": result.selected, "sizes": sizes,
                            "epochs": (m.get("config") or {}).get("epochs"),
                            "student": (m.get("search") or {}).get("student"),
@@ -372,6 +375,15 @@ def report(rows: list[dict[str, Any]], command: str, wall: float) -> str:
                      f"for {not_below}; median Δ teacher {100 * statistics.median(deltas):+.1f} points"
                      + (f". By hand: met {hand_met}, median Δ teacher {100 * statistics.median(hand_deltas):+.1f}"
                         if hand_deltas else f". By hand: met {hand_met}") + ".")
+    timed = {}
+    for r in rows:
+        c = r.get("compress") or {}
+        if c.get("teacher_measurements_ms"):
+            timed.setdefault(r["teacher"], []).append(
+                f"{r['fraction']:g}x " + " / ".join(f"{v:.3f}" for v in c["teacher_measurements_ms"]))
+    if timed:
+        lines += ["", "Teacher timings behind each row's budget (ms; two measurements, the second in a fresh "
+                  "process, the lower kept): " + "; ".join(f"{k} {', '.join(v)}" for k, v in timed.items()) + "."]
     spent = {"teacher training": sum({r["teacher"]: r["teacher_info"]["seconds"] for r in rows}.values()),
              "compress": sum((r.get("compress") or {}).get("seconds", 0) for r in rows),
              "by hand": sum((r.get("hand") or {}).get("seconds", (r.get("hand") or {}).get("prune_s", 0))
@@ -404,6 +416,8 @@ def main() -> int:
     ap.add_argument("--max-minutes", type=float, default=0, help="start no new teacher after this long (0: no limit)")
     ap.add_argument("--fresh", action="store_true", help="recompute cached compress/hand results")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--out", type=Path, default=RESULTS / "zoo.md",
+                    help="the report to write (default benchmarks/results/zoo.md: the BENCHMARKS section)")
     ap.add_argument("--note", help="a reading of the figures, kept in benchmarks/_work/zoo/note.md and printed "
                                    "under the table (until another --note replaces it)")
     args = ap.parse_args()
@@ -463,8 +477,9 @@ def main() -> int:
     text = report(rows, command, time.perf_counter() - t0)
     if note.exists():
         text += "\n" + note.read_text()
-    (RESULTS / "zoo.md").write_text(text)
-    logging.info("wrote %s", RESULTS / "zoo.md")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    logging.info("wrote %s", args.out)
     return 0
 
 

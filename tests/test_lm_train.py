@@ -64,14 +64,6 @@ def test_students_get_their_rounds_per_step_of_the_ta():
     assert teacher.calls == 2 and run.targets[name(SIZES[0])] == 12
 
 
-def test_each_student_can_have_its_own_rounds():
-    run, teacher, _, _ = _train("chain", 14, student_rounds=(3, 2, 1))  # two cycles of 1 + 3 + 2 + 1 steps
-    assert [run.trained[name(s)] for s in SIZES] == [2, 6, 4, 2]
-    assert teacher.calls == 2
-    with pytest.raises(ValueError, match="2 counts for 3 students"):
-        _train("chain", 4, student_rounds=(3, 2))
-
-
 def test_sampled_teaches_every_size_from_the_teacher_and_never_runs_the_ta_as_target():
     run, teacher, _, _ = _train("sampled", 8, student_rounds=1)
     assert run.trained == {name(s): 2 for s in SIZES}
