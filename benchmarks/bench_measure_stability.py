@@ -9,6 +9,7 @@ max/min of the p50s; then the same spread for the figure a relative budget rests
 (`hardware.steadier`: the lower of two measurements, here consecutive runs paired).
 
     python benchmarks/bench_measure_stability.py [--runs 12] [--profile host-cpu-1t]
+    python benchmarks/bench_measure_stability.py --onnx teacher.onnx --shape 3,32,32   # another model
 
 Writes benchmarks/results/measure_stability.md (section "Measurement stability").
 """
@@ -29,11 +30,11 @@ ARCH = {"family": "residual", "kernel": 3, "blocks": [[16, 1], [16, 1], [32, 2],
 SHAPE = (1, 32, 32)
 
 
-def child(onnx_path: str, profile_name: str) -> None:
+def child(onnx_path: str, profile_name: str, shape: tuple[int, ...]) -> None:
     """Runs in a fresh process: measure once, print the report as JSON."""
     from compressor.hardware import load_profile, measure_onnx
 
-    r = measure_onnx(onnx_path, load_profile(profile_name), SHAPE)
+    r = measure_onnx(onnx_path, load_profile(profile_name), shape)
     print(json.dumps({"p50": r.p50_ms, "p90": r.p90_ms, "p99": r.p99_ms, "cov": r.cov, "samples": r.samples,
                       "remeasured": bool(r.env.get("remeasured")), "robust_cov": r.env.get("robust_cov")}))
 
@@ -42,12 +43,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=12)
     ap.add_argument("--profile", default="host-cpu-1t")
+    ap.add_argument("--onnx", type=Path, help="time this ONNX file instead of the built-in residual CNN")
+    ap.add_argument("--shape", default="1,32,32", help="its input shape without the batch (default 1,32,32)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "measure_stability.md")
     ap.add_argument("--note", default="taken on a SHARED machine (other jobs on the same 2 cores): noisy")
     ap.add_argument("--child", nargs=2, metavar=("ONNX", "PROFILE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    shape = tuple(int(v) for v in args.shape.split(","))
     if args.child:
-        child(*args.child)
+        child(*args.child, shape)
         return 0
     command = " ".join(["python", "benchmarks/bench_measure_stability.py", *sys.argv[1:]])
 
@@ -55,13 +59,19 @@ def main() -> int:
     from compressor.hardware._onnx import export_for_timing
 
     profile = load_profile(args.profile)
-    model = build_candidate(ARCH, SHAPE)
-    mflops = sum(c.flops for c in layer_costs(model, SHAPE)) / 1e6
+    if args.onnx:
+        what = f"`{args.onnx.name}` ({'x'.join(map(str, shape))} input)"
+    else:
+        shape = SHAPE
+        model = build_candidate(ARCH, SHAPE)
+        what = (f"residual CNN, {sum(c.flops for c in layer_costs(model, SHAPE)) / 1e6:.1f} MFLOPs, "
+                f"1x32x32 input")
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
-        path = export_for_timing(model, SHAPE, Path(tmp) / "model.onnx")
+        path = args.onnx.resolve() if args.onnx else export_for_timing(model, SHAPE, Path(tmp) / "model.onnx")
         for i in range(args.runs):
-            out = subprocess.run([sys.executable, __file__, "--child", str(path), profile.name],
+            out = subprocess.run([sys.executable, __file__, "--child", str(path), profile.name,
+                                  "--shape", ",".join(map(str, shape))],
                                  check=True, capture_output=True, text=True, cwd=ROOT)
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(f"run {i + 1}: p50 {runs[-1]['p50']:.4f} ms, CoV {runs[-1]['cov']:.1%}", flush=True)
@@ -72,7 +82,7 @@ def main() -> int:
         f"Command: `{command}`",
         "",
         f"- {args.note}.",
-        f"- One model (residual CNN, {mflops:.1f} MFLOPs, 1x32x32 input) measured in {args.runs} separate "
+        f"- One model ({what}) measured in {args.runs} separate "
         f"processes on `{profile.name}` ({profile.threads or 'all'} thread(s), warm-up {profile.warmup_runs} "
         f"runs / {profile.warmup_seconds} s, at least {profile.repeats} runs and {profile.min_seconds} s); "
         f"CPU `{cpu_model()}`.",
