@@ -60,7 +60,7 @@ def main() -> int:
 
     profile = load_profile(args.profile)
     if args.onnx:
-        what = f"`{args.onnx.name}` ({'x'.join(map(str, shape))} input)"
+        what = f"`{args.onnx.name}`, {'x'.join(map(str, shape))} input"
     else:
         shape = SHAPE
         model = build_candidate(ARCH, SHAPE)
