@@ -223,7 +223,6 @@ def run_classification(task: Task, cfg: CompressConfig, console: Console, held: 
         sizes, reused = stage_export(servables, teacher, data, budget, profiles, predictors, cfg, run_dir,
                                      progress)
     with clock("select"):
-        sizes = retime_near_misses(sizes, budget, profile, teacher.spec.shape, run_dir, progress)
         selected, verification = stage_select(sizes, budget, profile, teacher.spec.shape, run_dir, progress)
     with clock("tensorrt"):
         sizes, trt = stage_tensorrt(sizes, cfg, run_dir)
@@ -712,35 +711,6 @@ def stage_tensorrt(sizes: list[SizeRecord], cfg: CompressConfig,
 
 
 # ---------------------------------------------------------------------------- select
-
-# a size over the budget by up to this factor is timed again before it is passed over: a shared
-# machine's interference slows a whole measurement by 1.5-2x for seconds at a time (BENCHMARKS.md
-# "Measurement stability"); beyond this, no burst explains the miss
-_RETIME_WITHIN = 2.0
-
-
-def retime_near_misses(sizes: list[SizeRecord], budget: Budget, profile: HardwareProfile, shape: tuple[int, ...],
-                       run_dir: Path, progress: Progress) -> list[SizeRecord]:
-    """`sizes`, each one that misses the budget by less than `_RETIME_WITHIN` and is more accurate than
-    every size that fits timed again in a fresh process, keeping the lower figure (`hardware.steadier`:
-    interference only adds time). Only such a size can change the selection; a size measured during a
-    burst would otherwise lose to a less accurate one. The claim of the size then selected is still
-    checked by `stage_select`'s own fresh-process measurement."""
-    if not is_measurable(profile) or profile.backend == "torch-cuda":
-        return sizes
-    best_fitting = max((s.accuracy for s in sizes if s.meets_budget), default=-1.0)
-    out = []
-    for s in sizes:
-        first = s.latency.get(budget.profile)
-        if (not s.meets_budget and s.parity_ok and first is not None and first.measured
-                and first.value(budget.stat) <= _RETIME_WITHIN * budget.ms and s.accuracy > best_fitting):
-            kept = steadier(first, run_dir / s.files["onnx"], profile, shape)
-            s = dataclasses.replace(s, latency={**s.latency, budget.profile: kept}, meets_budget=budget.fits(kept))
-            progress.log(f"{s.name} missed the budget at {first.value(budget.stat):.3f} ms; timed again in a fresh "
-                         f"process: {kept.value(budget.stat):.3f} ms kept, {'fits' if s.meets_budget else 'still over'}")
-        out.append(s)
-    return out
-
 
 def stage_select(sizes: list[SizeRecord], budget: Budget, profile: HardwareProfile, shape: tuple[int, ...],
                  run_dir: Path, progress: Progress) -> tuple[str | None, list[Verification]]:

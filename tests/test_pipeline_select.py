@@ -1,14 +1,13 @@
 """Selection in the run: `pick.rank`'s order, then each claim re-measured until one holds."""
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 
 from compressor import pipeline
 from compressor.budget import Budget
-from compressor.hardware import latency, load_profile
+from compressor.hardware import load_profile
 from compressor.progress import Progress
 from compressor.record import SizeRecord
 from compressor.types import LatencyReport
@@ -34,7 +33,6 @@ def remeasured(monkeypatch: pytest.MonkeyPatch) -> dict[str, LatencyReport]:
         return seconds[Path(onnx_path).parent.name]
 
     monkeypatch.setattr(pipeline, "remeasure_in_fresh_process", fake)
-    monkeypatch.setattr(latency, "remeasure_in_fresh_process", fake)  # hardware.steadier's second timing
     return seconds
 
 
@@ -42,38 +40,6 @@ def select(sizes: list[SizeRecord], budget_ms: float = 1.0):
     budget = Budget(budget_ms, f"{budget_ms}ms", "host-cpu-1t")
     with Progress(enabled=False) as progress:
         return pipeline.stage_select(sizes, budget, load_profile("host-cpu-1t"), (1, 8, 8), Path("run"), progress)
-
-
-def retime(sizes: list[SizeRecord], budget_ms: float = 1.0) -> list[SizeRecord]:
-    budget = Budget(budget_ms, f"{budget_ms}ms", "host-cpu-1t")
-    sizes = [dataclasses.replace(s, meets_budget=budget.fits(s.latency["host-cpu-1t"])) for s in sizes]
-    with Progress(enabled=False) as progress:
-        return pipeline.retime_near_misses(sizes, budget, load_profile("host-cpu-1t"), (1, 8, 8), Path("run"),
-                                           progress)
-
-
-def test_a_near_miss_timed_during_a_burst_gets_a_second_timing_and_can_be_selected(remeasured) -> None:
-    sizes = [size("big", 0.99, 1.6), size("small", 0.90, 0.5)]  # big: 1.6x the budget, the most accurate
-    remeasured.update(big=lat(0.8))
-    again = retime(sizes)
-    big = again[0].latency["host-cpu-1t"]
-    assert again[0].meets_budget and big.p50_ms == 0.8 and big.env["measurements_ms"] == [1.6, 0.8]
-    assert again[1] == dataclasses.replace(sizes[1], meets_budget=True)  # a fitting size is left as it was
-    selected, checks = select(again)
-    assert selected == "big" and checks[0].first.p50_ms == 0.8
-
-
-def test_only_sizes_that_could_change_the_pick_are_timed_again(remeasured) -> None:
-    """Over 2x the budget: no burst explains it; less accurate than a fitting size: cannot win."""
-    sizes = [size("huge", 0.99, 2.5), size("mid", 0.95, 1.2), size("fit", 0.96, 0.7)]
-    again = retime(sizes)  # `remeasured` is empty: a second timing of any of them would raise KeyError
-    assert [s.meets_budget for s in again] == [False, False, True]
-
-
-def test_a_second_timing_that_still_misses_leaves_the_size_out(remeasured) -> None:
-    remeasured.update(big=lat(1.3))
-    again = retime([size("big", 0.99, 1.5), size("small", 0.90, 0.5)])
-    assert not again[0].meets_budget and again[0].latency["host-cpu-1t"].p50_ms == 1.3
 
 
 def test_the_best_fitting_size_is_selected_when_its_second_measurement_holds(remeasured) -> None:

@@ -77,8 +77,7 @@ _PARITY_ATOL = 1e-3  # logits over a few hundred tokens and the vocabulary: fp32
 
 def run_causal_lm(task: "CausalLM", cfg: "CompressConfig", console: "Console", held: ExitStack,
                   ranks: "Ranks | None" = None) -> "RunResult":
-    from ..pipeline import (RunResult, _StageClock, retime_near_misses, run_folder, stage_record, stage_select,
-                            stage_track)
+    from ..pipeline import RunResult, _StageClock, run_folder, stage_record, stage_select, stage_track
     from ..tasks.causal_lm import load_lm_teacher
 
     if ranks is not None:
@@ -148,7 +147,6 @@ def run_causal_lm(task: "CausalLM", cfg: "CompressConfig", console: "Console", h
                                       run_dir))
             progress.done("export", name, total=len(shapes))
     with clock("select"):
-        sizes = retime_near_misses(sizes, budget, profile, shape, run_dir, progress)
         selected, verification = stage_select(sizes, budget, profile, shape, run_dir, progress)
     serving = task.serving(data, teacher.tokenizer)
     with clock("seal"):
