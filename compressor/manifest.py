@@ -324,6 +324,10 @@ _MANIFEST = _Obj(
                 "val_acc": _AnyOf((_Null(_NUM), _Map(_Null(_NUM))), "a number or a mapping of size to number"),
                 "seconds": _NUM,
             })),
+            # epochs that diverged and were rolled back at a lower learning rate (distill.guard)
+            "rollbacks": _List(_Obj(required={"epoch": _INT, "back_to": _INT, "lr_scale": _NUM}, optional={
+                "loss": _AnyOf((_NUM, _STR), "a number, or nan/inf as text"), "best_loss": _NUM,
+            })),
         }),
     },
 )

@@ -525,7 +525,8 @@ def stage_nested(result: SearchResult, teacher: Teacher, data: DataSplits, profi
                 "sizes": {n: family.ratios[n] for n in family.models},
                 "family_weights": relative_path(run_dir, family.family.weights_path),
                 "losses": [{"name": n, "weight": w} for n, w in cfg.loss_weights],
-                "device": device.type, "ranks": ranks.world_size if ranks else 1, "schedule": dcfg.schedule}
+                "device": device.type, "ranks": ranks.world_size if ranks else 1, "schedule": dcfg.schedule,
+                "rollbacks": family.rollbacks}
     return servables, search_info, training
 
 

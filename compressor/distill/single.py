@@ -1,6 +1,7 @@
 """Distil one student from the teacher: temperature KD plus cross-entropy (Hinton et al.)."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -10,7 +11,10 @@ from torch.nn import functional as F
 from ..evaluate import accuracy, predict_logits
 from ..progress import Progress
 from ..types import DataSplits
+from .guard import DivergenceGuard
 from .losses import kd_kl
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,8 @@ def distill_single(student: nn.Module, teacher: nn.Module, data: DataSplits, cfg
                    progress: Progress | None = None, label: str = "distil",
                    device: torch.device | str = "cpu") -> list[dict]:
     """Train `student` in place on `device`; returns per-epoch history (loss, val accuracy).
-    The student ends on the CPU, where it is exported."""
+    The student ends on the CPU, where it is exported. An epoch whose training accuracy collapses
+    is rolled back and run again at a lower learning rate (`guard.DivergenceGuard`)."""
     device = torch.device(device)
     g = torch.Generator().manual_seed(cfg.seed)
     if device.type == "cpu":
@@ -45,17 +50,36 @@ def distill_single(student: nn.Module, teacher: nn.Module, data: DataSplits, cfg
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * max(1, len(data.x_train) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
-    history = []
+    history: list[dict] = []
     task = progress.add(label, total=steps) if progress else None
-    for epoch in range(cfg.epochs):
+    # an epoch whose loss is not finite or whose training accuracy collapses goes back, at a lower rate
+    guard = DivergenceGuard(chance=1.0 / max(1, data.num_classes))
+    epoch = 0
+
+    def state() -> dict:
+        return {"student": student.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                "rng": g.get_state(), "epoch": epoch, "history": history}
+
+    def go_back(saved: dict) -> None:
+        nonlocal epoch, history
+        student.load_state_dict(saved["student"])
+        opt.load_state_dict(saved["opt"])
+        sched.load_state_dict(saved["sched"])
+        g.set_state(saved["rng"])
+        epoch, history = saved["epoch"], saved["history"]
+
+    guard.start(state(), epoch)
+    while epoch < cfg.epochs:
         student.train()
         perm = torch.randperm(len(data.x_train), generator=g)
         total = 0.0
-        n = 0
+        n = correct = seen = 0
         for i in range(0, len(perm) - cfg.batch_size + 1, cfg.batch_size):
             idx = perm[i:i + cfg.batch_size]
-            loss = kd_loss(student(data.x_train[idx].to(device)), teacher_logits[idx].to(device),
-                           data.y_train[idx].to(device), cfg.temperature, cfg.alpha)
+            logits, y = student(data.x_train[idx].to(device)), data.y_train[idx].to(device)
+            loss = kd_loss(logits, teacher_logits[idx].to(device), y, cfg.temperature, cfg.alpha)
+            correct += int((logits.detach().argmax(1) == y).sum())
+            seen += len(y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -64,8 +88,16 @@ def distill_single(student: nn.Module, teacher: nn.Module, data: DataSplits, cfg
             n += 1
             if progress:
                 progress.advance(task)
+        mean, train_acc = total / max(1, n), (correct / seen if seen else None)
+        if guard.diverged(mean, train_acc):
+            log.warning("%s: %s", label, guard.describe(guard.rollback(mean, train_acc, epoch + 1, go_back, opt)))
+            if progress:
+                progress.update(task, completed=epoch * max(1, len(data.x_train) // cfg.batch_size))
+            continue
         acc = accuracy(predict_logits(student, x_val).cpu(), data.y_val)
-        history.append({"epoch": epoch + 1, "loss": total / max(1, n), "val_acc": acc})
+        epoch += 1
+        history.append({"epoch": epoch, "loss": mean, "val_acc": acc})
+        guard.keep(mean, train_acc, state, epoch)
         if progress:
             progress.update(task, description=f"{label} acc {acc:.3f}")
     student.cpu().eval()

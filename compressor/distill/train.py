@@ -62,6 +62,7 @@ from ..types import DataSplits, StudentFamily, to_jsonable
 from .augment import AUGMENTS, augment
 from .checkpoint import load_checkpoint, write_torch
 from .features import FeatureTap
+from .guard import DivergenceGuard
 from .losses import LOSSES, Out, build_loss, kd_kl
 from .nested import NestedFamily, Ratio, SizeSpec, named_tensors, plain_ratio
 
@@ -157,6 +158,7 @@ class FamilyResult:
     train_seconds: float
     train_flops: int  # multiply-accumulates: teacher fwd + 3 × (TA + trained students) fwd, per sample
     macs: dict[str, int] = field(default_factory=dict)  # forward MACs of one sample, per size
+    rollbacks: list[dict[str, Any]] = field(default_factory=list)  # epochs that diverged (distill.guard)
 
 
 def train_family(teacher: nn.Module, ta: nn.Module, data: DataSplits, *, sizes: Sequence[SizeSpec],
@@ -197,7 +199,7 @@ def train_family(teacher: nn.Module, ta: nn.Module, data: DataSplits, *, sizes: 
         sizes={n: family.ratios[n] for n in family.names})
     return FamilyResult(family=student_family, models=models, ratios=dict(family.ratios), val_acc=val_acc,
                         history=trainer.history, train_seconds=trainer.seconds, train_flops=trainer.flops,
-                        macs={n: family.subnet(n).macs for n in family.names})
+                        macs={n: family.subnet(n).macs for n in family.names}, rollbacks=list(trainer.guard.events))
 
 
 def train_family_rank(teacher: nn.Module, ta: nn.Module, data: DataSplits, *, sizes: Sequence[SizeSpec],
@@ -317,6 +319,9 @@ class _Trainer:
         self.epoch, self.flops, self.seconds = 0, 0, 0.0
         self.step_index = 0  # optimizer steps taken: the chain's position (restored from `epoch` on resume)
         self.history: list[dict[str, Any]] = []
+        # an epoch whose loss is not finite or whose TA's training accuracy collapses goes back, at a lower rate
+        self.guard = DivergenceGuard(chance=1.0 / max(1, data.num_classes))
+        self.hits = torch.zeros(2, dtype=torch.long)  # the TA's correct answers and samples this epoch
         self.last_models: tuple[dict[str, nn.Module], dict[str, float]] | None = None
         if device.type != "cpu":  # built on the CPU above (taps and MAC counts trace CPU examples), moved whole
             self._place(device)
@@ -393,7 +398,7 @@ class _Trainer:
                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                 "rng": {"torch": torch.get_rng_state(), "data": self.generator.get_state()},
                 "history": self.history, "train_flops": self.flops, "train_seconds": self.seconds,
-                "family": self.family.state()}
+                "family": self.family.state(), "guard": self.guard.state()}
 
     def load_state(self, ckpt: dict[str, Any]) -> None:
         self.ta.load_state_dict(ckpt["ta"])
@@ -404,6 +409,21 @@ class _Trainer:
         self.generator.set_state(ckpt["rng"]["data"])
         self.epoch, self.history = int(ckpt["epoch"]), list(ckpt["history"])
         self.flops, self.seconds = int(ckpt["train_flops"]), float(ckpt["train_seconds"])
+        self.guard.load_state(ckpt.get("guard"))  # absent from checkpoints written before the guard
+
+    def _go_back(self, state: dict[str, Any]) -> None:
+        """An earlier state restored by the divergence guard: the time and compute the diverged epoch
+        took stay counted, and the guard keeps its own record."""
+        flops, seconds = self.flops, self.seconds
+        self.ta.load_state_dict(state["ta"])
+        self.losses.load_state_dict(state["losses"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.generator.set_state(state["rng"]["data"])
+        self.epoch, self.history = int(state["epoch"]), list(state["history"])
+        self.flops, self.seconds = flops, seconds
+        self.last_models = None  # validated before the divergence, if at all: evaluated again at the end
 
     # ----------------------------------------------------------------- loop
     def fit(self, ckpt_path: Path | None, progress: Progress | None) -> None:
@@ -415,11 +435,13 @@ class _Trainer:
         if self.epoch < cfg.epochs:
             self._cache_teacher()
         self.step_index = self.epoch * self.steps_per_epoch
+        self.guard.start(self.state(), self.epoch)
         while self.epoch < cfg.epochs:
             start = time.perf_counter()
             self.family.train()  # the TA and the students' skeletons: batch statistics in BatchNorm
             perm = torch.randperm(len(self.data.x_train), generator=self.generator)
             total = 0.0
+            self.hits = torch.zeros(2, dtype=torch.long, device=self.device)
             for i in range(self.steps_per_epoch):
                 idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
                 total += self._step(idx)
@@ -427,7 +449,17 @@ class _Trainer:
                     progress.advance(task)
                     progress.update(task, description=f"nested distil e{self.epoch + 1}/{cfg.epochs} "
                                                       f"loss {total / (i + 1):.3f}")
-            loss = self._agree(total / self.steps_per_epoch)
+            loss, ta_acc = self._agree(total / self.steps_per_epoch)
+            if self.guard.diverged(loss, ta_acc):  # every rank holds the same figures: they all go back together
+                self.seconds += time.perf_counter() - start
+                event = self.guard.rollback(loss, ta_acc, self.epoch + 1, self._go_back, self.opt)
+                log.warning("%s", self.guard.describe(event))
+                if self.main:
+                    write_torch(ckpt_path, self.state())
+                    if progress:
+                        progress.update(task, completed=self.epoch * self.steps_per_epoch)
+                self.step_index = self.epoch * self.steps_per_epoch
+                continue
             acc: dict[str, float] | None = None
             if self.main and self._validates(self.epoch + 1):
                 self.last_models = models, acc = self.evaluate()
@@ -450,6 +482,7 @@ class _Trainer:
                 if not self.main:
                     self.history.append({"epoch": self.epoch, "loss": loss, "val_acc": acc, "seconds": round(took, 3)})
                     crash_point("epoch")  # rank 0 passes it in its journal (progress.done)
+            self.guard.keep(loss, ta_acc, self.state, self.epoch)
         self.family.train(False)
 
     def _cache_teacher(self) -> None:
@@ -487,6 +520,7 @@ class _Trainer:
                 (loss if share == 1.0 else loss * share).backward()  # per size: one size's activations at a time
             if name is None:
                 soft = logits.detach()
+                self._count_hits(soft, y)
             total += loss.item() * share
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -494,6 +528,11 @@ class _Trainer:
         teacher_macs = 0 if cached is not None else self.macs_teacher  # cached: counted once, in _cache_teacher
         self.flops += batch * (teacher_macs + 3 * (self.macs_ta + sum(self.family.subnet(n).macs for n in students)))
         return total
+
+    def _count_hits(self, logits: Tensor, y: Tensor) -> None:
+        """The TA's correct answers on its training batch, this epoch (the divergence guard's signal)."""
+        with torch.no_grad():
+            self.hits += torch.stack([(logits.argmax(1) == y).sum(), torch.tensor(len(y), device=y.device)])
 
     def _this_rank(self, idx: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor | None, float]:
         """This rank's part of the batch (all of it on one process) on the device, the teacher's cached
@@ -532,7 +571,9 @@ class _Trainer:
             with torch.no_grad():
                 soft = self.ta(x)  # the student's teacher: the TA as it is now, in training mode like the student
             self.flops += batch * (self.macs_ta + 3 * self.family.subnet(name).macs)
-        loss, _ = self.net(name, x, y, teacher, soft)
+        loss, logits = self.net(name, x, y, teacher, soft)
+        if name is None:
+            self._count_hits(logits, y)
         (loss if share == 1.0 else loss * share).backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -552,19 +593,22 @@ class _Trainer:
         """Whether epoch `epoch` (1-based) ends with validation: every `eval_every`-th, and the last."""
         return epoch == self.cfg.epochs or epoch % self.cfg.eval_every == 0
 
-    def _agree(self, loss: float) -> float:
-        """The epoch's loss over every rank's share, once every rank is seen to hold the same weights
-        (equal averaged gradients and optimizer steps keep them equal: a difference is a bug, and
-        evaluating rank 0's weights alone would hide it)."""
+    def _agree(self, loss: float) -> tuple[float, float | None]:
+        """The epoch's loss and the TA's training accuracy (None: the TA took no step) over every
+        rank's share, once every rank is seen to hold the same weights (equal averaged gradients and
+        optimizer steps keep them equal: a difference is a bug, and evaluating rank 0's weights alone
+        would hide it)."""
+        correct, seen = (int(v) for v in self.hits.tolist())
         if self.ranks is None:
-            return loss
+            return loss, (correct / seen if seen else None)
         with torch.no_grad():
             fingerprint = float(sum(p.detach().double().sum() for p in self.net.parameters()))
-        gathered = self.ranks.gather((loss, fingerprint))
-        prints = [f for _, f in gathered]
+        gathered = self.ranks.gather((loss, fingerprint, correct, seen))
+        prints = [g[1] for g in gathered]
         if not all(math.isclose(f, prints[0], rel_tol=1e-6, abs_tol=1e-9) for f in prints):
             raise RuntimeError(f"the ranks' weights differ after epoch {self.epoch + 1} (parameter sums {prints})")
-        return sum(lo for lo, _ in gathered) / len(gathered)
+        correct, seen = sum(g[2] for g in gathered), sum(g[3] for g in gathered)
+        return sum(g[0] for g in gathered) / len(gathered), (correct / seen if seen else None)
 
     def _sandwich(self) -> list[str]:
         """The smallest student every step, plus `n_random_widths` others drawn at random."""

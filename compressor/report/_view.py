@@ -364,6 +364,11 @@ def time_rows(manifest: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
     total = float(manifest.get("seconds") or sum(stages.values()) or 0.0)
     search, training = manifest.get("search") or {}, manifest.get("training") or {}
     epochs = len(training.get("history") or [])
+    rollbacks = training.get("rollbacks") or []
+    ran = epochs + len(rollbacks)  # a rolled-back epoch ran too
+    distilled = (f"{epochs} epochs of nested distillation, {training['train_seconds'] / ran:.1f} s each"
+                 + (f"; diverged {len(rollbacks)}x, rolled back to a learning rate x{rollbacks[-1]['lr_scale']:.2g}"
+                    if rollbacks else "")) if epochs and training.get("train_seconds") else ""
     detail = {
         "calibration": "latency predictor taken from the cache" if stages.get("calibration", 0) < 0.5
         else "latency predictor calibrated (once per machine and input shape)",
@@ -372,12 +377,9 @@ def time_rows(manifest: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
                      if search.get("n_trials") and stages.get("search") else "") if "n_trials" in search else "",
         "anchor": _anchor_detail(search.get("anchor") or {}),
         "premeasure": _premeasure_detail(search.get("verified") or {}),
-        "distill": f"{epochs} epochs of nested distillation, {training['train_seconds'] / epochs:.1f} s each"
-                   if epochs and training.get("train_seconds") else "",
+        "distill": distilled,
         "students": "; ".join(part for part in (  # manifests written before search and distill were apart
-            f"{search['n_trials']} search trials" if "n_trials" in search else "",
-            f"{epochs} epochs of nested distillation, {training['train_seconds'] / epochs:.1f} s each"
-            if epochs and training.get("train_seconds") else "") if part),
+            f"{search['n_trials']} search trials" if "n_trials" in search else "", distilled) if part),
         "export": f"{len(manifest['models'])} sizes exported, parity-checked and measured"
                   + (f" ({len(manifest.get('reused', {}).get('exports', []))} reused)"
                      if manifest.get("reused", {}).get("exports") else ""),
