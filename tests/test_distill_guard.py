@@ -69,6 +69,61 @@ def test_a_collapse_toward_chance_or_a_non_finite_loss_is_divergence_and_rates_s
     assert again.scale == pytest.approx(0.09) and again.events == guard.events and again.best_accuracy == 0.9
 
 
+def test_the_starting_accuracy_counts_so_a_collapse_within_the_first_epoch_is_seen():
+    guard = DivergenceGuard(chance=0.1)
+    guard.start({"w": torch.zeros(1)}, 0, accuracy=0.95)  # cut from a teacher: starts near its accuracy
+    assert guard.diverged(3.0, 0.18) and not guard.diverged(3.0, 0.6)
+    fresh = DivergenceGuard(chance=0.1)
+    fresh.start({"w": torch.zeros(1)}, 0, accuracy=0.1)  # a new network starts at chance: nothing to lose
+    assert not fresh.diverged(3.0, 0.05)
+
+
+def test_a_collapse_in_the_first_epoch_goes_back_to_the_start(small, tmp_path, monkeypatch, caplog):
+    from compressor.distill import train as T
+
+    torch.manual_seed(0)
+    teacher = build_family(TEACHER_ARCH, (1, 8, 8), 10).eval()
+    torch.manual_seed(1)
+    ta = build_family(TA_ARCH, (1, 8, 8), 10)
+    start = {k: v.clone() for k, v in ta.state_dict().items()}
+    steps = len(small.x_train) // 64
+    measured = []
+
+    def start_accuracy(model, x, y):  # as if the TA had been cut from a trained teacher
+        measured.append((len(x), model.training))
+        return 0.9
+
+    original = _Trainer._count_hits
+    calls = {"hits": 0, "steps": 0}
+
+    def count_hits(self, logits, y):  # the first pass's answers all wrong, every later one right
+        calls["hits"] += 1
+        right = torch.nn.functional.one_hot(y, logits.shape[1]).float()
+        return original(self, -right if calls["hits"] <= steps else right, y)
+
+    monkeypatch.setattr(T, "start_accuracy", start_accuracy)
+    monkeypatch.setattr(_Trainer, "_count_hits", count_hits)
+    starts = []  # the TA's weights at the start of each pass over the data
+    original_step = _Trainer._step
+
+    def step(trainer, idx):
+        if calls["steps"] % steps == 0:
+            starts.append({k: v.clone() for k, v in trainer.ta.state_dict().items()})
+        calls["steps"] += 1
+        return original_step(trainer, idx)
+
+    monkeypatch.setattr(_Trainer, "_step", step)
+    with caplog.at_level(logging.WARNING):
+        r = train_family(teacher, ta, small, sizes=SIZES, config=DistillConfig(epochs=2, bn_calib_samples=64),
+                         run_dir=tmp_path)
+    assert measured and measured[0][0] == min(256, len(small.x_train))
+    assert "training diverged in epoch 1" in caplog.text and "back to the end of epoch 0" in caplog.text
+    assert r.rollbacks[0]["best_accuracy"] == 0.9 and [h["epoch"] for h in r.history] == [1, 2]
+    assert len(starts) == 3  # epoch 1, epoch 1 again, epoch 2: the second pass starts from the start
+    assert all(torch.equal(starts[1][k], starts[0][k]) for k in start) and len(r.rollbacks) == 1
+    assert any(not torch.equal(starts[2][k], start[k]) for k in start)  # and it trained after that
+
+
 def test_nested_training_goes_back_and_continues_at_a_lower_rate_kept_in_its_checkpoint(small, tmp_path,
                                                                                       monkeypatch, caplog):
     torch.manual_seed(0)

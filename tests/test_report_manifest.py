@@ -161,3 +161,21 @@ def test_paths_written_from_the_working_directory_become_run_relative(
     assert back[1]["int8"]["file"] == "models/s50/model.onnx"
     assert back[2]["files"]["onnx"] == "s25.onnx"
     assert back[0]["files"]["onnx"] == "/elsewhere/s100.onnx"
+
+
+def test_training_rollbacks_are_checked_and_shown_in_the_time_table() -> None:
+    from compressor.report._view import time_rows
+
+    m = copy.deepcopy(example_manifest())
+    m.setdefault("training", {})["rollbacks"] = [
+        {"epoch": 3, "loss": "nan", "best_loss": 14.9, "accuracy": 0.2, "best_accuracy": 0.95, "back_to": 2,
+         "lr_scale": 0.3}]
+    m["training"]["train_seconds"] = 13.0
+    m["training"]["history"] = [{"epoch": e, "loss": 1.0} for e in range(1, 13)]
+    m["stages"] = {**(m.get("stages") or {}), "distill": 14.0}
+    validate_manifest(m)
+    distill = next(row for row in time_rows(m) if row[0] == "distill")
+    assert "12 epochs" in distill[3] and "1.0 s each" in distill[3] and "diverged 1x" in distill[3]
+    m["training"]["rollbacks"][0]["back_to"] = "two"
+    with pytest.raises(ConfigError, match=r"training.rollbacks\[0\].back_to: must be an integer"):
+        validate_manifest(m)

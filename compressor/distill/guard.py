@@ -7,8 +7,11 @@ training batches goes 95 -> 69 -> 20 % over the first three epochs as the one-cy
 up, and the family ends at 34 % (run to 40 epochs: 10 %, chance). A user cannot see that from outside.
 
 `DivergenceGuard` looks at each epoch's mean loss and the trained network's accuracy on its own
-training batches (free: the logits are there). An epoch diverged when its loss is not finite or
-that accuracy collapsed: it kept less than `collapse` (half) of its best margin over chance. The
+training batches (free: the logits are there), against the best epoch's and the accuracy the
+network started with (measured before the first step: a SqueezeNet TA cut for 0.5x of the teacher's
+latency fell from the teacher's 97 % to 18 % within its first epoch). An epoch diverged when its
+loss is not finite or that accuracy collapsed: it kept less than `collapse` (half) of its best
+margin over chance. The
 training state then goes back to where the lowest epoch loss was reached (weights, optimizer,
 schedule position, random streams), and every learning rate of the schedule (peak, start, floor and
 the current one) is scaled by `backoff`, at most `max_rollbacks` times. Each rollback is recorded
@@ -30,11 +33,27 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["DivergenceGuard", "LR_KEYS"]
+__all__ = ["DivergenceGuard", "LR_KEYS", "START_SAMPLES", "start_accuracy"]
 
 # what a learning-rate schedule reads from an optimizer's parameter group (OneCycleLR: the peak
 # max_lr, the start initial_lr, the floor min_lr), and the rate the next step uses
 LR_KEYS = ("lr", "initial_lr", "max_lr", "min_lr")
+
+
+START_SAMPLES = 256  # training samples the starting accuracy is measured on
+
+
+@torch.no_grad()
+def start_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """`model`'s accuracy on the first `START_SAMPLES` of (x, y), in eval mode (no BatchNorm statistics
+    change, nothing random): the same figure on every torchrun rank."""
+    was_training = model.training
+    model.eval()
+    try:
+        logits = model(x[:START_SAMPLES])
+    finally:
+        model.train(was_training)
+    return float((logits.argmax(1) == y[:START_SAMPLES]).float().mean())
 
 
 @dataclass
@@ -62,9 +81,13 @@ class DivergenceGuard:
             self.events = list(state["events"])
 
     # ------------------------------------------------------------------ loop
-    def start(self, state: dict[str, Any], epoch: int) -> None:
-        """The state training starts (or resumes) from: where a divergence before any better epoch goes back to."""
+    def start(self, state: dict[str, Any], epoch: int, accuracy: float | None = None) -> None:
+        """The state training starts (or resumes) from: where a divergence before any better epoch goes
+        back to. `accuracy`: the network's accuracy before its first step (a network cut from the
+        teacher starts near the teacher's, and can collapse within the first epoch)."""
         self._snapshot = (copy.deepcopy(state), self.scale, epoch)
+        if accuracy is not None:
+            self.best_accuracy = accuracy if self.best_accuracy is None else max(self.best_accuracy, accuracy)
 
     def collapsed(self, accuracy: float | None) -> bool:
         """Whether `accuracy` kept less than `collapse` of the best margin over chance seen so far."""

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from ..evaluate import accuracy, predict_logits
 from ..progress import Progress
 from ..types import DataSplits
-from .guard import DivergenceGuard
+from .guard import START_SAMPLES, DivergenceGuard, start_accuracy
 from .losses import kd_kl
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,8 @@ def distill_single(student: nn.Module, teacher: nn.Module, data: DataSplits, cfg
         g.set_state(saved["rng"])
         epoch, history = saved["epoch"], saved["history"]
 
-    guard.start(state(), epoch)
+    guard.start(state(), epoch, start_accuracy(student, data.x_train[:START_SAMPLES].to(device),
+                                                data.y_train[:START_SAMPLES].to(device)))
     while epoch < cfg.epochs:
         student.train()
         perm = torch.randperm(len(data.x_train), generator=g)

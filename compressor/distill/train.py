@@ -62,7 +62,7 @@ from ..types import DataSplits, StudentFamily, to_jsonable
 from .augment import AUGMENTS, augment
 from .checkpoint import load_checkpoint, write_torch
 from .features import FeatureTap
-from .guard import DivergenceGuard
+from .guard import START_SAMPLES, DivergenceGuard, start_accuracy
 from .losses import LOSSES, Out, build_loss, kd_kl
 from .nested import NestedFamily, Ratio, SizeSpec, named_tensors, plain_ratio
 
@@ -435,7 +435,11 @@ class _Trainer:
         if self.epoch < cfg.epochs:
             self._cache_teacher()
         self.step_index = self.epoch * self.steps_per_epoch
-        self.guard.start(self.state(), self.epoch)
+        first = None  # a resumed run's guard holds its best accuracy already
+        if self.epoch == 0 and self.epoch < cfg.epochs:
+            first = start_accuracy(self.ta, self._inputs(self.data.x_train[:START_SAMPLES].to(self.device)),
+                                   self.data.y_train[:START_SAMPLES].to(self.device))
+        self.guard.start(self.state(), self.epoch, first)
         while self.epoch < cfg.epochs:
             start = time.perf_counter()
             self.family.train()  # the TA and the students' skeletons: batch statistics in BatchNorm
