@@ -326,7 +326,7 @@ _MANIFEST = _Obj(
             })),
             # epochs that diverged and were rolled back at a lower learning rate (distill.guard)
             "rollbacks": _List(_Obj(required={"epoch": _INT, "back_to": _INT, "lr_scale": _NUM}, optional={
-                "loss": _AnyOf((_NUM, _STR), "a number, or nan/inf as text"), "best_loss": _NUM,
+                "loss": _AnyOf((_NUM, _STR), "a number, or nan/inf as text"), "best_loss": _Null(_NUM),
                 "accuracy": _Null(_NUM), "best_accuracy": _Null(_NUM),
             })),
         }),

@@ -74,8 +74,10 @@ def test_the_starting_accuracy_counts_so_a_collapse_within_the_first_epoch_is_se
     guard.start({"w": torch.zeros(1)}, 0, accuracy=0.95)  # cut from a teacher: starts near its accuracy
     assert guard.diverged(3.0, 0.18) and not guard.diverged(3.0, 0.6)
     fresh = DivergenceGuard(chance=0.1)
-    fresh.start({"w": torch.zeros(1)}, 0, accuracy=0.1)  # a new network starts at chance: nothing to lose
+    fresh.start({"w": torch.zeros(1)}, 0, accuracy=0.16)  # a new network starts near chance: nothing to lose
     assert not fresh.diverged(3.0, 0.05)
+    fresh.keep(2.0, 0.4, lambda: {"w": torch.ones(1)}, 1)  # 0.3 above chance: over a quarter of the 0.9 of room
+    assert fresh.diverged(2.0, 0.2) and not fresh.diverged(2.0, 0.3)
 
 
 def test_a_collapse_in_the_first_epoch_goes_back_to_the_start(small, tmp_path, monkeypatch, caplog):

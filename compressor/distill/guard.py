@@ -11,7 +11,7 @@ training batches (free: the logits are there), against the best epoch's and the 
 network started with (measured before the first step: a SqueezeNet TA cut for 0.5x of the teacher's
 latency fell from the teacher's 97 % to 18 % within its first epoch). An epoch diverged when its
 loss is not finite or that accuracy collapsed: it kept less than `collapse` (half) of its best
-margin over chance. The
+margin over chance, once that margin was worth keeping (a quarter of the room above chance). The
 training state then goes back to where the lowest epoch loss was reached (weights, optimizer,
 schedule position, random streams), and every learning rate of the schedule (peak, start, floor and
 the current one) is scaled by `backoff`, at most `max_rollbacks` times. Each rollback is recorded
@@ -60,6 +60,10 @@ def start_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> 
 class DivergenceGuard:
     chance: float = 0.0  # the accuracy of guessing (1 / classes): a collapse is measured above it
     collapse: float = 0.5
+    # a network counts as having something to lose once its best margin over chance is this share of
+    # the room above chance: a new network's first epochs sit near chance, where an epoch's accuracy on
+    # a few batches moves by as much as a collapse would
+    min_margin: float = 0.25
     backoff: float = 0.3
     max_rollbacks: int = 3
     best_loss: float = math.inf
@@ -91,9 +95,12 @@ class DivergenceGuard:
 
     def collapsed(self, accuracy: float | None) -> bool:
         """Whether `accuracy` kept less than `collapse` of the best margin over chance seen so far."""
-        if accuracy is None or self.best_accuracy is None or self.best_accuracy <= self.chance:
+        if accuracy is None or self.best_accuracy is None:
             return False
-        return accuracy - self.chance < self.collapse * (self.best_accuracy - self.chance)
+        margin = self.best_accuracy - self.chance
+        if margin < self.min_margin * (1 - self.chance):
+            return False
+        return accuracy - self.chance < self.collapse * margin
 
     def diverged(self, loss: float, accuracy: float | None = None) -> bool:
         """Whether an epoch that ended with mean loss `loss` and training accuracy `accuracy` diverged
@@ -123,7 +130,8 @@ class DivergenceGuard:
                 if key in group:
                     group[key] = group[key] * scale / scale_then
         self.scale = scale
-        event = {"epoch": epoch, "loss": loss if math.isfinite(loss) else str(loss), "best_loss": self.best_loss,
+        event = {"epoch": epoch, "loss": loss if math.isfinite(loss) else str(loss),
+                 "best_loss": self.best_loss if math.isfinite(self.best_loss) else None,  # None: no epoch kept yet
                  "accuracy": accuracy, "best_accuracy": self.best_accuracy, "back_to": back_to, "lr_scale": scale}
         self.events.append(event)
         return event
