@@ -176,6 +176,12 @@ def test_training_rollbacks_are_checked_and_shown_in_the_time_table() -> None:
     validate_manifest(m)
     distill = next(row for row in time_rows(m) if row[0] == "distill")
     assert "12 epochs" in distill[3] and "1.0 s each" in distill[3] and "diverged 1x" in distill[3]
+    from compressor.report._view import flags
+
+    assert any("diverged in epoch 3 (loss nan): rolled back to the end of epoch 2" in f and "0.3x" in f
+               for f in flags(m))
+    m["training"]["rollbacks"][0]["loss"] = 22.5
+    assert any("training accuracy 20" in f and "best 95" in f for f in flags(m))
     m["training"]["rollbacks"][0]["back_to"] = "two"
     with pytest.raises(ConfigError, match=r"training.rollbacks\[0\].back_to: must be an integer"):
         validate_manifest(m)

@@ -298,6 +298,12 @@ def flags(manifest: Mapping[str, Any]) -> list[str]:
             if not f["ok"]:
                 what = "flagged" if f.get("file") else "not produced"
                 out.append(f"{m['name']}: {name} {what}: {f.get('reason') or 'no reason recorded'}")
+    for r in (manifest.get("training") or {}).get("rollbacks") or []:
+        acc, best = r.get("accuracy"), r.get("best_accuracy")
+        why = (f"loss {r['loss']}" if isinstance(r.get("loss"), str) or acc is None or best is None
+               else f"training accuracy {fmt_pct(acc)}, best {fmt_pct(best)}")
+        out.append(f"distillation diverged in epoch {r['epoch']} ({why}): rolled back to the end of epoch "
+                   f"{r['back_to']} and continued at {r['lr_scale']:.3g}x the learning rate")
     for v in manifest.get("verification", []):
         if not v["holds"]:
             out.append(f"{v['size']} met the budget when first measured but not when re-measured "
