@@ -111,11 +111,13 @@ def pick_from_manifest(manifest: Mapping[str, Any], run_dir: str | Path, budget:
 
 def _judged(manifest: Mapping[str, Any], model: Mapping[str, Any], profile: str, budget: Budget) -> LatencyReport:
     """The figure a size is judged on: its measurement, or, where the run re-measured it in a
-    fresh process, the re-measurement confirmed by the first (as the run judged it)."""
+    fresh process, the claim those measurements make (`Budget.claim`, as the run judged it)."""
     first = LatencyReport.from_dict(model["latency"][profile])
-    seconds = [LatencyReport.from_dict(v["second"]).confirmed_by(first) for v in manifest.get("verification", [])
-               if v["size"] == model["name"] and v["second"]["profile"] == profile]
-    return max([first, *seconds], key=budget.upper_ms)
+    claims = [budget.claim(first, LatencyReport.from_dict(v["second"]),
+                           LatencyReport.from_dict(v["third"]) if v.get("third") else None)
+              for v in manifest.get("verification", [])
+              if v["size"] == model["name"] and v["second"]["profile"] == profile]
+    return max([first, *claims], key=budget.upper_ms)
 
 
 def options_from(sizes: Sequence[Any], profile: str) -> list[Option]:

@@ -139,6 +139,24 @@ def test_a_size_whose_remeasurement_missed_is_not_picked(tmp_path: Path) -> None
     assert pick(tmp_path, "0.9x", "host-cpu-1t").budget_ms == pytest.approx(0.9 * 3.2)  # relative to the teacher
 
 
+def test_a_third_measurement_is_judged_as_the_run_judged_it(tmp_path: Path) -> None:
+    """s50 measured 0.85 ms, then 1.2 ms in a fresh process (a slow spell), then 0.86: the third agrees
+    with the first, so the claim stands on that pair, as in the run (`Budget.claim`)."""
+    def edit(m):
+        first = m["models"][1]["latency"]["host-cpu-1t"]
+        second, third = {**first, "p50_ms": 1.2}, {**first, "p50_ms": first["p50_ms"] + 0.01}
+        m["verification"] = [{"size": "s50", "first": first, "second": second, "third": third, "holds": True}]
+
+    assert pick(_run(tmp_path / "three", edit), "1ms", "host-cpu-1t").name == "s50"
+
+    def two_only(m):
+        edit(m)
+        del m["verification"][0]["third"]
+        m["verification"][0]["holds"] = False
+
+    assert pick(_run(tmp_path / "two", two_only), "1ms", "host-cpu-1t").name == "s25"
+
+
 def test_relative_budget_needs_the_teachers_latency_on_that_profile(tmp_path: Path) -> None:
     def edit(m):
         del m["teacher"]["latency"]["jetson-orin-nano"]

@@ -185,3 +185,19 @@ def test_training_rollbacks_are_checked_and_shown_in_the_time_table() -> None:
     m["training"]["rollbacks"][0]["back_to"] = "two"
     with pytest.raises(ConfigError, match=r"training.rollbacks\[0\].back_to: must be an integer"):
         validate_manifest(m)
+
+
+def test_a_third_measurement_is_checked_and_told() -> None:
+    from compressor.report._view import claim_lines
+
+    m = copy.deepcopy(example_manifest())
+    lat = m["models"][1]["latency"]["host-cpu-1t"]
+    m["verification"] = [{"size": "s50", "first": lat, "second": {**lat, "p50_ms": 1.2},
+                          "third": {**lat, "p50_ms": 0.86}, "first_ms": 0.85, "second_ms": 1.2, "third_ms": 0.86,
+                          "margin_first": 0.15, "margin_second": -0.2, "margin_third": 0.14, "holds": True}]
+    validate_manifest(m)
+    line = next(x for x in claim_lines(m) if x.startswith("s50 re-measured"))
+    assert "then again 0.86 ms (margin +14.0%) as the first two disagreed" in line and "the claim holds" in line
+    m["verification"][0]["third"] = {"p50_ms": "fast"}
+    with pytest.raises(ConfigError, match=r"verification\[0\].third"):
+        validate_manifest(m)

@@ -269,9 +269,12 @@ def claim_lines(manifest: Mapping[str, Any]) -> list[str]:
     out.append("A size fits when its measured statistic plus the spread of that statistic within its own "
                "measurement is within the budget, so a size that meets it only by noise is not selected.")
     for v in manifest.get("verification", []):
+        third = (f", then again {v['third_ms']:.3g} ms (margin {v['margin_third']:+.1%}) as the first two disagreed"
+                 if v.get("third_ms") is not None else "")
         out.append(f"{v['size']} re-measured in a fresh process after all other measurements: "
                    f"{v['second_ms']:.3g} ms (first {v['first_ms']:.3g} ms; margin {v['margin_first']:+.1%} then "
-                   f"{v['margin_second']:+.1%}): {'the claim holds' if v['holds'] else 'MISSES the budget, not selected'}.")
+                   f"{v['margin_second']:+.1%}){third}: "
+                   f"{'the claim holds' if v['holds'] else 'MISSES the budget, not selected'}.")
     for m in manifest["models"]:
         q = m.get("int8")
         if q and q.get("settings"):

@@ -34,7 +34,8 @@ def print_summary(console: Console, manifest: Mapping[str, Any], run_dir: Path) 
                       f"{latency_ms(lat):.3f}{'' if lat['measured'] else ' (pred)'}", mark)
     console.print(table)
     for v in manifest.get("verification", []):
-        console.print(f"re-measured {v['size']} in a fresh process: {v['second_ms']:.3f} ms "
+        again = f", then {v['third_ms']:.3f} ms" if v.get("third_ms") is not None else ""
+        console.print(f"re-measured {v['size']} in a fresh process: {v['second_ms']:.3f} ms{again} "
                       f"(first {v['first_ms']:.3f} ms, margin {v['margin_second']:+.1%}): "
                       f"{'[green]holds' if v['holds'] else '[red]misses'}[/]")
     for m in manifest["models"]:
