@@ -100,16 +100,9 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
-def _describe(code: Path) -> str:
-    try:
-        return subprocess.run(["git", "-C", str(code), "log", "-1", "--format=%h %s"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        return str(code)
-
-
 def report(rows: list[dict], ref: Path, wall: float, note: str) -> str:
     import torch
+    from bench_pipeline_time import _describe  # "<short hash> <subject>" of a checkout
 
     cmd = "python benchmarks/bench_rollback.py " + " ".join(a if " " not in a else repr(a) for a in sys.argv[1:])
     lines = ["## Distillation that diverges: rolled back to its best epoch at a lower learning rate", "",

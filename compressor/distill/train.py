@@ -401,20 +401,12 @@ class _Trainer:
                 "family": self.family.state(), "guard": self.guard.state()}
 
     def load_state(self, ckpt: dict[str, Any]) -> None:
-        self.ta.load_state_dict(ckpt["ta"])
-        self.losses.load_state_dict(ckpt["losses"])
-        self.opt.load_state_dict(ckpt["optimizer"])
-        self.sched.load_state_dict(ckpt["scheduler"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        self.generator.set_state(ckpt["rng"]["data"])
-        self.epoch, self.history = int(ckpt["epoch"]), list(ckpt["history"])
+        self._load_training(ckpt)
         self.flops, self.seconds = int(ckpt["train_flops"]), float(ckpt["train_seconds"])
         self.guard.load_state(ckpt.get("guard"))  # absent from checkpoints written before the guard
 
-    def _go_back(self, state: dict[str, Any]) -> None:
-        """An earlier state restored by the divergence guard: the time and compute the diverged epoch
-        took stay counted, and the guard keeps its own record."""
-        flops, seconds = self.flops, self.seconds
+    def _load_training(self, state: dict[str, Any]) -> None:
+        """Weights, optimizer, schedule position, random streams and the epochs done, from `state`."""
         self.ta.load_state_dict(state["ta"])
         self.losses.load_state_dict(state["losses"])
         self.opt.load_state_dict(state["optimizer"])
@@ -422,7 +414,11 @@ class _Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         self.generator.set_state(state["rng"]["data"])
         self.epoch, self.history = int(state["epoch"]), list(state["history"])
-        self.flops, self.seconds = flops, seconds
+
+    def _go_back(self, state: dict[str, Any]) -> None:
+        """An earlier state restored by the divergence guard: the time and compute the diverged epoch
+        took stay counted, and the guard keeps its own record."""
+        self._load_training(state)
         self.last_models = None  # validated before the divergence, if at all: evaluated again at the end
 
     # ----------------------------------------------------------------- loop
