@@ -121,3 +121,39 @@ def test_keep_count_keeps_a_whole_group_whatever_the_multiple(round_to):
     # 40 channels are not a multiple of 16: at ratio 1.0 they stay 40 on every CPU class
     assert P.keep_count(40, 1.0, round_to) == 40
     assert P.keep_count(40, 0.5, round_to) % round_to == 0
+
+
+class LayerScaled(torch.nn.Module):
+    """ConvNeXt's pattern: ``x + gamma * f(x)`` with `gamma` a bare per-channel parameter (layer scale)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.stem = nn.Conv2d(1, 16, 3, padding=1)
+        self.body = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.GELU(), nn.Conv2d(16, 16, 1))
+        self.gamma = nn.Parameter(torch.full((16,), 0.5))
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = x + self.gamma.reshape(1, -1, 1, 1) * self.body(x)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_a_torchscript_teachers_bare_weights_train_and_cut_with_their_channels(tmp_path):
+    """TorchScript hands a bare weight (layer scale, a position embedding) over as a plain tensor: lifted
+    as a buffer it would stay frozen in distillation and Torch-Pruning could not cut the channels it scales."""
+    from compressor.intake.teacher import load_teacher
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 8, 8)
+    path = tmp_path / "layer_scaled.pt"
+    torch.jit.save(torch.jit.trace(LayerScaled().eval(), x), str(path))
+    lifted = load_teacher(path, x, 10).module
+    scales = [(n, p) for n, p in lifted.named_parameters() if p.shape == (16,) and torch.all(p == 0.5)]
+    assert len(scales) == 1 and scales[0][1].requires_grad
+    stream = [g for g in P.channel_groups(lifted, x) if g.key.startswith("stem")]
+    assert len(stream) == 1
+    cut = P.materialize(lifted, x, stream, 0.5)
+    assert cut(x).shape == (2, 10)
+    assert dict(cut.named_parameters())[scales[0][0]].shape == (8,)

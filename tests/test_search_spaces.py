@@ -11,6 +11,7 @@ from compressor import prune as P
 from compressor.errors import ConfigError
 from compressor.intake.lift import lift_exported
 from compressor.search import SPACES, build_arch, drop_blocks, find_residual_blocks, nested_ratio, widen_to_assistant
+from compressor.search.spaces import FixedParams
 from compressor.types import InputSpec, Teacher
 from tiny_models import TinyResidual, randomise_bn
 
@@ -286,3 +287,51 @@ def test_small_inputs_keep_the_full_resolution_stem(tiny_teacher):
     space = SPACES.get("cnn")(tiny_teacher)  # 8x8: a stride-2 stem would leave no room for stages
     assert "stem" not in space.suggest(Pick("random", seed=0))
     assert all("cnn.stem" not in a for a in space.anchors())
+
+
+class FourBlocks(nn.Module):
+    """Four identity residual blocks whose branches add very different amounts to the stream."""
+
+    def __init__(self, scales=(1.0, 0.01, 0.5, 0.05)) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16),
+                                                  nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1, bias=False),
+                                                  nn.BatchNorm2d(16)) for _ in scales)
+        for block, s in zip(self.blocks, scales):
+            nn.init.constant_(block[-1].weight, s)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for block in self.blocks:
+            x = F.relu(x + block(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def test_a_budget_no_width_cut_meets_is_anchored_by_dropping_the_least_contributing_blocks():
+    torch.manual_seed(0)
+    teacher = Teacher(lift_exported(torch.export.export(
+        FourBlocks().eval(), (torch.randn(2, 1, 8, 8),),
+        dynamic_shapes=({0: torch.export.Dim("batch", min=1)},)).module())[0], InputSpec((1, 8, 8), 10),
+        "test", "module", "sha")
+    space = SPACES.get("teacher_scaled")(teacher, round_to=4)
+    assert len(space.blocks) == 4
+    built = []
+
+    def fits(arch):  # latency set by depth alone: at most two blocks, whatever the width
+        built.append(arch)
+        convs = sum(isinstance(m, nn.Conv2d) for m in space.build(arch, teacher).modules())
+        return convs <= 1 + 2 * 2
+
+    anchors = space.budget_anchors(fits, torch.randn(16, 1, 8, 8))
+    assert len(anchors) == 1  # narrower widths keep no more blocks: no second anchor
+    arch = space.suggest(FixedParams(anchors[0]))
+    assert fits(arch)
+    # the blocks whose branches add least (scales 0.01 and 0.05) go; the teacher's width stays
+    assert arch["drop"] == [space.blocks[1].add, space.blocks[3].add]
+    assert all(r == 1.0 for r in arch["ratios"].values())
+    assert len(built) < 12  # bisected, not every combination tried
+    # a budget some uniform cut of every block meets is anchored by that cut alone, as before
+    assert all(all(v for k, v in a.items() if k.startswith("ts.keep"))
+               for a in space.budget_anchors(lambda arch: not arch["drop"], None))

@@ -166,6 +166,12 @@ def lift_exported(gm: fx.GraphModule) -> tuple[fx.GraphModule, int]:
         if not hasattr(root, name):
             if isinstance(obj, nn.Parameter):
                 root.register_parameter(name, obj)
+            elif isinstance(obj, torch.Tensor) and obj.is_floating_point() and obj.requires_grad:
+                # a weight outside any lifted layer (ConvNeXt's layer scale, a ViT's position embedding
+                # and class token), which a TorchScript teacher hands over as a plain tensor: a buffer
+                # would freeze it in distillation and hide it from Torch-Pruning, which then cannot cut
+                # the channels it scales (ConvNeXt's whole residual stream stayed at full width)
+                root.register_parameter(name, nn.Parameter(obj.detach().clone()))
             else:
                 root.register_buffer(name, obj)
         return name

@@ -96,6 +96,42 @@ def find_residual_blocks(gm: fx.GraphModule, example: torch.Tensor) -> list[Resi
     return blocks
 
 
+class _AddRecorder(fx.Interpreter):
+    """Runs the graph once and keeps, per watched add node, the norms of its skip and branch inputs."""
+
+    def __init__(self, gm: fx.GraphModule, blocks: Iterable[ResidualBlock]) -> None:
+        super().__init__(gm)
+        self.skips = {b.add: b.skip for b in blocks}
+        self.shares: dict[str, float] = {}
+
+    def run_node(self, n: fx.Node):  # type: ignore[override]
+        out = super().run_node(n)
+        if n.name in self.skips:
+            a, b = (self.env[x] for x in n.args)
+            skip, branch = (a, b) if n.args[0].name == self.skips[n.name] else (b, a)
+            norms = [t.flatten(1).norm(dim=1) for t in (skip, branch)]
+            self.shares[n.name] = float((norms[1] / norms[0].clamp_min(1e-12)).mean())
+        return out
+
+
+def branch_shares(gm: fx.GraphModule, blocks: Iterable[ResidualBlock], inputs: torch.Tensor) -> dict[str, float]:
+    """How much each block's branch adds to its skip path: mean over `inputs` of ‖f(x)‖ / ‖x‖.
+
+    A block whose branch barely moves the residual stream is the one whose removal changes the
+    network least (the signal behind block-dropping studies of residual networks: Veit et al. 2016
+    found residual networks behave like ensembles of shallower paths, few of which matter). One
+    forward pass, in eval mode, without gradients."""
+    rec = _AddRecorder(gm, blocks)
+    was_training = gm.training
+    gm.eval()
+    try:
+        with torch.no_grad():
+            rec.run(inputs)
+    finally:
+        gm.train(was_training)
+    return rec.shares
+
+
 def drop_blocks(gm: fx.GraphModule, adds: Iterable[str], example: torch.Tensor | None = None) -> fx.GraphModule:
     """A copy of `gm` with each named residual add replaced by its skip input.
 

@@ -688,7 +688,7 @@ def _take_part(teacher: Teacher, data: DataSplits, *, latency_fn: Callable[[nn.M
         done = len(_finished(trials))
         if not trials:
             for space in spaces.values():
-                for params in [*space.anchors(), *space.budget_anchors(_fits(scorer, budget))]:
+                for params in [*space.anchors(), *space.budget_anchors(_fits(scorer, budget), scorer.batch[0])]:
                     study.enqueue_trial({"space": space.name, **params}, skip_if_exists=True)
         cache = {_arch_key(t.user_attrs["arch"]): {k: t.user_attrs[k] for k in
                                                    ("latency_ms", "proxy_terms", "proxy_scores", "params", "macs")}
