@@ -332,6 +332,8 @@ def test_a_budget_no_width_cut_meets_is_anchored_by_dropping_the_least_contribut
     assert arch["drop"] == [space.blocks[1].add, space.blocks[3].add]
     assert all(r == 1.0 for r in arch["ratios"].values())
     assert len(built) < 12  # bisected, not every combination tried
-    # a budget some uniform cut of every block meets is anchored by that cut alone, as before
-    assert all(all(v for k, v in a.items() if k.startswith("ts.keep"))
-               for a in space.budget_anchors(lambda arch: not arch["drop"], None))
+    # a budget some uniform cut of every block meets is anchored by the widest such cut and the next
+    # narrower one (in case the widest measures over), every block kept
+    uniform = space.budget_anchors(lambda arch: not arch["drop"], None)
+    assert [a["ts.width0"] for a in uniform] == [space.ratios[-2], space.ratios[-3]]
+    assert all(all(v for k, v in a.items() if k.startswith("ts.keep")) for a in uniform)
