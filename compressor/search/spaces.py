@@ -364,9 +364,25 @@ class TeacherScaledSpace(SearchSpace):
             # and the next narrower cut: the widest is predicted just under the budget, and the
             # prediction is 10-15 % off on zoo teachers. When it measures over (premeasure), the
             # search re-selects among what it scored, which without this was a network a fifth of the
-            # budget (ConvNeXt-atto at half its latency: 0.09 ms of 0.34)
-            return [params(self.ratios[i]) for i in (best, best - 1) if i >= 0]
+            # budget (ConvNeXt-atto at half its latency: 0.09 ms of 0.34). A ratio that keeps the
+            # same channels as a wider one (or as the teacher: 16 channels under a multiple of 16)
+            # is the same network, not an anchor
+            seen = {self._uniform_counts(1.0)}
+            out = []
+            for i in range(best, -1, -1):
+                counts = self._uniform_counts(self.ratios[i])
+                if counts not in seen:
+                    out.append(params(self.ratios[i]))
+                    seen.add(counts)
+                if len(out) == 2:
+                    break
+            if out:
+                return out
         return self.depth_anchors(fits, inputs)
+
+    def _uniform_counts(self, ratio: float) -> tuple[int, ...]:
+        """The channels every group keeps in a uniform cut at `ratio`."""
+        return tuple(P.keep_count(g.size, ratio, self.round_to, g.unit) for g in self.groups)
 
     # narrower than this, a depth anchor is no longer "the teacher, shallower": the width anchors'
     # and the sampler's ground
