@@ -455,7 +455,7 @@ def main() -> int:
                 logging.info("%s %.2gx compress: exit %s, acc %s, %.4f ms (budget %.4f), %.0f s", name, frac,
                              c["exit_code"], c["acc"], c["ms"] or -1, c["budget_ms"], c["seconds"])
             except Exception as e:  # noqa: BLE001 - a crash is a result of this benchmark
-                logging.error("%s %.2gx compress failed: %s", name, traceback.format_exc())
+                logging.error("%s %.2gx compress failed: %s", name, frac, traceback.format_exc())
                 row["compress"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
             c = row["compress"]
             if "budget_ms" in c:

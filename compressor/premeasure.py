@@ -43,6 +43,7 @@ from .hardware import QUICK_TIMING, is_measurable, latency_report, quick_timing,
 from .progress import Progress
 from .search import SPACES, build_arch
 from .search.assistant import widen_to_assistant
+from .search.spaces import uncuttable_groups
 from .types import Candidate, HardwareProfile, LatencyReport, SearchResult, Teacher, to_jsonable
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,12 @@ def plan_sizes(ta_arch: Mapping[str, Any], teacher: Teacher, example: torch.Tens
     `choose_sizes` on `latency_fn` (4 widths from the TA down to under the budget, plus the student)."""
     ta = build_arch(ta_arch, teacher)
     groups = P.channel_groups(ta, example)
+    # a group Torch-Pruning couples but no cut leaves runnable (timm's attention: the head count is a
+    # constant of the qkv reshape) is never nested: the space keeps it whole in every candidate, and a
+    # size that cut it would not run (DeiT-tiny's sizes failed to build before any training)
+    whole = set(uncuttable_groups(ta, example, [g for g in groups if g.nestable], teacher.spec.num_classes,
+                                  round_to))
+    groups = [dataclasses.replace(g, nestable=False) if g.key in whole else g for g in groups]
     order = P.importance_order(ta, example, groups)
     if sizes is not None:
         planned = [(str(n), r) for n, r in sizes]

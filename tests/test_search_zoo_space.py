@@ -184,3 +184,22 @@ def test_a_teacher_whose_channels_cannot_be_traced_is_refused_in_one_line():
 def test_hundreds_of_candidates_of_zoo_teachers_build_and_run(name, tmp_path):
     check_candidates(name, n=int(os.environ.get("COMPRESSOR_ZOO_CANDIDATES", 200)), n_onnx=5, tmp_path=tmp_path,
                      seed=1)
+
+
+def test_nested_sizes_of_a_vit_never_cut_the_attention_the_space_keeps_whole():
+    """The TA's sizes are planned on its own channel groups: the qkv projections no cut leaves runnable
+    (the head count a constant of the reshape) must stay whole there too, or no size builds."""
+    from compressor.premeasure import plan_sizes
+
+    teacher, space = space_of("timm:deit_tiny_patch16_224 (depth 2)")
+    x = torch.randn(2, *SHAPE)
+    ta_arch = {**space.canonical({"ratios": {}, "drop": []}), "student_ratio": 1.0}
+
+    def macs(model: torch.nn.Module) -> float:
+        return float(P.count_macs(model, x[:1]))
+
+    nest = plan_sizes(ta_arch, teacher, x, macs, budget_ms=0.3 * macs(teacher.module), round_to=8)
+    assert not [g for g in nest.groups if g.nestable and g.key.endswith("attn_qkv")]
+    assert len(nest.sizes) >= 2
+    for _, ratio in nest.sizes:
+        assert nest.size_module(ratio)(x).shape == (2, CLASSES)

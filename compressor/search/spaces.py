@@ -184,7 +184,7 @@ def _cuts(model: nn.Module, example: torch.Tensor, groups: Sequence[P.ChannelGro
         return False
 
 
-def _uncuttable(model: nn.Module, example: torch.Tensor, groups: Sequence[P.ChannelGroup], classes: int,
+def uncuttable_groups(model: nn.Module, example: torch.Tensor, groups: Sequence[P.ChannelGroup], classes: int,
                 round_to: int) -> tuple[str, ...]:
     """Keys of the groups that cannot be cut, found by cutting them (each at a quarter and three quarters).
 
@@ -257,7 +257,8 @@ class TeacherScaledSpace(SearchSpace):
         rank = {n: i for i, n in enumerate(order)}
         groups.sort(key=lambda g: rank.get(g.key, len(rank)))
         # groups no cut leaves runnable stay at full width: candidates never touch them
-        self.uncuttable = _uncuttable(self.base, self.example, groups, self.teacher.spec.num_classes, self.round_to)
+        self.uncuttable = uncuttable_groups(self.base, self.example, groups, self.teacher.spec.num_classes,
+                                            self.round_to)
         self.groups = [g for g in groups if g.key not in self.uncuttable]
         self._uncuttable_layers = {m.module for g in groups if g.key in self.uncuttable for m in g.members}
         self._group_of_layer = {m.module: g.key for g in self.groups for m in g.members}
@@ -303,7 +304,7 @@ class TeacherScaledSpace(SearchSpace):
                 try:
                     groups = [g for g in _with_head_units(model, P.channel_groups(model, self.example))
                               if not any(m.module in self._uncuttable_layers for m in g.members)]
-                    bad = _uncuttable(model, self.example, groups, self.teacher.spec.num_classes, self.round_to)
+                    bad = uncuttable_groups(model, self.example, groups, self.teacher.spec.num_classes, self.round_to)
                     groups = [g for g in groups if g.key not in bad]
                     order = P.importance_order(model, self.example, groups)
                 except Exception:  # noqa: BLE001 - Torch-Pruning cannot trace it: this depth keeps full width
