@@ -45,15 +45,21 @@ class _ShapeRecorder(fx.Interpreter):
         return out
 
 
-def _shapes(gm: fx.GraphModule, example: torch.Tensor) -> dict[str, tuple[int, ...]]:
-    rec = _ShapeRecorder(gm)
+def _observe(rec: fx.Interpreter, inputs: torch.Tensor) -> None:
+    """Run `rec`'s graph once in eval mode without gradients, leaving its mode as it was."""
+    gm = rec.module
     was_training = gm.training
     gm.eval()
     try:
         with torch.no_grad():
-            rec.run(example)
+            rec.run(inputs)
     finally:
         gm.train(was_training)
+
+
+def _shapes(gm: fx.GraphModule, example: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    rec = _ShapeRecorder(gm)
+    _observe(rec, example)
     return rec.shapes
 
 
@@ -122,13 +128,7 @@ def branch_shares(gm: fx.GraphModule, blocks: Iterable[ResidualBlock], inputs: t
     found residual networks behave like ensembles of shallower paths, few of which matter). One
     forward pass, in eval mode, without gradients."""
     rec = _AddRecorder(gm, blocks)
-    was_training = gm.training
-    gm.eval()
-    try:
-        with torch.no_grad():
-            rec.run(inputs)
-    finally:
-        gm.train(was_training)
+    _observe(rec, inputs)
     return rec.shares
 
 
