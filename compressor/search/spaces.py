@@ -78,7 +78,8 @@ class SearchSpace(ABC):
         so that a tight budget has at least one feasible candidate early."""
         return []
 
-    def budget_anchors(self, fits: Callable[[Arch], bool], inputs: torch.Tensor | None = None) -> list[dict[str, Any]]:
+    def budget_anchors(self, fits: Callable[[Arch], bool],
+                       inputs: torch.Tensor | None = None) -> list[dict[str, Any]]:
         """Sampler parameters of networks worth evaluating first that depend on the budget;
         `fits(arch)`: whether the network's predicted latency meets it; `inputs`: real samples,
         where a choice reads the teacher's activations."""
@@ -185,7 +186,7 @@ def _cuts(model: nn.Module, example: torch.Tensor, groups: Sequence[P.ChannelGro
 
 
 def uncuttable_groups(model: nn.Module, example: torch.Tensor, groups: Sequence[P.ChannelGroup], classes: int,
-                round_to: int) -> tuple[str, ...]:
+                      round_to: int) -> tuple[str, ...]:
     """Keys of the groups that cannot be cut, found by cutting them (each at a quarter and three quarters).
 
     Torch-Pruning's coupling is not always complete on third-party graphs: an attention
@@ -304,7 +305,8 @@ class TeacherScaledSpace(SearchSpace):
                 try:
                     groups = [g for g in _with_head_units(model, P.channel_groups(model, self.example))
                               if not any(m.module in self._uncuttable_layers for m in g.members)]
-                    bad = uncuttable_groups(model, self.example, groups, self.teacher.spec.num_classes, self.round_to)
+                    bad = uncuttable_groups(model, self.example, groups, self.teacher.spec.num_classes,
+                                            self.round_to)
                     groups = [g for g in groups if g.key not in bad]
                     order = P.importance_order(model, self.example, groups)
                 except Exception:  # noqa: BLE001 - Torch-Pruning cannot trace it: this depth keeps full width
@@ -342,13 +344,15 @@ class TeacherScaledSpace(SearchSpace):
         smallest = {f"ts.width{i}": self.ratios[0] for i in range(len(self._width_ties))}
         return [{**smallest, **{f"ts.keep{i}": False for i in range(len(self._depth_ties))}}]
 
-    def budget_anchors(self, fits: Callable[[Arch], bool], inputs: torch.Tensor | None = None) -> list[dict[str, Any]]:
+    def budget_anchors(self, fits: Callable[[Arch], bool],
+                       inputs: torch.Tensor | None = None) -> list[dict[str, Any]]:
         """The widest uniform cut of the whole teacher (every block kept, one ratio everywhere)
         that fits, and the next narrower one: what pruning the teacher by hand gives, with the
-        teacher's weights. Scored first, so the search never misses it for want of sampling it: NSGA-II starts from random
-        draws, and on SqueezeNet at half its latency 7 of the 8 teacher cuts it drew landed just
-        over the budget, and a 3k-parameter CNN was all that fitted (BENCHMARKS.md "Zoo teachers").
-        Latency rises with the ratio, so the ratios are bisected: about three networks built."""
+        teacher's weights. Scored first, so the search never misses it for want of sampling it:
+        NSGA-II starts from random draws, and on SqueezeNet at half its latency 7 of the 8 teacher
+        cuts it drew landed just over the budget, and a 3k-parameter CNN was all that fitted
+        (BENCHMARKS.md "Zoo teachers"). Latency rises with the ratio, so the ratios are bisected:
+        about three networks built. Where no such cut fits: `depth_anchors`."""
         keep = {f"ts.keep{i}": True for i in range(len(self._depth_ties))}
 
         def params(r: float) -> dict[str, Any]:
@@ -389,19 +393,20 @@ class TeacherScaledSpace(SearchSpace):
     # and the sampler's ground
     depth_anchor_widths: ClassVar[tuple[float, ...]] = (1.0, 0.75, 0.5)
 
-    def depth_anchors(self, fits: Callable[[Arch], bool], inputs: torch.Tensor | None = None) -> list[dict[str, Any]]:
-        """Where no cut of every block fits (latency set by the number of blocks, not their width:
-        ConvNeXt-atto at a quarter of its latency, whose residual stream sits behind layer norms
-        and keeps its width), the teacher made shallower instead: at each of
+    def depth_anchors(self, fits: Callable[[Arch], bool],
+                      inputs: torch.Tensor | None = None) -> list[dict[str, Any]]:
+        """Where no cut of every block fits (latency set by the number of blocks more than their
+        width: MobileNetV3-Small at a quarter of its latency), the teacher made shallower instead: at each of
         `depth_anchor_widths`, the fewest blocks dropped, those whose branch adds least to the
         residual stream first (`branch_shares` on `inputs`), that fit. A narrower anchor is kept only
-        where it keeps more blocks than the wider ones. Before these, the search's only in-budget
-        teacher cut there was every block dropped (the smallest anchor): 4x under the budget, and
-        2.8 points below the teacher."""
+        where it keeps more blocks than the wider ones. Without them, the only teacher cut sure to be
+        scored there is every block dropped (the smallest anchor): on ConvNeXt-atto, before its
+        residual stream could be cut, 4x under the budget and 2.8 points below the teacher."""
         shares = branch_shares(self.base, self.blocks, self.example if inputs is None else inputs)
         ties = self._depth_ties
         # least contributing first; between equals, the later block
-        order = sorted(range(len(ties)), key=lambda i: (sum(shares.get(a, math.inf) for a in ties[i]) / len(ties[i]), -i))
+        order = sorted(range(len(ties)),
+                       key=lambda i: (sum(shares.get(a, math.inf) for a in ties[i]) / len(ties[i]), -i))
 
         def params(r: float, k: int) -> dict[str, Any]:
             dropped = set(order[:k])
@@ -412,17 +417,16 @@ class TeacherScaledSpace(SearchSpace):
             return fits(self.suggest(FixedParams(params(r, k))))
 
         out: list[dict[str, Any]] = []
-        fewest = len(ties) + 1
+        most = len(ties)  # blocks an anchor may drop: fewer than any wider anchor did
         for r in self.depth_anchor_widths:
-            if r not in self.ratios or not ok(r, fewest - 1 if fewest <= len(ties) else len(ties)):
-                continue  # not even as many blocks dropped as a wider anchor keeps fits here
-            lo, hi = 1, (fewest - 1 if fewest <= len(ties) else len(ties))  # the answer lies in [lo, hi]
+            if most < 1 or r not in self.ratios or not ok(r, most):
+                continue  # dropping that many does not fit at this width
+            lo, hi = 1, most  # the fewest drops that fit lie in [lo, hi]
             while lo < hi:
                 mid = (lo + hi) // 2
                 lo, hi = (lo, mid) if ok(r, mid) else (mid + 1, hi)
-            if lo < fewest:
-                out.append(params(r, lo))
-                fewest = lo
+            out.append(params(r, lo))
+            most = lo - 1
         return out
 
 
