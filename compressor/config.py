@@ -31,6 +31,7 @@ METHODS = ("nested", "skeleton")
 SAMPLERS = ("nsga2", "tpe")
 LM_RECIPES = ("chain", "sampled", "all")
 SCHEDULES = ("sandwich", "chain")  # compressor.distill.train.SCHEDULES  # compressor.lm.train.RECIPES (kept here: config imports no torch)
+TRAIN_PRECISIONS = ("auto", "fp32", "bf16")  # compressor.distill.precision (kept here: config imports no torch)
 # Deployment formats per size (`export.formats`); ONNX is the base and is always written.
 FORMATS = ("onnx", "ort", "openvino", "executorch")
 
@@ -62,6 +63,7 @@ class CompressConfig:
     lm_recipe: str = "chain"  # language models: the nested recipe (compressor/lm/train.py)
     lm_taid: bool = False  # language models: TAID's interpolated targets (lm/train.py TAIDState)
     schedule: str = "sandwich"  # image/1-D nested runs: which granularities train on each step (distill/train.py)
+    train_precision: str = "auto"  # image/1-D nested runs: the forward passes' arithmetic (distill/precision.py)
     batch_size: int = 64
     trials: int = 24
     spaces: tuple[str, ...] = ("teacher_scaled", "cnn")
@@ -205,6 +207,7 @@ def resolve_config(file_values: Mapping[str, Any], cli_values: Mapping[str, Any]
     _check_choice("sampler", cfg.sampler, SAMPLERS)
     _check_choice("lm_recipe", cfg.lm_recipe, LM_RECIPES)
     _check_choice("schedule", cfg.schedule, SCHEDULES)
+    _check_choice("train_precision", cfg.train_precision, TRAIN_PRECISIONS)
     if cfg.schedule == "chain" and cfg.losses:
         raise ConfigError("--losses compare a student with the teacher, which --schedule chain does not run on a "
                           "student's step: use --schedule sandwich with them")

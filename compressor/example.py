@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .distill.precision import resolve_precision, training_autocast
 from .distill.single import KDConfig
 from .evaluate import accuracy, predict_logits
 from .files import torch_bytes, write_bytes
@@ -56,8 +57,11 @@ class ExampleCNN(nn.Module):
 
 
 def train_example_teacher(out: Path, *, seed: int = 0, epochs: int = 8, image_size: int = 32,
-                          widths: tuple[int, ...] = (40, 80, 160), progress: Progress | None = None) -> dict:
-    """Train ExampleCNN on digits and save it with `torch.jit.save`. Returns a summary."""
+                          widths: tuple[int, ...] = (40, 80, 160), progress: Progress | None = None,
+                          precision: str = "auto") -> dict:
+    """Train ExampleCNN on digits and save it with `torch.jit.save`. Returns a summary.
+    `precision`: the training steps' forward passes, as in distillation (distill/precision.py:
+    "auto" is bfloat16 on a CPU with AMX, float32 elsewhere); the saved model is float32."""
     torch.manual_seed(seed)
     data = load_data("digits", seed=seed, image_size=image_size)
     model = ExampleCNN(data.x_train.shape[1], data.num_classes, widths)
@@ -70,6 +74,7 @@ def train_example_teacher(out: Path, *, seed: int = 0, epochs: int = 8, image_si
     # NHWC on the CPU; the saved model is converted back, so what it computes is unchanged
     layout = torch.channels_last if data.x_train.dim() == 4 else torch.contiguous_format
     model.to(memory_format=layout)
+    precision, _ = resolve_precision(precision)
     start = time.perf_counter()
     task = progress.add("train example teacher", total=epochs * steps_per_epoch) if progress else None
     for _ in range(epochs):
@@ -80,7 +85,9 @@ def train_example_teacher(out: Path, *, seed: int = 0, epochs: int = 8, image_si
             x = data.x_train[idx]
             # small random shifts: a teacher that generalises, not one that memorises 1.4k images
             x = torch.roll(x, shifts=tuple(torch.randint(-2, 3, (2,), generator=g).tolist()), dims=(2, 3))
-            loss = F.cross_entropy(model(x.contiguous(memory_format=layout)), data.y_train[idx])
+            with training_autocast(precision):
+                logits = model(x.contiguous(memory_format=layout)).float()
+            loss = F.cross_entropy(logits, data.y_train[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -95,4 +102,4 @@ def train_example_teacher(out: Path, *, seed: int = 0, epochs: int = 8, image_si
         scripted = torch.jit.trace(model, data.x_val[:2])
     write_bytes(out, torch_bytes(torch.jit.save, scripted))
     return {"path": str(out), "val_accuracy": acc, "params": sum(p.numel() for p in model.parameters()),
-            "seconds": time.perf_counter() - start, "image_size": image_size}
+            "seconds": time.perf_counter() - start, "image_size": image_size, "precision": precision}

@@ -505,7 +505,8 @@ def stage_nested(result: SearchResult, teacher: Teacher, data: DataSplits, profi
                       cfg.sizes, sizes=sizes)
     ta, groups, order, sizes = nest.ta, nest.groups, nest.order, nest.sizes
     dcfg = DistillConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed, round_to=profile.round_to,
-                         extra_losses=cfg.loss_weights, schedule=cfg.schedule, **_recipe(result.ta.arch, ta))
+                         extra_losses=cfg.loss_weights, schedule=cfg.schedule, precision=cfg.train_precision,
+                         **_recipe(result.ta.arch, ta))
     device = resolve_device(cfg.device, ranks.local_rank if ranks else None)
     if ranks is not None:  # the other ranks build the same TA and train it with this one
         ranks.broadcast(TrainingPlan(ta_arch=dict(result.ta.arch), sizes=tuple(sizes), order=order, config=dcfg,
@@ -526,7 +527,7 @@ def stage_nested(result: SearchResult, teacher: Teacher, data: DataSplits, profi
                 "family_weights": relative_path(run_dir, family.family.weights_path),
                 "losses": [{"name": n, "weight": w} for n, w in cfg.loss_weights],
                 "device": device.type, "ranks": ranks.world_size if ranks else 1, "schedule": dcfg.schedule,
-                "rollbacks": family.rollbacks}
+                "precision": family.precision, "rollbacks": family.rollbacks}
     return servables, search_info, training
 
 

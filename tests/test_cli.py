@@ -7,6 +7,7 @@ import os
 import pytest
 
 from compressor.cli import main
+from compressor.distill.precision import resolve_precision
 from compressor.errors import EXIT_BUDGET_NOT_MET, EXIT_USAGE
 from compressor.manifest import read_manifest
 
@@ -151,6 +152,7 @@ def test_nested_run_end_to_end_and_resume(tmp_path, tiny_teacher_files, capsys):
     assert params[0] < params[-1]  # nested sizes really are smaller dense models
     assert m["search"]["n_trials"] >= 4 and m["search"]["pareto"]
     assert m["training"]["history"]
+    assert m["training"]["precision"] == resolve_precision("auto")[0]  # the CPU's choice, written down
     # the searched student and the sizes were measured untrained before training (premeasure)
     checked = m["search"]["verified"]["checked"]
     assert {c["role"] for c in checked} >= {"student", "size"} and "reselected" in m["search"]["verified"]

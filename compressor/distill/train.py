@@ -44,7 +44,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -65,6 +65,7 @@ from .features import FeatureTap
 from .guard import START_SAMPLES, DivergenceGuard, start_accuracy
 from .losses import LOSSES, Out, build_loss, kd_kl
 from .nested import NestedFamily, Ratio, SizeSpec, named_tensors, plain_ratio
+from .precision import PRECISIONS, resolve_precision, training_autocast
 
 __all__ = ["DistillConfig", "FamilyResult", "train_family", "train_family_rank", "CHECKPOINT", "FAMILY_WEIGHTS"]
 
@@ -113,6 +114,9 @@ class DistillConfig:
     shift: int = 2
     seed: int = 0
     round_to: int = 8
+    # the forward passes' arithmetic (distill/precision.py): "auto" is bfloat16 on CPUs with AMX,
+    # float32 elsewhere. Not part of a run's identity: a run resumed on another machine may differ
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_every"):
@@ -134,6 +138,8 @@ class DistillConfig:
         if self.schedule == "chain" and self.extra_losses:
             raise ConfigError("extra losses compare a student with the teacher, which the chain schedule does not "
                               "run on a student's step: use the sandwich schedule with them")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)} but got {self.precision!r}")
         if self.augment not in AUGMENTS:
             raise ConfigError(f"augment must be one of {', '.join(AUGMENTS)} but got {self.augment!r}")
         extra = tuple((str(n), float(w)) for n, w in self.extra_losses)
@@ -159,6 +165,7 @@ class FamilyResult:
     train_flops: int  # multiply-accumulates: teacher fwd + 3 × (TA + trained students) fwd, per sample
     macs: dict[str, int] = field(default_factory=dict)  # forward MACs of one sample, per size
     rollbacks: list[dict[str, Any]] = field(default_factory=list)  # epochs that diverged (distill.guard)
+    precision: str = "fp32"  # the forward passes' arithmetic, resolved (distill/precision.py)
 
 
 def train_family(teacher: nn.Module, ta: nn.Module, data: DataSplits, *, sizes: Sequence[SizeSpec],
@@ -199,7 +206,8 @@ def train_family(teacher: nn.Module, ta: nn.Module, data: DataSplits, *, sizes: 
         sizes={n: family.ratios[n] for n in family.names})
     return FamilyResult(family=student_family, models=models, ratios=dict(family.ratios), val_acc=val_acc,
                         history=trainer.history, train_seconds=trainer.seconds, train_flops=trainer.flops,
-                        macs={n: family.subnet(n).macs for n in family.names}, rollbacks=list(trainer.guard.events))
+                        macs={n: family.subnet(n).macs for n in family.names}, rollbacks=list(trainer.guard.events),
+                        precision=trainer.precision)
 
 
 def train_family_rank(teacher: nn.Module, ta: nn.Module, data: DataSplits, *, sizes: Sequence[SizeSpec],
@@ -254,8 +262,11 @@ def _mean_ratio(ratio: Ratio) -> float:
 
 
 def _run_identity(config: DistillConfig, sizes: Sequence[SizeSpec]) -> str:
+    """What a checkpoint must share with the run resuming it: the recipe and the sizes, not how the
+    arithmetic ran (the precision follows the machine, and a run may be resumed on another)."""
     sizes = [[str(n), plain_ratio(r)] for n, r in sizes]
-    return json.dumps(to_jsonable({"config": dataclasses.asdict(config), "sizes": sizes}), sort_keys=True)
+    recipe = {k: v for k, v in dataclasses.asdict(config).items() if k != "precision"}
+    return json.dumps(to_jsonable({"config": recipe, "sizes": sizes}), sort_keys=True)
 
 
 def _check_same_run(ckpt: dict[str, Any], config: DistillConfig, sizes: Sequence[SizeSpec], path: Path) -> None:
@@ -296,6 +307,8 @@ class _Trainer:
                               f"rank needs a sample of every batch; use at least {ranks.world_size}")
         self.device, self.ranks = device, ranks
         self.main = ranks is None or ranks.is_main
+        self.precision, why = resolve_precision(cfg.precision, device)
+        log.info("distillation's forward passes in %s (%s)", self.precision, why)
         self.teacher = teacher.eval() if cfg.uses_teacher else teacher  # untouched when unused
         self.family, self.data, self.cfg = family, data, cfg
         self.ta = family.module
@@ -331,7 +344,8 @@ class _Trainer:
         # teacher and TA get their own layout back in `close`.
         self.memory_format = torch.channels_last if example.dim() == 4 else None
         self._set_format(self.memory_format)
-        self.net: nn.Module = _Granularities(self.ta, self.losses, family, self.taps, cfg, self.memory_format)
+        self.net: nn.Module = _Granularities(self.ta, self.losses, family, self.taps, cfg, self.memory_format,
+                                             self._autocast)
         self.teacher_cache: Tensor | None = None  # the teacher's logits per training sample (`_cache_teacher`)
         if ranks is not None:
             # Buffers are synchronised once, here, and never again: the only buffers, BatchNorm
@@ -493,9 +507,9 @@ class _Trainer:
         cfg = self.cfg
         if self.teacher_tap is None or cfg.extra_losses or (cfg.augment != "none" and cfg.shift > 0):
             return
-        with torch.no_grad():
+        with torch.no_grad(), self._autocast():
             self.teacher_cache = torch.cat([
-                self.teacher_tap(self._inputs(self.data.x_train[i:i + 256].to(self.device)))[0]
+                self.teacher_tap(self._inputs(self.data.x_train[i:i + 256].to(self.device)))[0].float()
                 for i in range(0, len(self.data.x_train), 256)])
         self.flops += len(self.data.x_train) * self.macs_teacher
 
@@ -554,8 +568,12 @@ class _Trainer:
             return Out(cached, None, labels=y)
         if self.teacher_tap is None:
             return None
-        with torch.no_grad():
-            return Out(*self.teacher_tap(x), labels=y)
+        with torch.no_grad(), self._autocast():
+            logits, feats = self.teacher_tap(x)
+        return Out(logits.float(), None if feats is None else feats.float(), labels=y)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return training_autocast(self.precision, self.device)
 
     def _chain_step(self, idx: Tensor, x: Tensor, y: Tensor) -> float:
         """One optimizer step of the chain schedule: the granularity this step trains, and only it."""
@@ -568,8 +586,8 @@ class _Trainer:
             teacher = self._teacher(x, y, cached)
             self.flops += batch * ((0 if cached is not None else self.macs_teacher) + 3 * self.macs_ta)
         else:
-            with torch.no_grad():
-                soft = self.ta(x)  # the student's teacher: the TA as it is now, in training mode like the student
+            with torch.no_grad(), self._autocast():
+                soft = self.ta(x).float()  # the student's teacher: the TA as it is now, in training mode like the student
             self.flops += batch * (self.macs_ta + 3 * self.family.subnet(name).macs)
         loss, logits = self.net(name, x, y, teacher, soft)
         if name is None:
@@ -645,11 +663,13 @@ class _Granularities(nn.Module):
     gradients it must average across ranks (the students' passes included)."""
 
     def __init__(self, ta: nn.Module, losses: nn.ModuleDict, family: NestedFamily, taps: Mapping[str, FeatureTap],
-                 cfg: DistillConfig, memory_format: torch.memory_format | None = None) -> None:
+                 cfg: DistillConfig, memory_format: torch.memory_format | None = None,
+                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> None:
         super().__init__()
         self.ta, self.losses = ta, losses  # what trains: the TA and the zoo losses' adapters
         self.family, self.taps, self.cfg = family, dict(taps), cfg
         self.memory_format = memory_format
+        self.autocast = autocast  # the networks' passes only: every loss is formed in float32
 
     def _student_tensors(self, name: str) -> dict[str, Tensor]:
         """Size `name`'s tensors gathered from the TA's, 4-D ones in the training layout: a gather
@@ -665,12 +685,15 @@ class _Granularities(nn.Module):
                 soft: Tensor | None) -> tuple[Tensor, Tensor]:
         cfg, tau = self.cfg, self.cfg.temperature
         if name is None:
-            logits = self.ta(x)
+            with self.autocast():
+                logits = self.ta(x).float()
             loss = cfg.ta_ce * F.cross_entropy(logits, y)
             if cfg.ta_kd:
                 loss = loss + cfg.ta_kd * kd_kl(logits, teacher.logits, tau)
             return loss, logits
-        logits, feats = self.taps[name](x, self._student_tensors(name))
+        with self.autocast():
+            logits, feats = self.taps[name](x, self._student_tensors(name))
+        logits, feats = logits.float(), None if feats is None else feats.float()
         loss = cfg.student_ce * F.cross_entropy(logits, y)
         if cfg.schedule == "chain":  # taught by the TA alone, with the whole KD weight
             return loss + (cfg.alpha + cfg.beta) * kd_kl(logits, soft, tau), logits

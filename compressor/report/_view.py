@@ -375,7 +375,8 @@ def time_rows(manifest: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
     epochs = len(training.get("history") or [])
     rollbacks = training.get("rollbacks") or []
     ran = epochs + len(rollbacks)  # a rolled-back epoch ran too
-    distilled = (f"{epochs} epochs of nested distillation, {training['train_seconds'] / ran:.1f} s each"
+    arithmetic = " in bfloat16" if training.get("precision") == "bf16" else ""
+    distilled = (f"{epochs} epochs of nested distillation{arithmetic}, {training['train_seconds'] / ran:.1f} s each"
                  + (f"; diverged {len(rollbacks)}x, rolled back to a learning rate x{rollbacks[-1]['lr_scale']:.2g}"
                     if rollbacks else "")) if epochs and training.get("train_seconds") else ""
     detail = {

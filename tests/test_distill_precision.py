@@ -1,0 +1,91 @@
+"""Training precision: which arithmetic the forward passes run in, chosen per CPU and never silently."""
+import pytest
+import torch
+
+from compressor.distill import DistillConfig, train_family
+from compressor.distill import precision as prec
+from compressor.distill.train import CHECKPOINT
+from compressor.errors import ConfigError
+from compressor.families import build_family
+
+SIZES = [("w100", 1.0), ("w050", 0.5)]
+TA_ARCH = {"family": "cnn", "widths": [16, 32], "depths": [1, 1]}
+
+
+@pytest.fixture(scope="module")
+def small(digits8):
+    return type(digits8)(digits8.name, digits8.x_train[:512], digits8.y_train[:512], digits8.x_val,
+                         digits8.y_val, digits8.num_classes)
+
+
+def _nets():
+    torch.manual_seed(0)
+    teacher = build_family({"family": "cnn", "widths": [16, 32], "depths": [1, 2]}, (1, 8, 8), 10).eval()
+    return teacher, build_family(TA_ARCH, (1, 8, 8), 10)
+
+
+def test_auto_takes_bfloat16_only_on_a_cpu_with_amx(monkeypatch):
+    monkeypatch.setattr(prec, "_has_amx", lambda: True)
+    assert prec.resolve_precision("auto", "cpu")[0] == "bf16"
+    assert prec.resolve_precision("auto", "cuda")[0] == "fp32"  # not measured on a GPU
+    monkeypatch.setattr(prec, "_has_amx", lambda: False)
+    precision, why = prec.resolve_precision("auto", "cpu")
+    assert precision == "fp32" and "no AMX" in why
+    assert prec.resolve_precision("bf16", "cpu") == ("bf16", "asked for")  # asked for: anywhere
+    assert prec.resolve_precision("fp32", "cpu") == ("fp32", "asked for")
+    with pytest.raises(ConfigError, match="auto, fp32, bf16"):
+        prec.resolve_precision("fp16")
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        DistillConfig(precision="int8")
+
+
+def test_forward_passes_run_in_the_precision_asked_for_and_the_weights_stay_float32(small, tmp_path):
+    runs, seen = {}, {}
+    for precision in ("fp32", "bf16"):
+        teacher, ta = _nets()
+        seen[precision] = set()
+        hooks = [net.register_forward_hook(lambda m, i, o, p=precision: seen[p].add(o.dtype)) for net in (teacher, ta)]
+        cfg = DistillConfig(epochs=4, batch_size=32, bn_calib_samples=64, lr=1e-2, precision=precision)
+        runs[precision] = r = train_family(teacher, ta, small, sizes=SIZES, config=cfg, run_dir=tmp_path / precision)
+        for h in hooks:
+            h.remove()
+        assert r.precision == precision
+        assert all(p.dtype == torch.float32 for p in ta.parameters())
+        assert all(p.dtype == torch.float32 for m in r.models.values() for p in m.parameters())
+    assert torch.bfloat16 in seen["bf16"] and torch.bfloat16 not in seen["fp32"]
+    # the same recipe learns alike in either arithmetic (chance is 0.1)
+    for name in ("w100", "w050"):
+        assert runs["fp32"].val_acc[name] > 0.5
+        assert runs["bf16"].val_acc[name] == pytest.approx(runs["fp32"].val_acc[name], abs=0.05)
+    assert runs["bf16"].history[-1]["loss"] == pytest.approx(runs["fp32"].history[-1]["loss"], rel=0.05)
+
+
+class _StopAfterFirstEpoch:
+    """A progress display that stops the run once its first epoch is checkpointed (as Ctrl-C would)."""
+
+    def add(self, description, total):
+        return 0
+
+    def advance(self, task, n=1):
+        pass
+
+    def update(self, task, **kw):
+        pass
+
+    def done(self, kind, key=None, total=None, **info):
+        raise KeyboardInterrupt
+
+
+def test_a_run_checkpointed_in_one_precision_resumes_in_the_other(small, tmp_path):
+    """The precision follows the machine, so a run resumed on another machine goes on in its own."""
+    teacher, ta = _nets()
+    with pytest.raises(KeyboardInterrupt):
+        train_family(teacher, ta, small, sizes=SIZES, run_dir=tmp_path, progress=_StopAfterFirstEpoch(),
+                     config=DistillConfig(epochs=2, bn_calib_samples=64, precision="fp32"))
+    ckpt = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert ckpt["epoch"] == 1
+    teacher, ta = _nets()
+    r = train_family(teacher, ta, small, sizes=SIZES, run_dir=tmp_path, resume=True,
+                     config=DistillConfig(epochs=2, bn_calib_samples=64, precision="bf16"))
+    assert [h["epoch"] for h in r.history] == [1, 2] and r.history[0] == ckpt["history"][0]
+    assert r.precision == "bf16"
