@@ -337,3 +337,50 @@ def test_a_budget_no_width_cut_meets_is_anchored_by_dropping_the_least_contribut
     uniform = space.budget_anchors(lambda arch: not arch["drop"], None)
     assert [a["ts.width0"] for a in uniform] == [space.ratios[-2], space.ratios[-3]]
     assert all(all(v for k, v in a.items() if k.startswith("ts.keep")) for a in uniform)
+
+
+class PlainNet(nn.Module):
+    """No skip path anywhere: shape-keeping layers, a fire module (squeeze, two expands concatenated
+    back to the input's channels), a strided layer, a shape-keeping layer after it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, padding=1)
+        self.c1 = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.squeeze, self.e1, self.e3 = nn.Conv2d(16, 4, 1), nn.Conv2d(4, 8, 1), nn.Conv2d(4, 8, 3, padding=1)
+        self.down = nn.Conv2d(16, 32, 3, stride=2, padding=1)
+        self.c2 = nn.Conv2d(32, 32, 3, padding=1)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.c1(F.relu(self.stem(x)))
+        s = F.relu(self.squeeze(x))
+        x = torch.cat([F.relu(self.e1(s)), F.relu(self.e3(s))], 1)
+        x = F.relu(self.c2(F.relu(self.down(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def test_a_network_without_skips_is_made_shallower_by_its_shape_keeping_stretches():
+    teacher = lifted_teacher(PlainNet())
+    gm, x = teacher.module, teacher.spec.example(4)
+    blocks = find_residual_blocks(gm, x)
+    # the conv-bn-relu, the fire module and the conv after the strided one; never the stem or `down`
+    assert [b.residual for b in blocks] == [False] * 3
+    assert [sorted({name.split(".")[0].split("_")[0] for name in b.layers}) for b in blocks] == \
+        [["c1"], ["e1", "e3", "squeeze"], ["c2"]]
+    for drop in ([0], [1], [2], [0, 1], [0, 1, 2]):  # 0 then 1: the fire module's input went with block 0
+        skips = {b.add: b.skip for b in blocks}
+        reduced = drop_blocks(gm, [blocks[i].add for i in drop], x, skips)
+        assert reduced(x).shape == gm(x).shape
+        assert P.count_params(reduced) < P.count_params(gm)
+        P.channel_groups(reduced, x[:2])  # still prunable
+    from compressor.search.blocks import branch_shares
+
+    shares = branch_shares(gm, blocks, x)
+    assert set(shares) == {b.add for b in blocks} and all(v > 0 for v in shares.values())
+    # the space searches that depth: candidates drop the stretches and still build and run
+    space = SPACES.get("teacher_scaled")(teacher, round_to=4)
+    assert len(space.blocks) == 3
+    arch = space.canonical({"ratios": {g.key: 0.5 for g in space.groups}, "drop": [b.add for b in blocks]})
+    model = space.build(arch, teacher)
+    assert model(x).shape == (4, 10) and P.count_params(model) < P.count_params(gm) / 2

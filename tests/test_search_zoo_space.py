@@ -152,6 +152,20 @@ def test_depth_is_searched_where_blocks_are_identity_skips():
         assert len(space.blocks) >= least, f"{name}: {len(space.blocks)} droppable blocks"
 
 
+def test_a_network_without_skips_drops_its_shape_keeping_modules():
+    """SqueezeNet has no residual add: its fire modules that keep their input's shape are its depth."""
+    teacher, space = space_of("torchvision:squeezenet1_1")
+    assert len(space.blocks) == 4 and not any(b.residual for b in space.blocks)  # fire 3, 5, 7 and 9
+    model = space.build(space.canonical({"ratios": {}, "drop": [b.add for b in space.blocks]}), teacher)
+    x = teacher.spec.example(2)
+    assert model(x).shape == teacher.module(x).shape
+
+    def convs(m):
+        return sum(isinstance(layer, torch.nn.Conv2d) for layer in m.modules())
+
+    assert convs(model) == convs(teacher.module) - 4 * 3  # squeeze and both expands of each
+
+
 def test_grouped_convolutions_are_cut_in_whole_groups():
     teacher, space = space_of("timm:regnetx_002")
     grouped = [g for g in space.groups if g.unit > 1]

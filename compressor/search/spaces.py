@@ -11,9 +11,9 @@ a network. Every space obeys one contract (`SearchSpace`):
 Built-ins:
 
 - ``teacher_scaled``: the teacher itself, thinner (a width ratio per coupled channel
-  group of `prune.channel_groups`) and shallower (identity-shaped residual blocks
-  removed, see `blocks`). It keeps the teacher's weights, which the distillation
-  stage exploits: the assistant starts from the teacher, not from scratch.
+  group of `prune.channel_groups`) and shallower (identity-shaped residual blocks, or
+  shape-keeping stretches of a network without any, removed, see `blocks`). It keeps
+  the teacher's weights, which the distillation stage exploits: the assistant starts from the teacher, not from scratch.
 - ``cnn`` and ``transformer``: the student families of `compressor.families`, so a
   student can differ in kind from its teacher (DisWOT's point).
 
@@ -266,6 +266,7 @@ class TeacherScaledSpace(SearchSpace):
         self._nestable = {g.key: g.nestable for g in self.groups}
         self._width_ties = _ties([g.key for g in self.groups], self.max_width_choices)
         self._depth_ties = _ties([b.add for b in self.blocks], self.max_depth_choices)
+        self._plain_skips = {b.add: b.skip for b in self.blocks if not b.residual}
         self._reduced: dict[tuple[str, ...], tuple[nn.Module, list[P.ChannelGroup], dict]] = {}
 
     def suggest(self, trial: Trial) -> Arch:
@@ -298,7 +299,7 @@ class TeacherScaledSpace(SearchSpace):
         if key in self._reduced:
             self._reduced[key] = self._reduced.pop(key)  # most recently used last
         else:
-            model = drop_blocks(self.base, drop, self.example) if drop else self.base
+            model = drop_blocks(self.base, drop, self.example, self._plain_skips) if drop else self.base
             if not drop:  # the teacher's groups were cut-tested when the space was built
                 groups, order = self.groups, P.importance_order(model, self.example, self.groups)
             else:  # a shallower graph couples channels otherwise: its groups are cut-tested afresh
@@ -397,8 +398,8 @@ class TeacherScaledSpace(SearchSpace):
                       inputs: torch.Tensor | None = None) -> list[dict[str, Any]]:
         """Where no cut of every block fits (latency set by the number of blocks more than their
         width: MobileNetV3-Small at a quarter of its latency), the teacher made shallower instead: at each of
-        `depth_anchor_widths`, the fewest blocks dropped, those whose branch adds least to the
-        residual stream first (`branch_shares` on `inputs`), that fit. A narrower anchor is kept only
+        `depth_anchor_widths`, the fewest blocks dropped, those that change what flows through them
+        least first (`branch_shares` on `inputs`), that fit. A narrower anchor is kept only
         where it keeps more blocks than the wider ones. Without them, the only teacher cut sure to be
         scored there is every block dropped (the smallest anchor): on ConvNeXt-atto, before its
         residual stream could be cut, 4x under the budget and 2.8 points below the teacher."""
