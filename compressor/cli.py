@@ -141,7 +141,7 @@ def _run_parser() -> argparse.ArgumentParser:
                         "one other; 'chain': every step trains one size, the teacher teaching the TA and the TA the "
                         "students (about 0.4x the time per epoch; give it 1.5x the --epochs)")
     p.add_argument("--train-precision", choices=("auto", "fp32", "bf16"),
-                   help="nested distillation's forward passes: 'auto' (default): bfloat16 on a CPU with AMX tiles "
+                   help="distillation's forward passes (image/1-D runs): 'auto' (default): bfloat16 on a CPU with AMX tiles "
                         "(about 2x faster there), float32 elsewhere; weights, gradients and losses stay float32, "
                         "and the manifest records which ran")
     p.add_argument("--lm-recipe", choices=("chain", "sampled", "all"),

@@ -63,7 +63,7 @@ class CompressConfig:
     lm_recipe: str = "chain"  # language models: the nested recipe (compressor/lm/train.py)
     lm_taid: bool = False  # language models: TAID's interpolated targets (lm/train.py TAIDState)
     schedule: str = "sandwich"  # image/1-D nested runs: which granularities train on each step (distill/train.py)
-    train_precision: str = "auto"  # image/1-D nested runs: the forward passes' arithmetic (distill/precision.py)
+    train_precision: str = "auto"  # image/1-D runs: distillation's forward passes' arithmetic (distill/precision.py)
     batch_size: int = 64
     trials: int = 24
     spaces: tuple[str, ...] = ("teacher_scaled", "cnn")

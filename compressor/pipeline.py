@@ -429,7 +429,8 @@ def stage_skeleton(teacher: Teacher, data: DataSplits, profile: HardwareProfile,
         student.load_state_dict(load_checkpoint(ckpt))  # tensors only: a planted pickle is refused
     else:
         distill_single(student, teacher.module, data, KDConfig(epochs=cfg.epochs, batch_size=cfg.batch_size,
-                                                               seed=cfg.seed), progress,
+                                                               seed=cfg.seed, precision=cfg.train_precision),
+                       progress,
                        label=f"distil {size_name(r)}", device=resolve_device(cfg.device))
         write_torch(ckpt, student.state_dict())
     return [Servable(name=size_name(r), ratio=r, module=student.eval())]

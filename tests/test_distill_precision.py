@@ -89,3 +89,19 @@ def test_a_run_checkpointed_in_one_precision_resumes_in_the_other(small, tmp_pat
                      config=DistillConfig(epochs=2, bn_calib_samples=64, precision="bf16"))
     assert [h["epoch"] for h in r.history] == [1, 2] and r.history[0] == ckpt["history"][0]
     assert r.precision == "bf16"
+
+
+def test_single_student_distillation_trains_in_the_precision_asked_for(small):
+    from compressor.distill import KDConfig, distill_single
+
+    accs = {}
+    for precision in ("fp32", "bf16"):
+        teacher, student = _nets()
+        seen = set()
+        hook = student.register_forward_hook(lambda m, i, o: seen.add(o.dtype))
+        history = distill_single(student, teacher, small, KDConfig(epochs=3, lr=1e-2, precision=precision))
+        hook.remove()
+        assert (torch.bfloat16 in seen) == (precision == "bf16")
+        assert all(p.dtype == torch.float32 for p in student.parameters())
+        accs[precision] = history[-1]["val_acc"]
+    assert accs["bf16"] == pytest.approx(accs["fp32"], abs=0.05) and accs["fp32"] > 0.5

@@ -1,4 +1,6 @@
-"""Distil one student from the teacher: temperature KD plus cross-entropy (Hinton et al.)."""
+"""Distil one student from the teacher: temperature KD plus cross-entropy (Hinton et al.).
+The teacher's logits are computed once, in float32; the student's training passes run in
+`KDConfig.precision` (bfloat16 on a CPU with AMX under "auto", as nested distillation)."""
 from __future__ import annotations
 
 import logging
@@ -13,6 +15,7 @@ from ..progress import Progress
 from ..types import DataSplits
 from .guard import START_SAMPLES, DivergenceGuard, start_accuracy
 from .losses import kd_kl
+from .precision import resolve_precision, training_autocast
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +29,7 @@ class KDConfig:
     temperature: float = 4.0
     alpha: float = 0.7  # weight of the soft (teacher) term; 1 - alpha on labels
     seed: int = 0
+    precision: str = "auto"  # the student's forward passes in training (distill/precision.py)
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor, t: float, alpha: float) -> torch.Tensor:
@@ -39,6 +43,8 @@ def distill_single(student: nn.Module, teacher: nn.Module, data: DataSplits, cfg
     The student ends on the CPU, where it is exported. An epoch whose training accuracy collapses
     is rolled back and run again at a lower learning rate (`guard.DivergenceGuard`)."""
     device = torch.device(device)
+    precision, why = resolve_precision(cfg.precision, device)
+    log.info("%s: the student's forward passes in %s (%s)", label, precision, why)
     g = torch.Generator().manual_seed(cfg.seed)
     if device.type == "cpu":
         teacher_logits = predict_logits(teacher, data.x_train)  # the teacher is frozen: compute once
@@ -77,7 +83,9 @@ def distill_single(student: nn.Module, teacher: nn.Module, data: DataSplits, cfg
         n = correct = seen = 0
         for i in range(0, len(perm) - cfg.batch_size + 1, cfg.batch_size):
             idx = perm[i:i + cfg.batch_size]
-            logits, y = student(data.x_train[idx].to(device)), data.y_train[idx].to(device)
+            with training_autocast(precision, device):
+                logits = student(data.x_train[idx].to(device))
+            logits, y = logits.float(), data.y_train[idx].to(device)
             loss = kd_loss(logits, teacher_logits[idx].to(device), y, cfg.temperature, cfg.alpha)
             correct += int((logits.detach().argmax(1) == y).sum())
             seen += len(y)
