@@ -12,7 +12,8 @@ stacks) can only be made shallower by removing a *plain* block: a stretch of lay
 that reads one tensor and hands on one tensor of the same shape, nothing inside it
 used from outside. Replacing its output by its input is the same rewrite, without a
 skip path to carry the signal meanwhile, so distillation has more to repair; it is
-searched only where no residual block exists.
+searched only where no residual block exists, and only on networks with normalisation
+layers (`_normalised`).
 
 Blocks are named by their last node (the add, for a residual block), which is stable
 across deep copies of the graph.
@@ -117,7 +118,19 @@ def find_residual_blocks(gm: fx.GraphModule, example: torch.Tensor) -> list[Resi
                               and all(u in inside_set for u in n.users)))
         if any(_has_weights(gm, n) for n in inside):
             blocks.append(ResidualBlock(node.name, skip.name, layers))
-    return blocks or _plain_blocks(gm, shapes, anc)
+    return blocks or (_plain_blocks(gm, shapes, anc) if _normalised(gm) else [])
+
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+def _normalised(gm: fx.GraphModule) -> bool:
+    """Whether the network has normalisation layers. Only then are plain blocks offered: a norm
+    after the removed stretch re-scales what it hands on (BatchNorm statistics are recalibrated
+    on every size). SqueezeNet 1.1 has none, and with its four shape-keeping fire modules removed
+    its nested family never trained (every size at chance after 12 epochs, float32 and bfloat16
+    alike; BENCHMARKS.md "Zoo teachers: shape-keeping stretches")."""
+    return any(isinstance(m, _NORMS) for m in gm.modules())
 
 
 def _plain_blocks(gm: fx.GraphModule, shapes: dict[str, tuple[int, ...]],
