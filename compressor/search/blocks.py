@@ -129,7 +129,7 @@ def _normalised(gm: fx.GraphModule) -> bool:
     after the removed stretch re-scales what it hands on (BatchNorm statistics are recalibrated
     on every size). SqueezeNet 1.1 has none, and with its four shape-keeping fire modules removed
     its nested family never trained (every size at chance after 12 epochs, float32 and bfloat16
-    alike; BENCHMARKS.md "Zoo teachers: shape-keeping stretches")."""
+    alike; BENCHMARKS.md "Zoo teachers trained in bfloat16; shape-keeping stretches as blocks")."""
     return any(isinstance(m, _NORMS) for m in gm.modules())
 
 
