@@ -199,7 +199,8 @@ def run_compress(name: str, frac: float, ts: Path, data_path: Path) -> dict[str,
                            "teacher_measurements_ms": ((m["teacher"]["latency"].get(b["profile"]) or {}).get("env")
                                                        or {}).get("measurements_ms"),
                            "selected": result.selected, "sizes": sizes,
-                           "epochs": (m.get("config") or {}).get("epochs"),
+                           "epochs": (m.get("config") or {}).get("epochs"),  # requested (None: the default)
+                           "train_epochs": (m.get("training") or {}).get("epochs"),  # what the family trained for
                            "student": (m.get("search") or {}).get("student"),
                            "stages": {k: v for k, v in (m.get("stages") or {}).items()
                                       if isinstance(v, (int, float))}}

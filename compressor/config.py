@@ -58,7 +58,7 @@ class CompressConfig:
     trust_pickle: bool = False
     method: str = "nested"  # "nested" (search + MatTA family) or "skeleton" (fixed width ratios)
     sizes: tuple[float, ...] | None = None
-    epochs: int = 12
+    epochs: int | None = None  # None: 12, more for a family from scratch (distill/epochs.py)
     steps: int | None = None  # language models: training steps of batch_size windows (default: `epochs` passes)
     lm_recipe: str = "chain"  # language models: the nested recipe (compressor/lm/train.py)
     lm_taid: bool = False  # language models: TAID's interpolated targets (lm/train.py TAIDState)
@@ -152,7 +152,7 @@ def coerce(key: str, value: Any, source: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise ConfigError(f"{source}: budget must be a string such as '5ms' or '0.5x', got {value!r}")
         return parse_budget(value)
-    if key == "steps":  # an optional integer
+    if key in ("steps", "epochs"):  # optional integers
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
         return value
@@ -223,7 +223,7 @@ def resolve_config(file_values: Mapping[str, Any], cli_values: Mapping[str, Any]
     if cfg.steps is not None and cfg.steps < 1:
         raise ConfigError(f"steps must be at least 1, got {cfg.steps}")
     for key in ("epochs", "batch_size", "trials", "calibration_models"):
-        if getattr(cfg, key) < 1:
+        if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be at least 1, got {getattr(cfg, key)}")
     if cfg.verify_top < 0:
         raise ConfigError(f"verify_top must be 0 (off) or more, got {cfg.verify_top}")

@@ -44,6 +44,7 @@ from .config import CompressConfig
 from .device import resolve_device
 from .distill import DistillConfig, size_name, train_family
 from .distill.checkpoint import load_checkpoint
+from .distill.epochs import DEFAULT_EPOCHS, default_epochs
 from .distill.single import KDConfig, distill_single
 from .errors import (
     EXIT_BUDGET_NOT_MET,
@@ -428,9 +429,9 @@ def stage_skeleton(teacher: Teacher, data: DataSplits, profile: HardwareProfile,
     if cfg.resume and ckpt.exists():
         student.load_state_dict(load_checkpoint(ckpt))  # tensors only: a planted pickle is refused
     else:
-        distill_single(student, teacher.module, data, KDConfig(epochs=cfg.epochs, batch_size=cfg.batch_size,
-                                                               seed=cfg.seed, precision=cfg.train_precision),
-                       progress,
+        kd = KDConfig(epochs=cfg.epochs or DEFAULT_EPOCHS, batch_size=cfg.batch_size, seed=cfg.seed,
+                      precision=cfg.train_precision)
+        distill_single(student, teacher.module, data, kd, progress,
                        label=f"distil {size_name(r)}", device=resolve_device(cfg.device))
         write_torch(ckpt, student.state_dict())
     return [Servable(name=size_name(r), ratio=r, module=student.eval())]
@@ -505,7 +506,12 @@ def stage_nested(result: SearchResult, teacher: Teacher, data: DataSplits, profi
     nest = plan_sizes(result.ta.arch, teacher, data.x_train[:2], latency_fn, budget.ms, profile.round_to,
                       cfg.sizes, sizes=sizes)
     ta, groups, order, sizes = nest.ta, nest.groups, nest.order, nest.sizes
-    dcfg = DistillConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed, round_to=profile.round_to,
+    example = data.x_train[:1]
+    epochs, why = default_epochs(cfg.epochs, result.ta.arch, P.count_macs(teacher.module, example),
+                                 P.count_macs(ta, example))
+    if cfg.epochs is None:
+        log.info("distillation: %d epochs (%s)", epochs, why)
+    dcfg = DistillConfig(epochs=epochs, batch_size=cfg.batch_size, seed=cfg.seed, round_to=profile.round_to,
                          extra_losses=cfg.loss_weights, schedule=cfg.schedule, precision=cfg.train_precision,
                          **_recipe(result.ta.arch, ta))
     device = resolve_device(cfg.device, ranks.local_rank if ranks else None)
@@ -527,6 +533,7 @@ def stage_nested(result: SearchResult, teacher: Teacher, data: DataSplits, profi
                 "sizes": {n: family.ratios[n] for n in family.models},
                 "family_weights": relative_path(run_dir, family.family.weights_path),
                 "losses": [{"name": n, "weight": w} for n, w in cfg.loss_weights],
+                "epochs": epochs, "epochs_why": why,
                 "device": device.type, "ranks": ranks.world_size if ranks else 1, "schedule": dcfg.schedule,
                 "precision": family.precision, "rollbacks": family.rollbacks}
     return servables, search_info, training

@@ -11,6 +11,11 @@ setting: seconds in all), before any training:
 - if the chosen student's measured latency misses the budget, the best-scoring
   checked candidate that fits is taken instead (and its TA widened again, with the
   predictor scaled by that student's measured/predicted ratio);
+- if every checked candidate of the student's space measures well under its prediction
+  (at most `PESSIMISTIC` of it), the search judged the budget too strictly: candidates
+  it predicted over the budget that score higher and would fit at the measured ratio are
+  timed, best score first, and the best-scoring one that fits is taken (its TA widened and
+  its sizes planned with the predictor scaled the same way);
 - if a nested size meant to fit (predicted within the budget) measures over it, the
   sizes are planned again (`choose_sizes`) with the predictor scaled by the worst
   measured/predicted ratio seen, until every size meant to fit does.
@@ -52,6 +57,10 @@ RECORD_NAME = "verified.json"  # in the run's search folder
 # Re-planning the nested sizes with a corrected predictor converges in one round when the
 # error is a constant factor; a few more cover an error that grows with width.
 _MAX_REPLANS = 3
+# A predictor whose predictions of the checked candidates were all at least 1 / PESSIMISTIC of
+# their measurements hid candidates that fit: they are looked for (`_check_higher`). A SqueezeNet's
+# from-scratch CNN students measured at 0.40x their prediction, the pick at 38 % of the budget.
+PESSIMISTIC = 0.8
 
 LatencyFn = Callable[[nn.Module], float]
 MeasureFn = Callable[[nn.Module, str], LatencyReport]  # (untrained network, a name for its file) -> report
@@ -105,7 +114,7 @@ class Checked:
     """One network timed before training: what the predictor said, what the profile measured."""
 
     name: str  # "student", "trial 7", or a nested size's name (w050)
-    role: str  # "student", "candidate" or "size"
+    role: str  # "student", "candidate", "higher" (predicted over the budget: `_check_higher`) or "size"
     predicted_ms: float
     measured_ms: float
     error: float  # (predicted - measured) / measured: negative when the predictor was optimistic
@@ -209,14 +218,20 @@ def _check(result: SearchResult, teacher: Teacher, example: torch.Tensor, *, lat
            fixed_sizes: Sequence[float] | None, measure: MeasureFn, ta_reach: Sequence[float] = ()) -> Verified:
     searched = result.student.trial_number
     checked, student = _check_candidates(result, teacher, latency_fn, budget, top, measure)
+    higher, student, upward = _check_higher(result, student, checked, teacher, latency_fn, budget, top, measure)
+    checked += higher
     reselected = student.trial_number != searched
+    first_scale = 1.0
     if reselected:
         mine = next(c for c in checked if c.trial_number == student.trial_number)
         result = _reselect(result, student, teacher, example, latency_fn, _ratio(mine), teacher_latency_ms,
                            round_to, ta_factors, budget.ms, ta_reach)
+        if upward is not None:
+            first_scale = upward  # sizes planned at the measured ratio too, or the smaller ones stay far under
     sizes, size_checks, scale = _check_sizes(result, teacher, example, latency_fn, budget, round_to, fixed_sizes,
-                                             measure)
+                                             measure, first_scale)
     record = {"checked": [to_jsonable(c) for c in (*checked, *size_checks)], "reselected": reselected,
+              "reselected_up": upward is not None,
               "searched_trial": searched, "chosen_trial": student.trial_number,
               "sizes": [[n, r] for n, r in sizes], "size_scale": scale, "sizes_replanned": scale != 1.0}
     return Verified(result, sizes, record)
@@ -266,6 +281,49 @@ def _check_candidates(result: SearchResult, teacher: Teacher, latency_fn: Latenc
     return checked, _pool(result)[fitting.trial_number]
 
 
+def _check_higher(result: SearchResult, chosen: Candidate, checked: list[Checked], teacher: Teacher,
+                  latency_fn: LatencyFn, budget: Budget, top: int,
+                  measure: MeasureFn) -> tuple[list[Checked], Candidate, float | None]:
+    """Candidates predicted over the budget, timed when the predictor was pessimistic on the
+    chosen student's space (see the module's docstring). Returns the new checks, the student
+    (`chosen` unless a higher-scoring one fits) and, when one was taken, the measured/predicted
+    ratio it was judged at (else None)."""
+    pool = {**_pool(result), **{c.trial_number: c for c in result.over_budget}}
+    space = chosen.arch.get("space")
+    mine = next((c for c in checked if c.trial_number == chosen.trial_number and c.role != "size"), None)
+    same = [c for c in checked if c.role != "size" and c.trial_number in pool
+            and pool[c.trial_number].arch.get("space") == space]
+    if mine is None or not mine.fits or not same:
+        return [], chosen, None
+    ratio = max(_ratio(c) for c in same)  # the least pessimistic: a candidate judged on it fits on every other
+    if ratio > PESSIMISTIC:
+        return [], chosen, None
+    seen = {c.trial_number for c in checked}
+    score = chosen.score if chosen.score is not None else float("-inf")
+    higher = sorted((c for c in result.over_budget
+                     if c.trial_number not in seen and c.arch.get("space") == space
+                     and (c.score if c.score is not None else float("-inf")) > score
+                     and budget.fits(ratio * c.est_latency_ms)),
+                    key=lambda c: (-(c.score or 0.0), -c.est_latency_ms, c.trial_number))
+    out: list[Checked] = []
+    for cand in higher[:max(top, 1)]:
+        try:
+            module = build_arch(cand.arch, teacher).eval()
+            report = measure(module, f"candidate-{cand.trial_number}")
+        except Exception as e:  # noqa: BLE001 - a candidate that cannot be timed is not chosen; say why in one line
+            log.warning("trial %d could not be measured before training: %s", cand.trial_number, first_line(e))
+            continue
+        out.append(_checked(f"trial {cand.trial_number}", "higher", float(latency_fn(module)), report, budget,
+                            cand.trial_number))
+    fitting = next((c for c in out if c.fits), None)  # `out` is in score order
+    if fitting is None:
+        return out, chosen, None
+    log.info("the predictor was %.2fx pessimistic on %s candidates (the pick measured %.3f ms against a %.3f ms "
+             "budget): taking trial %d, predicted %.3f ms, measured %.3f ms", 1 / ratio, space, mine.measured_ms,
+             budget.ms, fitting.trial_number, fitting.predicted_ms, fitting.measured_ms)
+    return out, pool[fitting.trial_number], ratio
+
+
 def _reselect(result: SearchResult, student: Candidate, teacher: Teacher, example: torch.Tensor,
               latency_fn: LatencyFn, correction: float, teacher_latency_ms: float, round_to: int,
               ta_factors: Sequence[float], budget_ms: float | None = None,
@@ -289,11 +347,12 @@ def _reselect(result: SearchResult, student: Candidate, teacher: Teacher, exampl
 
 def _check_sizes(result: SearchResult, teacher: Teacher, example: torch.Tensor, latency_fn: LatencyFn,
                  budget: Budget, round_to: int, fixed: Sequence[float] | None,
-                 measure: MeasureFn) -> tuple[list[SizeSpec], list[Checked], float]:
-    """Plan the nested sizes, measure them, and plan again with the predictor scaled while a size
-    meant to fit (its scaled prediction within the budget) measures over it; sizes the user fixed
-    (`--sizes`) are measured, not re-planned. Returns the last plan, every check and the scale."""
-    scale, checks = 1.0, []
+                 measure: MeasureFn, scale: float = 1.0) -> tuple[list[SizeSpec], list[Checked], float]:
+    """Plan the nested sizes (with the predictor times `scale`), measure them, and plan again with
+    the predictor scaled while a size meant to fit (its scaled prediction within the budget) measures
+    over it; sizes the user fixed (`--sizes`) are measured, not re-planned. Returns the last plan,
+    every check and the scale."""
+    checks: list[Checked] = []
     for plan in range(_MAX_REPLANS + 1):
         nest = plan_sizes(result.ta.arch, teacher, example, _scaled(latency_fn, scale), budget.ms, round_to, fixed)
         measured = _measure_sizes(nest, latency_fn, budget, measure, plan)
@@ -368,8 +427,9 @@ def _summary(record: Mapping[str, Any]) -> str:
     first = cands[0] if cands else None
     head = (f"student predicted {first['predicted_ms']:.3f} ms, measured {first['measured_ms']:.3f} ms "
             f"(prediction {first['error']:+.0%})" if first else "no candidate could be measured")
+    up = ", predicted over the budget by a pessimistic predictor" if record.get("reselected_up") else ""
     choice = (f"re-selected trial {record['chosen_trial']} ("
-              f"{next(c['measured_ms'] for c in cands if c['trial_number'] == record['chosen_trial']):.3f} ms)"
+              f"{next(c['measured_ms'] for c in cands if c['trial_number'] == record['chosen_trial']):.3f} ms{up})"
               if record.get("reselected") else "kept")
     fitting = sum(c["fits"] for c in sizes)
     replanned = f", re-planned with the predictor x{record['size_scale']:.2f}" if record.get("sizes_replanned") else ""

@@ -181,6 +181,9 @@ class SearchResult:
     # in-budget candidates off the front, best score first: a front candidate that measures over the
     # budget can leave one of these as the best-scoring network that fits (`premeasure`)
     runners_up: tuple[Candidate, ...] = ()
+    # candidates predicted over the budget by at most `OVER_BUDGET_REACH`, best score first: when the
+    # pick measures far under its prediction, the best of these that measures within budget is taken
+    over_budget: tuple[Candidate, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from compressor.config import resolve_config
 from compressor.errors import ConfigError
 from compressor.hardware import load_profile
 from compressor.premeasure import RECORD_NAME, premeasure
+from compressor.premeasure import _summary as premeasure_summary
 from compressor.progress import Progress
 from compressor.search import SearchConfig, build_arch, run_search
 from compressor.types import LatencyReport, Teacher
@@ -69,10 +70,10 @@ def searched(teacher, digits8, tmp_path_factory):
 
 
 def check(result, teacher, digits8, folder: Path, bench=None, *, top: int = 3, resume: bool = False,
-          profile: str = "host-cpu-1t", sizes=None):
+          profile: str = "host-cpu-1t", sizes=None, latency_fn=predicted_ms):
     with Progress(enabled=False) as progress:
         return premeasure(result, teacher, digits8.x_train[:2], profile=load_profile(profile),
-                          latency_fn=predicted_ms, budget=BUDGET, top=top, teacher_latency_ms=10.0, round_to=8,
+                          latency_fn=latency_fn, budget=BUDGET, top=top, teacher_latency_ms=10.0, round_to=8,
                           ta_factors=(2.0, 1.5, 1.25), fixed_sizes=sizes, search_dir=folder, resume=resume,
                           progress=progress, measure=bench or Bench())
 
@@ -119,6 +120,58 @@ def test_a_better_scoring_runner_up_off_the_front_beats_a_far_smaller_front_poin
     assert verified.record["reselected"] and verified.result.student.trial_number == 902
     names = [c["name"] for c in verified.record["checked"] if c["role"] != "size"]
     assert names[:2] == ["student", "trial 902"]
+
+
+def pessimistic_ms(module: torch.nn.Module) -> float:
+    """A predictor 2.5x too pessimistic (the host predictor on the smallest CNNs was about that)."""
+    return true_ms(module) * 2.5
+
+
+def test_a_pessimistic_predictor_leads_to_the_best_candidate_it_predicted_over_the_budget(searched, teacher,
+                                                                                           digits8, tmp_path) -> None:
+    """The pick measures at 12 % of the budget: the search's candidates predicted over it are timed, best
+    score first, when they would fit at the measured ratio, and the best-scoring one that fits is taken."""
+    import dataclasses
+
+    from compressor.types import Candidate
+
+    def cand(widths, score, n):
+        arch = {"space": "cnn", "family": "cnn", "widths": widths, "depths": [1, 1], "kernel": 3, "round_to": 8}
+        return Candidate(arch=arch, proxy_scores={}, est_latency_ms=pessimistic_ms(build_arch(arch, teacher)),
+                         trial_number=n, score=score)
+
+    # true ms: 0.49, 1.72, 3.68 and 6.39 against the 4 ms budget; predicted 2.5x that
+    small, c32, c48, c64 = cand([16, 16], 0.1, 901), cand([32, 32], 0.5, 902), cand([48, 48], 0.7, 903), \
+        cand([64, 64], 0.9, 904)
+    result = dataclasses.replace(searched, student=small, pareto=(small,), runners_up=(), over_budget=(c64, c48, c32))
+    bench = Bench()
+    verified = check(result, teacher, digits8, tmp_path, bench, latency_fn=pessimistic_ms)
+    record = verified.record
+    assert record["reselected"] and record["reselected_up"] and verified.result.student.trial_number == 903
+    higher = [c for c in record["checked"] if c["role"] == "higher"]
+    # 904 would not fit even at the measured ratio: never timed; 903 is the best-scoring one that does
+    assert [c["trial_number"] for c in higher][0] == 903 and "candidate-904" not in bench.timed
+    assert verified.result.ta.trial_number == 903 and verified.result.ta.arch["student_ratio"]
+    # the sizes are planned at the measured ratio: one in budget close to it, not only far under it
+    assert record["sizes_replanned"] and record["size_scale"] == pytest.approx(0.4, rel=0.01)
+    last = max(c["plan"] for c in record["checked"] if c["role"] == "size")
+    fitting = [c["measured_ms"] for c in record["checked"] if c["role"] == "size" and c["plan"] == last and c["fits"]]
+    assert fitting and max(fitting) >= 0.5 * BUDGET.ms
+    assert "predicted over the budget" in premeasure_summary(record)
+
+
+def test_an_accurate_predictor_times_nothing_predicted_over_the_budget(searched, teacher, digits8, tmp_path) -> None:
+    import dataclasses
+
+    from compressor.types import Candidate
+
+    arch = {"space": "cnn", "family": "cnn", "widths": [64, 64], "depths": [1, 1], "kernel": 3, "round_to": 8}
+    over = Candidate(arch=arch, proxy_scores={}, est_latency_ms=true_ms(build_arch(arch, teacher)), trial_number=905,
+                     score=9.0)
+    bench = Bench()
+    verified = check(dataclasses.replace(searched, over_budget=(over,)), teacher, digits8, tmp_path, bench,
+                     latency_fn=true_ms)
+    assert "candidate-905" not in bench.timed and not verified.record["reselected_up"]
 
 
 def test_nested_sizes_that_miss_are_planned_again_until_those_meant_to_fit_do(searched, teacher, digits8,
@@ -245,3 +298,20 @@ def test_a_near_miss_under_the_quick_timing_is_timed_again_with_the_profile_s_ow
     assert not BUDGET.fits(pm.quick_measure(profile, SHAPE, torch.zeros(2, *SHAPE), tmp_path)(teacher.module, "c")) \
         or not timed_again
     assert quick_runs == [True]
+
+
+def test_the_search_keeps_its_candidates_predicted_over_the_budget_within_reach(searched) -> None:
+    from compressor.search.study import OVER_BUDGET_REACH
+
+    over = searched.over_budget
+    assert over, "the search's 10 trials include some predicted over the 4 ms budget"
+    assert all(BUDGET.ms < c.est_latency_ms <= OVER_BUDGET_REACH * BUDGET.ms for c in over)
+    assert [c.score for c in over] == sorted((c.score for c in over), reverse=True)
+    assert not {c.trial_number for c in over} & {c.trial_number for c in (*searched.pareto, *searched.runners_up)}
+
+
+def test_a_pick_that_misses_is_not_called_a_pessimistic_predictor(searched, teacher, digits8, tmp_path) -> None:
+    """The optimistic predictor's pick misses and is replaced by a smaller one: not a move up."""
+    verified = check(searched, teacher, digits8, tmp_path, Bench())
+    assert verified.record["reselected"] and not verified.record["reselected_up"]
+    assert not [c for c in verified.record["checked"] if c["role"] == "higher"]

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 
 from ..distill import size_name
+from ..distill.epochs import DEFAULT_EPOCHS
 from ..errors import EXIT_BUDGET_NOT_MET, EXIT_OK, ConfigError
 from ..export import export_onnx, onnx_metadata, onnx_predict, set_onnx_metadata
 from ..files import first_line, write_json
@@ -193,7 +194,7 @@ def _steps(cfg: "CompressConfig", data: "LMData") -> int:
     """Training steps: `--steps`, else `--epochs` passes over the training tokens."""
     if cfg.steps:
         return cfg.steps
-    return cfg.epochs * max(1, len(data.corpus.train) // (cfg.batch_size * data.context))
+    return (cfg.epochs or DEFAULT_EPOCHS) * max(1, len(data.corpus.train) // (cfg.batch_size * data.context))
 
 
 # ---------------------------------------------------------------------------- search

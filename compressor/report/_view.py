@@ -376,7 +376,10 @@ def time_rows(manifest: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
     rollbacks = training.get("rollbacks") or []
     ran = epochs + len(rollbacks)  # a rolled-back epoch ran too
     arithmetic = " in bfloat16" if training.get("precision") == "bf16" else ""
-    distilled = (f"{epochs} epochs of nested distillation{arithmetic}, {training['train_seconds'] / ran:.1f} s each"
+    # a family from random weights trains longer by default (distill/epochs.py): say so where it did
+    scratch = " (from random weights)" if "random weights" in str(training.get("epochs_why") or "") else ""
+    distilled = (f"{epochs} epochs of nested distillation{scratch}{arithmetic}, "
+                 f"{training['train_seconds'] / ran:.1f} s each"
                  + (f"; diverged {len(rollbacks)}x, rolled back to a learning rate x{rollbacks[-1]['lr_scale']:.2g}"
                     if rollbacks else "")) if epochs and training.get("train_seconds") else ""
     detail = {
