@@ -132,8 +132,9 @@ def _run_parser() -> argparse.ArgumentParser:
                         "'skeleton': fixed width ratios, one student")
     p.add_argument("--sizes", metavar="R,R,...",
                    help="width ratios of the nested sizes (default: 4 chosen from the budget). e.g. --sizes 1,0.5,0.25")
-    p.add_argument("--epochs", type=int, help="distillation epochs (default 12 for sizes cut from the teacher; up to 48 "
-                                                "for a family trained from random weights, which is small and still learning at 12)")
+    p.add_argument("--epochs", type=int,
+                   help="distillation epochs (default 12 for sizes cut from the teacher, 48 for a family from "
+                        "random weights, which is still learning at 12)")
     p.add_argument("--steps", type=int, metavar="N",
                    help="language models: training steps of --batch-size windows of 128 tokens (default: --epochs "
                         "passes over the text). e.g. --steps 150")

@@ -506,9 +506,7 @@ def stage_nested(result: SearchResult, teacher: Teacher, data: DataSplits, profi
     nest = plan_sizes(result.ta.arch, teacher, data.x_train[:2], latency_fn, budget.ms, profile.round_to,
                       cfg.sizes, sizes=sizes)
     ta, groups, order, sizes = nest.ta, nest.groups, nest.order, nest.sizes
-    example = data.x_train[:1]
-    epochs, why = default_epochs(cfg.epochs, result.ta.arch, P.count_macs(teacher.module, example),
-                                 P.count_macs(ta, example))
+    epochs, why = default_epochs(cfg.epochs, result.ta.arch)
     if cfg.epochs is None:
         log.info("distillation: %d epochs (%s)", epochs, why)
     dcfg = DistillConfig(epochs=epochs, batch_size=cfg.batch_size, seed=cfg.seed, round_to=profile.round_to,

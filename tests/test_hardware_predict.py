@@ -279,3 +279,20 @@ def test_calibration_times_each_model_lightly_but_never_longer_than_the_profile(
     assert quick_timing(quick_cpu).min_seconds == quick_cpu.min_seconds == 0.0  # a shorter setting stays
     predictor, _ = calibrated
     assert predictor.info["timing"]["repeats"] == min(quick_cpu.repeats, light.repeats)
+
+
+def test_a_calibration_set_holds_small_networks_with_a_strided_stem() -> None:
+    """A quarter of the networks a calibration times are as small as the built-in families' smallest
+    students; the rest are the random CNNs, the same as before."""
+    from compressor.hardware import calibration_candidates
+
+    cal = calibration_candidates(16, (3, 32, 32), seed=0)
+    random_ones = sample_candidates(12, (3, 32, 32), seed=0)
+    assert [a for a, _ in cal[:12]] == [a for a, _ in random_ones]
+    small = [a for a, _ in cal[12:]]
+    assert len(small) == 4 and len({repr(a) for a, _ in cal}) == 16
+    for arch in small:
+        assert arch["blocks"][0][1] == 2 and 1 <= len(arch["blocks"]) <= 3
+        assert all(w <= 32 for w, _ in arch["blocks"])
+    costs = [sum(c.flops for c in layer_costs(m, (3, 32, 32))) for _, m in cal]
+    assert np.median(costs[12:]) < min(np.median(costs[:12]), 0.2 * max(costs[:12]))

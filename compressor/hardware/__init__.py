@@ -17,7 +17,7 @@ stages and imports none of them.
 from __future__ import annotations
 
 from .backends import cpu_model, onnx_input_shape
-from .candidates import build_candidate, sample_arch, sample_candidates
+from .candidates import build_candidate, calibration_candidates, sample_arch, sample_candidates
 from .display import profile_report_lines, profiles_table, report_table
 from .isa import CPU_CLASSES, classify, host_cpu_class
 from .latency import latency_report, remeasure_in_fresh_process, steadier, with_prediction
@@ -57,6 +57,7 @@ __all__ = [
     "LayerCost",
     "RooflinePredictor",
     "build_candidate",
+    "calibration_candidates",
     "classify",
     "cpu_model",
     "host_cpu_class",

@@ -83,7 +83,9 @@ __all__ = [
 ]
 
 CACHE_ENV = "COMPRESSOR_CACHE_DIR"
-FORMAT_VERSION = 1  # bump when FEATURES or their definition change: old caches are then ignored
+# bump when FEATURES, their definition or the calibration set change: old caches are then ignored
+# (2: small networks with a strided stem joined the calibration set)
+FORMAT_VERSION = 2
 FEATURES = ("dense_mflops", "grouped_mflops", "activation_mb", "weight_mb", "kernels", "const")
 # a feature never seen in calibration borrows this one's coefficient
 _FALLBACK = {"grouped_mflops": "dense_mflops"}
@@ -331,7 +333,7 @@ class LatencyPredictor:
                directory: str | Path | None = None, progress: bool = False) -> "LatencyPredictor":
         """The cached calibration for (profile, this machine, input shape), calibrating
         and caching it first if there is none. Without `modules`, `n_models` random
-        candidates (`candidates.sample_candidates`) are timed: about 1-2 s each."""
+        candidates (`candidates.calibration_candidates`) are timed: about 1-2 s each."""
         key = calibration_key(profile, input_shape)
         path = cls.cache_path(profile, input_shape, directory)
         if path.is_file():
@@ -342,9 +344,9 @@ class LatencyPredictor:
             except ConfigError:
                 pass  # a stale or damaged cache entry is recalibrated, not an error
         if modules is None:
-            from .candidates import sample_candidates
+            from .candidates import calibration_candidates
 
-            modules = [m for _, m in sample_candidates(n_models, input_shape, seed=seed)]
+            modules = [m for _, m in calibration_candidates(n_models, input_shape, seed=seed)]
         partial = path.with_name(path.stem + ".partial.json")
         predictor = cls().calibrate(profile, modules, input_shape, progress=progress, partial=partial)
         predictor.save(path)
