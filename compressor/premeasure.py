@@ -254,6 +254,18 @@ def _ranked(result: SearchResult, budget: Budget) -> list[Candidate]:
                                                            -c.est_latency_ms, c.trial_number))]
 
 
+def _time_candidate(cand: Candidate, name: str, role: str, teacher: Teacher, latency_fn: LatencyFn,
+                    budget: Budget, measure: MeasureFn) -> Checked | None:
+    """One search candidate built, timed untrained and recorded; None (and one warning line) when it cannot be."""
+    try:
+        module = build_arch(cand.arch, teacher).eval()
+        report = measure(module, f"candidate-{cand.trial_number}")
+    except Exception as e:  # noqa: BLE001 - a candidate that cannot be timed is not chosen; say why in one line
+        log.warning("%s (trial %d) could not be measured before training: %s", name, cand.trial_number, first_line(e))
+        return None
+    return _checked(name, role, float(latency_fn(module)), report, budget, cand.trial_number)
+
+
 def _check_candidates(result: SearchResult, teacher: Teacher, latency_fn: LatencyFn, budget: Budget, top: int,
                       measure: MeasureFn) -> tuple[list[Checked], Candidate]:
     """Measure the `top` best candidates; when none of them fits, go on down the front until one does.
@@ -263,15 +275,10 @@ def _check_candidates(result: SearchResult, teacher: Teacher, latency_fn: Latenc
         if i >= top and any(c.fits for c in checked):
             break
         name = "student" if i == 0 else f"trial {cand.trial_number}"
-        try:
-            module = build_arch(cand.arch, teacher).eval()
-            report = measure(module, f"candidate-{cand.trial_number}")
-        except Exception as e:  # noqa: BLE001 - a candidate that cannot be timed is not chosen; say why in one line
-            log.warning("%s (trial %d) could not be measured before training: %s", name, cand.trial_number,
-                        first_line(e))
-            continue
-        checked.append(_checked(name, "student" if i == 0 else "candidate", float(latency_fn(module)), report,
-                                budget, cand.trial_number))
+        check = _time_candidate(cand, name, "student" if i == 0 else "candidate", teacher, latency_fn, budget,
+                                measure)
+        if check is not None:
+            checked.append(check)
     fitting = next((c for c in checked if c.fits), None)
     if not checked or fitting is None or fitting.trial_number == result.student.trial_number:
         if checked and fitting is None and result.feasible:
@@ -307,14 +314,9 @@ def _check_higher(result: SearchResult, chosen: Candidate, checked: list[Checked
                     key=lambda c: (-(c.score or 0.0), -c.est_latency_ms, c.trial_number))
     out: list[Checked] = []
     for cand in higher[:max(top, 1)]:
-        try:
-            module = build_arch(cand.arch, teacher).eval()
-            report = measure(module, f"candidate-{cand.trial_number}")
-        except Exception as e:  # noqa: BLE001 - a candidate that cannot be timed is not chosen; say why in one line
-            log.warning("trial %d could not be measured before training: %s", cand.trial_number, first_line(e))
-            continue
-        out.append(_checked(f"trial {cand.trial_number}", "higher", float(latency_fn(module)), report, budget,
-                            cand.trial_number))
+        check = _time_candidate(cand, f"trial {cand.trial_number}", "higher", teacher, latency_fn, budget, measure)
+        if check is not None:
+            out.append(check)
     fitting = next((c for c in out if c.fits), None)  # `out` is in score order
     if fitting is None:
         return out, chosen, None
