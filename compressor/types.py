@@ -6,14 +6,16 @@ except `Teacher.module`), so it can be written to the manifest and read back.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, Literal, Mapping
 
 from .budget import Budget, Stat
+
+if TYPE_CHECKING:  # imported where used: a process that only times an ONNX file never loads torch
+    import torch
+    from torch import nn
 
 __all__ = ["Budget", "Candidate", "DataSplits", "DeviceSpec", "HardwareProfile", "InputSpec", "LatencyReport",
            "SearchResult", "Stat", "StudentFamily", "Teacher", "to_jsonable"]
@@ -28,6 +30,8 @@ class InputSpec:
     dtype: str = "float32"
 
     def example(self, batch: int = 1, seed: int = 0) -> torch.Tensor:
+        import torch
+
         g = torch.Generator().manual_seed(seed)
         return torch.randn((batch, *self.shape), generator=g)
 
@@ -200,16 +204,17 @@ class StudentFamily:
 
 def to_jsonable(obj: Any) -> Any:
     """Dataclasses, paths, tuples and tensors to plain JSON values."""
+    torch = sys.modules.get("torch")  # nothing is a tensor or a module before torch is loaded
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                if not isinstance(getattr(obj, f.name), nn.Module)}
+                if torch is None or not isinstance(getattr(obj, f.name), torch.nn.Module)}
     if isinstance(obj, Mapping):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [to_jsonable(v) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
-    if isinstance(obj, torch.Tensor):
+    if torch is not None and isinstance(obj, torch.Tensor):
         return obj.tolist()
     if isinstance(obj, float) and obj != obj:  # NaN is not valid JSON
         return None

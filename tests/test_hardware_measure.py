@@ -138,6 +138,33 @@ def test_wrong_input_shape_and_missing_file(onnx_file: Path, tmp_path: Path) -> 
         measure_onnx(tmp_path / "missing.onnx", quick(), (1, 8, 8))
 
 
+def test_fresh_process_remeasurement_times_the_file_without_loading_torch(onnx_file: Path, tmp_path: Path) -> None:
+    """The child that re-times an exported file (every run's teacher and selected size) uses ONNX
+    Runtime alone: it reports the same profile's figures, and torch is never imported there."""
+    import json
+    import subprocess
+    import sys
+
+    from compressor.hardware import remeasure_in_fresh_process
+
+    report = remeasure_in_fresh_process(onnx_file, quick(), (1, 8, 8))
+    assert report.measured and report.profile == "host-cpu-1t" and report.samples >= 20
+    assert report.env["backend"] == "onnxruntime-cpu" and report.env["intra_op_threads"] == 1
+    probe = ("import json, runpy, sys; sys.argv = ['remeasure']\n"
+             "try:\n    runpy.run_module('compressor.hardware.remeasure', run_name='__main__')\n"
+             "except SystemExit:\n    pass\n"
+             "print(json.dumps({'torch': 'torch' in sys.modules}))")
+    request = {"onnx": str(onnx_file), "profile": "host-cpu-1t", "shape": [1, 8, 8],
+               "profile_fields": {"warmup_runs": 1, "warmup_seconds": 0.0, "repeats": 5, "min_seconds": 0.0}}
+    done = subprocess.run([sys.executable, "-c", probe], input=json.dumps(request), capture_output=True, text=True,
+                          check=True, cwd=tmp_path)
+    first, last = done.stdout.strip().splitlines()[-2:]
+    assert json.loads(first)["samples"] >= 5 and json.loads(last) == {"torch": False}
+    # a file it cannot time still fails with the usual reason
+    with pytest.raises(BackendUnavailableError, match="ONNX file not found"):
+        remeasure_in_fresh_process(tmp_path / "missing.onnx", quick(), (1, 8, 8))
+
+
 def test_input_shape_is_read_from_the_onnx_file(onnx_file: Path, tmp_path: Path) -> None:
     assert onnx_input_shape(onnx_file) == (1, 8, 8)
     bad = tmp_path / "bad.onnx"

@@ -266,7 +266,7 @@ def _resolve_auto(where: str, values: dict[str, Any]) -> dict[str, Any]:
     if values.get("backend") not in ("onnxruntime-cpu", "openvino-cpu") or values.get("measured") is False:
         raise ConfigError(f'{where}: key \'round_to\' may be "auto" only for a measured onnxruntime-cpu or '
                           f"openvino-cpu profile (it reads this machine's CPU)")
-    from .backends import cpu_channel_block
+    from .ort_cpu import cpu_channel_block
 
     return {**values, "round_to": max(8, cpu_channel_block())}
 
