@@ -35,11 +35,12 @@ def _as_channels_first(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 class ConvBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int, dims: int) -> None:
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, dims: int, padding: int | None = None) -> None:
         super().__init__()
         conv = nn.Conv1d if dims == 1 else nn.Conv2d
         bn = nn.BatchNorm1d if dims == 1 else nn.BatchNorm2d
-        self.conv = conv(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False)
+        padding = kernel // 2 if padding is None else padding
+        self.conv = conv(cin, cout, kernel, stride=stride, padding=padding, bias=False)
         self.bn = bn(cout)
         self.residual = stride == 1 and cin == cout
 
@@ -53,7 +54,10 @@ class CNNFamily(nn.Module):
 
     ``stem`` is the stride of the first block (default 1). A stride-2 stem is how mobile
     networks afford depth under a small budget: every later stage runs on a quarter of the
-    pixels, and the receptive field the head pools over doubles.
+    pixels, and the receptive field the head pools over doubles. A stride-4 stem is a
+    *patchify* layer (kernel 4, stride 4, no padding: ConvNeXt's stem, a ViT's patch
+    embedding): every input pixel is read once, and the network runs on a sixteenth of the
+    pixels, which is what buys width under budgets of a few tens of microseconds.
     """
 
     def __init__(self, arch: Mapping[str, Any], in_shape: tuple[int, ...], num_classes: int) -> None:
@@ -65,13 +69,16 @@ class CNNFamily(nn.Module):
         stem = int(arch.get("stem", 1))
         if len(widths) != len(depths) or not widths:
             raise ConfigError(f"cnn arch needs widths and depths of equal length, got {arch}")
-        if stem not in (1, 2):
-            raise ConfigError(f"cnn arch 'stem' must be 1 or 2, got {stem}")
+        if stem not in (1, 2, 4):
+            raise ConfigError(f"cnn arch 'stem' must be 1, 2 or 4, got {stem}")
         blocks: list[nn.Module] = []
         for stage, (w, d) in enumerate(zip(widths, depths)):
             for i in range(int(d)):
                 stride = (2 if stage > 0 else stem) if i == 0 else 1
-                blocks.append(ConvBlock(cin, int(w), kernel, stride, dims))
+                if stage == 0 and i == 0 and stem == 4:  # patchify: non-overlapping 4x4 patches
+                    blocks.append(ConvBlock(cin, int(w), 4, 4, dims, padding=0))
+                else:
+                    blocks.append(ConvBlock(cin, int(w), kernel, stride, dims))
                 cin = int(w)
         self.features = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool1d(1) if dims == 1 else nn.AdaptiveAvgPool2d(1)

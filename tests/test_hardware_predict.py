@@ -291,8 +291,15 @@ def test_a_calibration_set_holds_small_networks_with_a_strided_stem() -> None:
     assert [a for a, _ in cal[:12]] == [a for a, _ in random_ones]
     small = [a for a, _ in cal[12:]]
     assert len(small) == 4 and len({repr(a) for a, _ in cal}) == 16
+    # on images of 32 a side, half of them start with a stride-4 patchify stem (kernel 4, no padding)
+    assert [arch["blocks"][0][1] for arch in small] == [2, 2, 4, 4]
     for arch in small:
-        assert arch["blocks"][0][1] == 2 and 1 <= len(arch["blocks"]) <= 3
-        assert all(w <= 32 for w, _ in arch["blocks"])
+        assert 1 <= len(arch["blocks"]) <= 3 and all(w <= 32 for w, _ in arch["blocks"])
+    patchify = cal[-1][1][0]
+    assert patchify.kernel_size == (4, 4) and patchify.stride == (4, 4) and patchify.padding == (0, 0)
+    assert cal[-1][1](torch.randn(2, 3, 32, 32)).shape == (2, 10)
     costs = [sum(c.flops for c in layer_costs(m, (3, 32, 32))) for _, m in cal]
     assert np.median(costs[12:]) < min(np.median(costs[:12]), 0.2 * max(costs[:12]))
+    # smaller images and 1-D signals keep the stride-2 stem only
+    for shape in ((1, 16, 16), (40,)):
+        assert all(a["blocks"][0][1] == 2 for a, _ in calibration_candidates(16, shape, seed=0)[12:])

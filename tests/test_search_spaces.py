@@ -264,23 +264,40 @@ def test_nested_ratio_rejects_a_student_that_does_not_nest(tiny_teacher):
         nested_ratio(a, b, tiny_teacher.spec.example(2), 8)
 
 
-@pytest.mark.parametrize("shape", [(1, 32, 32), (40,)], ids=["2d", "1d"])
-def test_cnn_space_offers_a_strided_stem_and_deep_narrow_anchors(shape, tiny_teacher):
+@pytest.mark.parametrize("shape, stem", [((1, 32, 32), 4), ((1, 16, 16), 2), ((40,), 2)], ids=["2d", "2d-16", "1d"])
+def test_cnn_space_offers_a_strided_stem_and_deep_narrow_anchors(shape, stem, tiny_teacher):
+    """The anchors (the cheapest networks, scored first) start with the most strided stem the input
+    allows: a stride-4 patchify stem on images of 32 pixels a side, stride 2 on smaller ones and 1-D."""
     teacher = Teacher(tiny_teacher.module, InputSpec(shape, 10), "x", "module", "sha")
     space = SPACES.get("cnn")(teacher)
     anchors = space.anchors()
     assert [a["cnn.stages"] for a in anchors] == sorted({a["cnn.stages"] for a in anchors})
-    assert len(anchors) >= 2 and all(a["cnn.stem"] == 2 for a in anchors)
+    assert len(anchors) >= 2 and all(a["cnn.stem"] == stem for a in anchors)
     x = teacher.spec.example(2)
     for params in anchors:
         arch = space.suggest(Pick("first", fixed=params))
-        assert arch["stem"] == 2 and len(arch["widths"]) == params["cnn.stages"]
+        assert arch["stem"] == stem and len(arch["widths"]) == params["cnn.stages"]
         model = space.build(arch, teacher)
         assert model(x).shape == (2, 10)
         first = model.features[0](x if len(shape) > 1 else x.unsqueeze(1))
-        assert first.shape[-1] == shape[-1] // 2  # the stem halves the resolution
+        assert first.shape[-1] == shape[-1] // stem  # the stem divides the resolution by its stride
         again = build_arch(json.loads(json.dumps(space.widen(arch, 2.0))), teacher)  # the TA keeps the stem
-        assert again.features[0].conv.stride[0] == 2
+        assert again.features[0].conv.stride[0] == stem
+
+
+def test_patchify_stem_reads_every_pixel_once_and_leaves_room_for_its_stages(tiny_teacher):
+    teacher = Teacher(tiny_teacher.module, InputSpec((3, 32, 32), 10), "x", "module", "sha")
+    space = SPACES.get("cnn")(teacher)
+    assert space.stems == (1, 2, 4)
+    for seed in range(40):  # every sampled network builds, and the last stage still sees 2x2 or more
+        arch = space.suggest(Pick("random", seed=seed))
+        model = space.build(arch, teacher)
+        x = teacher.spec.example(2)
+        assert model(x).shape == (2, 10)
+        assert model.features(x).shape[-1] >= 2
+        if arch.get("stem") == 4:
+            conv = model.features[0].conv
+            assert conv.kernel_size == (4, 4) and conv.stride == (4, 4) and conv.padding == (0, 0)
 
 
 def test_small_inputs_keep_the_full_resolution_stem(tiny_teacher):

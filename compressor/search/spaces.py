@@ -445,7 +445,10 @@ class CNNSpace(SearchSpace):
     per side also choose the stem's stride: a stride-2 stem is the cheap route to depth, and
     the only one under budgets near the runtime's per-layer floor (a quarter of a
     MobileNetV3-Small's 0.11 ms), where full-resolution first stages leave room for two
-    layers and a receptive field too small to read a digit.
+    layers and a receptive field too small to read a digit. Images of 32 or more per side
+    may also start with a stride-4 patchify stem, which buys width at the same latency: on
+    digits at 32x32, from random weights, a [32, 32] network with it reached 88.9 % in
+    11.7 us where a [16, 16] one with the stride-2 stem reached 64.1 % in 13.2 us.
     """
 
     name = "cnn"
@@ -458,9 +461,9 @@ class CNNSpace(SearchSpace):
         spatial = _spatial(teacher.spec.shape)
         most = 1 + int(math.log2(max(1, min(spatial) // 2)))
         self.stages = tuple(range(min(2, most), min(self.max_stages, most) + 1)) or (1,)
-        # stages that fit after a stride-2 stem (one halving fewer)
-        self._most_after_stem = 1 + int(math.log2(max(1, min(spatial) // 4)))
-        self.stems = (1, 2) if min(spatial) >= 16 else (1,)
+        self.stems = (1, 2, 4) if len(spatial) == 2 and min(spatial) >= 32 else (1, 2) if min(spatial) >= 16 else (1,)
+        # stages that fit after each strided stem (a halving fewer per factor of 2)
+        self._most_after = {s: 1 + int(math.log2(max(1, min(spatial) // (2 * s)))) for s in self.stems if s > 1}
         self.width_choices = tuple(sorted({round_up(w, self.round_to) for w in self.widths}))
         self.kernels = (3, 5, 7) if len(spatial) == 1 else (3, 5)
 
@@ -474,7 +477,7 @@ class CNNSpace(SearchSpace):
         if len(self.stems) > 1:
             stem = int(trial.suggest_categorical("cnn.stem", self.stems))
             if stem > 1:
-                keep = max(1, min(n, self._most_after_stem))
+                keep = max(1, min(n, self._most_after[stem]))
                 arch.update(widths=widths[:keep], depths=depths[:keep], stem=stem)
         return arch
 
@@ -488,7 +491,7 @@ class CNNSpace(SearchSpace):
         def narrowest(n: int) -> dict[str, Any]:
             params = {"cnn.stages": n, **{f"cnn.width{i}": self.width_choices[0] for i in range(n)},
                       **{f"cnn.depth{i}": 1 for i in range(n)}, "cnn.kernel": 3}
-            if len(self.stems) > 1:  # the cheapest networks have the strided stem
+            if len(self.stems) > 1:  # the cheapest networks have the most strided stem
                 params["cnn.stem"] = max(self.stems)
             return params
 
@@ -496,7 +499,7 @@ class CNNSpace(SearchSpace):
             return [narrowest(self.stages[0])]
         # the narrowest network at every depth that fits after the stem: under a budget near the
         # per-layer floor these are the feasible ones, and the deeper ones see more of the image
-        return [narrowest(n) for n in self.stages if n <= self._most_after_stem]
+        return [narrowest(n) for n in self.stages if n <= self._most_after[max(self.stems)]]
 
 
 @register_space
