@@ -61,6 +61,41 @@ def test_search_picks_a_feasible_student_and_a_nesting_assistant(teacher, digits
     assert {"diswot_inherited+params", "diswot_inh_sem", "diswot_inh_rel", "params", "macs"} <= set(res.student.proxy_scores)
     assert "proxy_reference" in _load(res).user_attrs  # the scale every worker and resume normalises with
     assert trial.constraints == {"latency": pytest.approx(trial.user_attrs["latency_ms"] - 2.0)}
+    # the teacher's cuts keep a signal: none is skipped as one whose outputs ignore the input
+    assert not [t for t in _load(res).trials if t.user_attrs.get("fail_reason", "").startswith("signal")]
+
+
+class _Silenced(torch.nn.Module):
+    """A cut whose outputs no longer depend on its input (what a quarter of SqueezeNet's channels gives)."""
+
+    def __init__(self, net) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x) * 1e-6 + self.net(torch.zeros_like(x))
+
+
+def test_a_cut_whose_outputs_ignore_the_input_is_skipped_with_the_reason(teacher, digits8, tmp_path, monkeypatch,
+                                                                         caplog):
+    from compressor.search.spaces import TeacherScaledSpace
+
+    build = TeacherScaledSpace.build
+
+    def silenced_when_narrowed(self, arch, t):
+        net = build(self, arch, t)
+        return _Silenced(net) if any(r < 1 for r in arch["ratios"].values()) or arch.get("drop") else net
+
+    monkeypatch.setattr(TeacherScaledSpace, "build", silenced_when_narrowed)
+    caplog.set_level("WARNING", logger="compressor.search.study")
+    res = _search(teacher, digits8, tmp_path, spaces=("teacher_scaled", "cnn"), n_trials=8)
+    trials = _load(res).trials
+    silenced = [t for t in trials if t.user_attrs.get("fail_reason", "").startswith("signal")]
+    assert silenced and res.n_failed >= len(silenced)
+    assert all("outputs hardly vary with its input" in t.user_attrs["fail_reason"] for t in silenced)
+    assert all(t.params.get("space") == "teacher_scaled" for t in silenced)
+    assert res.student.trial_number not in {t.number for t in silenced}
+    assert any("outputs hardly vary" in r.getMessage() for r in caplog.records)
 
 
 def test_an_impossible_budget_returns_the_fastest_student_marked_infeasible(teacher, digits8, tmp_path):

@@ -10,6 +10,7 @@ directly: one mechanism for family students and opaque teacher graphs alike.
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, Callable
 
@@ -117,3 +118,13 @@ class ActivationCodes(TorchDispatchMode):
         if func in _ACTIVATIONS and isinstance(args[0], torch.Tensor) and args[0].dim() >= 2:
             self.on_codes((args[0] > 0).flatten(1))
         return func(*args, **(kwargs or {}))
+
+
+@torch.no_grad()
+def output_spread(model: nn.Module, x: torch.Tensor) -> float:
+    """How much `model`'s outputs vary across the samples of `x`: the per-output standard deviation
+    over the batch, averaged; a copy in train mode, as distillation starts it (batch statistics)."""
+    net = copy.deepcopy(model).train()
+    out = net(x)
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    return float(out.float().flatten(1).std(0).mean())
