@@ -59,7 +59,8 @@ def run_once(code: Path, teacher: Path, seed: int, out: Path, budget: str, extra
         # newer manifests time search and distillation apart; their sum is the older `students` stage
         stages["students"] = stages["distill"] + stages.get("search", 0.0)
     epochs = len(m.get("training", {}).get("history", []))
-    return {"exit": proc.returncode, "wall_s": wall, "seconds": m.get("seconds"), "stages": stages,
+    # manifests from before the stage clock have no `seconds`: their process wall stands in for it
+    return {"exit": proc.returncode, "wall_s": wall, "seconds": m.get("seconds") or wall, "stages": stages,
             "accuracy": {s["name"]: s["accuracy"] for s in m["models"]},
             "latency_ms": {s["name"]: next(iter(s["latency"].values())).get("p50_ms") for s in m["models"]},
             "selected": m.get("selected"), "budget_met": m.get("budget_met"), "budget_ms": m["budget"]["ms"],
@@ -101,7 +102,9 @@ def stage_table(runs: dict[str, list[dict]]) -> list[str]:
 
 def accuracy_table(runs: dict[str, list[dict]]) -> list[str]:
     versions = list(runs)
-    sizes = list(runs[versions[0]][0]["accuracy"])
+    # every size any run made: the versions (and seeds) may nest different sizes
+    sizes = sorted(dict.fromkeys(size for v in versions for r in runs[v] for size in r["accuracy"]),
+                   key=lambda n: -int(n[1:]) if n[1:].isdigit() else 0)
     lines = ["| size | " + " | ".join(f"{v} acc % (mean ± sd)" for v in versions) + " |",
              "|---|" + "---:|" * len(versions)]
     for size in sizes:
