@@ -4,9 +4,10 @@ Ground truth that matches the product: for each of 4 teachers of different kinds
 (the example ResNet, a residual/concat CNN, a depthwise MobileNet-style CNN and a
 ViT of the transformer family, all trained here on digits 32x32), candidates are
 drawn from the spaces the pipeline searches for that teacher, and every candidate
-is distilled from the trained teacher with KD (τ 4, α 0.7) for the pipeline's 12
+is distilled from the trained teacher with KD (τ 4, α 0.7) for the pipeline's
 epochs, teacher_scaled candidates starting from the teacher's weights (as the
-pipeline's students do), family candidates from scratch. Two seeds per candidate:
+pipeline's students do, 12 epochs), family candidates from scratch (48 epochs, as
+`compress` trains a family from random weights). Two seeds per candidate (or more):
 their accuracies' rank agreement says whether the ground truth is stable.
 
 Then every proxy (and a small learned predictor over proxy features, fitted on the
@@ -42,6 +43,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_proxy_correlation import _train_ce, lifted_teacher, sample_candidates, space  # noqa: E402
 
 from compressor import prune as P  # noqa: E402
+from compressor.distill.epochs import default_epochs  # noqa: E402
 from compressor.distill.single import KDConfig, distill_single  # noqa: E402
 from compressor.families import build_family  # noqa: E402
 from compressor.intake.data import load_data  # noqa: E402
@@ -130,6 +132,11 @@ def _distilled_path(arch: dict[str, Any], t: Teacher, epochs: int, seed: int) ->
     return WORK / "distilled" / f"{key}.json"
 
 
+def epochs_for(arch: dict[str, Any], args: argparse.Namespace) -> int:
+    """The epochs `compress` would train this candidate's family for (or `--epochs` when given)."""
+    return default_epochs(args.epochs, arch)[0]
+
+
 def distil(arch: dict[str, Any], t: Teacher, data: DataSplits, epochs: int, seed: int) -> dict[str, Any]:
     """Distilled validation accuracy of one candidate, cached by (teacher, arch, epochs, seed)."""
     path = _distilled_path(arch, t, epochs, seed)
@@ -159,7 +166,7 @@ def train_phase(args: argparse.Namespace) -> None:
         print(f"[{name}] teacher acc {acc:.3f}, {len(archs)} candidates", flush=True)
         for seed in args.seeds:
             for i, arch in (reversed(list(enumerate(archs))) if args.reverse else enumerate(archs)):
-                r = distil(arch, t, data, args.epochs, seed)
+                r = distil(arch, t, data, epochs_for(arch, args), seed)
                 print(f"[{name}/s{seed}] {i + 1}/{len(archs)} {arch['space']:14s} {r['params']:8d} params "
                       f"acc {r['val_acc']:.3f} ({r['train_seconds']:.1f} s)", flush=True)
 
@@ -324,10 +331,10 @@ def teacher_pool(name: str, args: argparse.Namespace, data: DataSplits, profile:
     t, tacc = teacher(name, data)
     archs = candidates(name, t, args, profile)
     if args.cached_only:  # report on the candidates already distilled (while the rest still trains)
-        archs = [a for a in archs if all(_distilled_path(a, t, args.epochs, s).exists() for s in args.seeds)]
+        archs = [a for a in archs if all(_distilled_path(a, t, epochs_for(a, args), s).exists() for s in args.seeds)]
         if len(archs) < 6:
             return None
-    gt = [[distil(a, t, data, args.epochs, s) for s in args.seeds] for a in archs]
+    gt = [[distil(a, t, data, epochs_for(a, args), s) for s in args.seeds] for a in archs]
     rows = features(name, t, archs, data, profile, refresh=args.refresh_features)
     for r, g in zip(rows, gt):
         r["inherit"] = g[0]["inherit"]
@@ -394,13 +401,14 @@ def report(pools: list[dict[str, Any]], table: dict[str, dict[str, dict[str, Any
     train_s = float(np.mean([p["train_s"] for p in pools]))
     all0 = np.concatenate([p["acc_seeds"][:, 0] for p in pools])
     all1 = np.concatenate([p["acc_seeds"][:, -1] for p in pools])
+    epochs_text = (f"{args.epochs} epochs" if args.epochs else
+                   "the pipeline's epochs (12 for a cut from the teacher, 48 for a family from random weights)")
     lines = ["# Search pick vs training every candidate", "",
              f"Command: `{args.command}`", "",
              f"Ground truth: {n} candidates over {len(pools)} teachers (digits 32x32; 1,437 training and 360 "
              f"validation images), drawn at random from the spaces the pipeline searches for each teacher, each "
              f"at most {args.max_latency:g}x the teacher's predicted latency on `{args.profile}`. Every candidate "
-             f"distilled with KD (τ 4, α 0.7, AdamW, one-cycle, batch 64) for {args.epochs} epochs, the pipeline's "
-             f"epochs; teacher_scaled candidates start from the teacher's weights (as the pipeline's students do), "
+             f"distilled with KD (τ 4, α 0.7, AdamW, one-cycle, batch 64) for {epochs_text}; teacher_scaled candidates start from the teacher's weights (as the pipeline's students do), "
              f"family candidates from a seeded default initialisation. Seeds {', '.join(map(str, args.seeds))}; "
              f"accuracy is their mean. Proxies as a study computes them: one class-balanced batch of 64, seed 0, "
              f"multi-term proxies normalised by rank within the pool. Mean distillation time per candidate "
@@ -557,7 +565,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--budget", default="0.5x", help="the e2e phase's budget")
     p.add_argument("--teachers", default=",".join(TEACHERS))
     p.add_argument("--candidates", type=int, default=20, help="students per teacher")
-    p.add_argument("--epochs", type=int, default=12, help="distillation epochs per student (the pipeline's)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="distillation epochs per student (default: the pipeline's, 12 for a cut from the teacher "
+                        "and 48 for a family from random weights)")
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--max-latency", type=float, default=0.6,
                    help="largest candidate, as a fraction of the teacher's predicted latency")
