@@ -67,7 +67,7 @@ class CompressConfig:
     batch_size: int = 64
     trials: int = 24
     spaces: tuple[str, ...] = ("teacher_scaled", "cnn")
-    proxy: str = "diswot_inherited+params"  # lowest regret on held-out teachers: BENCHMARKS.md "Search pick"
+    proxy: str = "diswot_inherited+params"  # its pick about as good as training every candidate: BENCHMARKS.md "Search pick"
     sampler: str = "nsga2"
     losses: tuple[str, ...] = ()  # extra distillation losses, "name" or "name:weight" (e.g. dkd:0.5)
     storage: str | None = None

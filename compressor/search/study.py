@@ -96,8 +96,9 @@ class SearchConfig:
 
     spaces: tuple[str, ...] = ("teacher_scaled", "cnn")
     # DisWOT between the trained teacher and the candidate as it starts distillation, rank-averaged with
-    # params: the lowest regret against distilling every candidate, on held-out teachers
-    # (benchmarks/results/search_pick.md; the earlier default `ensemble` lost up to 2.8 points there)
+    # params: its pick loses 0.3-0.4 points against distilling every candidate, about what training every
+    # candidate twice loses to its own seed noise (benchmarks/results/search_pick.md; the earlier default
+    # `ensemble` lost up to 3.5 points there)
     proxy: str = "diswot_inherited+params"
     n_trials: int = 40
     sampler: Literal["nsga2", "tpe"] = "nsga2"
