@@ -6,7 +6,9 @@ from torch import nn
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """`model`'s outputs on `x` in eval mode, in batches: 64 rather than 256 keeps a small CNN's
+    activations in cache (the example teacher on 359 digits: 0.2 s against 0.32 s on a 2-core host)."""
     was_training = model.training
     model.eval()
     try:

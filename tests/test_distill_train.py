@@ -86,7 +86,7 @@ def test_one_run_trains_every_size_and_counts_compute(small, tmp_path):
 
 def test_validates_every_eval_every_epochs_and_after_the_last(small, tmp_path):
     teacher, ta = _nets()
-    cfg = DistillConfig(epochs=4, batch_size=128, bn_calib_samples=64, eval_every=3)
+    cfg = DistillConfig(epochs=4, batch_size=128, bn_calib_samples=64, eval_every=3, eval_min_seconds=0)
     progress = CountingProgress()
     r = train_family(teacher, ta, small, sizes=SIZES, config=cfg, run_dir=tmp_path, progress=progress)
     assert [h["val_acc"] is not None for h in r.history] == [False, False, True, True]
@@ -94,6 +94,22 @@ def test_validates_every_eval_every_epochs_and_after_the_last(small, tmp_path):
     assert r.val_acc == r.history[-1]["val_acc"]  # the kept sizes are the last epoch's
     with pytest.raises(ConfigError, match="eval_every"):
         DistillConfig(eval_every=0)
+    with pytest.raises(ConfigError, match="eval_min_seconds"):
+        DistillConfig(eval_min_seconds=-1)
+
+
+def test_a_short_run_validates_at_its_end_only_and_learns_the_same(small, tmp_path):
+    """The validation halfway waits for `eval_min_seconds` of training; skipping it changes nothing
+    the run learns (same weights, same final accuracies)."""
+    runs = {}
+    for wait in (0.0, 3600.0):
+        teacher, ta = _nets()
+        cfg = DistillConfig(epochs=4, batch_size=128, bn_calib_samples=64, eval_every=2, eval_min_seconds=wait)
+        runs[wait] = train_family(teacher, ta, small, sizes=SIZES, config=cfg, run_dir=tmp_path / str(wait))
+    assert [h["val_acc"] is not None for h in runs[0.0].history] == [False, True, False, True]
+    assert [h["val_acc"] is not None for h in runs[3600.0].history] == [False, False, False, True]
+    assert runs[0.0].val_acc == runs[3600.0].val_acc
+    assert [h["loss"] for h in runs[0.0].history] == [h["loss"] for h in runs[3600.0].history]
 
 
 def test_family_weights_restore_the_extracted_sizes(small, tmp_path):

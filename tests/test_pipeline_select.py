@@ -117,3 +117,21 @@ def test_a_third_measurement_that_agrees_with_a_slow_second_does_not(remeasured)
     remeasured.update(mid=[lat(1.24), lat(1.25)], small=lat(0.5))
     selected, checks = select(sizes)
     assert selected == "small" and [(c.size, c.holds) for c in checks] == [("mid", False), ("small", True)]
+
+
+@pytest.mark.parametrize("int8_ms, spread, full", [(0.30, 0.01, False), (0.21, 0.01, True), (0.22, 0.05, True)])
+def test_an_int8_file_clearly_slower_than_fp32_keeps_its_quick_timing(monkeypatch, int8_ms, spread, full):
+    """INT8 timed quickly first; only a file not clearly slower than its fp32 model (beyond both spreads)
+    is timed as a served model is."""
+    profile = load_profile("host-cpu-1t")
+    timed = []
+
+    def fake(p, shape, onnx_path):
+        timed.append(p.min_seconds)
+        return lat(int8_ms, spread)
+
+    monkeypatch.setattr(pipeline, "latency_report", fake)
+    report = pipeline._int8_latency(profile, lat(0.20, 0.01), (1, 8, 8), Path("model.int8.onnx"))
+    assert timed == ([pipeline.quick_timing(profile).min_seconds, profile.min_seconds] if full
+                     else [pipeline.quick_timing(profile).min_seconds])
+    assert ("timing" in report.env) is not full and report.p50_ms == int8_ms

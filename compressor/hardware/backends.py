@@ -266,7 +266,7 @@ class TorchCudaBackend:
         x = torch.randn(_batch_shape(profile, input_shape), device=device, dtype=dtype)
         with torch.inference_mode():
             torch.cuda.synchronize()
-            report = measure_timed_run(_cuda_timed_run(lambda: model(x)), profile,
+            report = measure_timed_run(_cuda_timed_run(functools.partial(model, x)), profile,
                                        _cuda_env(self.name, profile, input_shape), progress=progress)
         del model, x
         torch.cuda.empty_cache()
