@@ -160,6 +160,45 @@ def test_a_pessimistic_predictor_leads_to_the_best_candidate_it_predicted_over_t
     assert "predicted over the budget" in premeasure_summary(record)
 
 
+def test_a_ta_that_measures_within_the_budget_is_widened_over_it(searched, teacher, digits8, tmp_path) -> None:
+    """A TA widened on a pessimistic predictor (predicted over the budget) that measures within it is
+    widened again with the predictor scaled by its measured ratio, as far as the reach goes, and the
+    sizes are planned from the wider TA down to the budget."""
+    import dataclasses
+
+    from compressor.premeasure import _reselect
+    from compressor.types import Candidate
+
+    arch = {"space": "cnn", "family": "cnn", "widths": [16, 16], "depths": [1, 1], "kernel": 3, "round_to": 8}
+    small = Candidate(arch=arch, proxy_scores={}, est_latency_ms=pessimistic_ms(build_arch(arch, teacher)),
+                      trial_number=901, score=0.1)
+    base = dataclasses.replace(searched, student=small, pareto=(small,), runners_up=(), over_budget=())
+    # its x2 TA, [32, 32]: predicted 4.3 ms (over the 4 ms budget), measures 1.7 ms
+    result = _reselect(base, small, teacher, digits8.x_train[:2], pessimistic_ms, 1.0, 10.0, 8, (2.0,))
+    assert result.ta.arch["widths"] == [32, 32] and result.ta.est_latency_ms > BUDGET.ms
+
+    def run(reach):
+        with Progress(enabled=False) as progress:
+            return premeasure(result, teacher, digits8.x_train[:2], profile=load_profile("host-cpu-1t"),
+                              latency_fn=pessimistic_ms, budget=BUDGET, top=3, teacher_latency_ms=10.0, round_to=8,
+                              ta_factors=(2.0,), fixed_sizes=None, search_dir=tmp_path / str(len(reach)),
+                              resume=False, progress=progress, measure=Bench(), ta_reach=reach)
+
+    verified = run((3.0, 4.0, 6.0))
+    record, ta = verified.record, verified.result.ta
+    assert record["ta_widened"] and verified.result.student.trial_number == 901
+    # x3 ([48, 48], 3.7 ms) would still fit at the measured ratio: x4 ([64, 64], 6.4 ms) is the first over it
+    assert ta.arch["widths"] == [64, 64] and true_ms(build_arch(ta.arch, teacher)) > BUDGET.ms
+    last = max(c["plan"] for c in record["checked"] if c["role"] == "size")
+    final = [c for c in record["checked"] if c["role"] == "size" and c["plan"] == last]
+    assert [c["name"] for c in final] == [n for n, _ in verified.sizes] and not final[0]["fits"]
+    assert max(c["measured_ms"] for c in final if c["fits"]) >= 0.5 * BUDGET.ms
+    assert "widened over it" in premeasure_summary(record)
+    # without reach factors the TA stays as searched
+    kept = run(())
+    assert not kept.record["ta_widened"] and kept.result.ta.arch == result.ta.arch
+
+
 def test_an_accurate_predictor_times_nothing_predicted_over_the_budget(searched, teacher, digits8, tmp_path) -> None:
     import dataclasses
 

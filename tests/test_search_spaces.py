@@ -223,6 +223,39 @@ def test_assistant_nests_the_student_exactly(name, block_teacher):
             assert ratio == 0.5
 
 
+def test_assistant_widens_the_groups_that_nest_when_a_uniform_widening_does_not(block_teacher, monkeypatch):
+    """A cut whose widths are tied in ways a uniform widening breaks (as on GhostNet) still gets a
+    wider TA: the groups that keep the student nested are widened, one at a time, and the rest keep
+    the student's width; the TA nests the student exactly."""
+    from compressor.search import assistant as A
+
+    space = SPACES.get("teacher_scaled")(block_teacher, round_to=4)
+    x = block_teacher.spec.example(2)
+    arch = space.canonical(space.suggest(Pick("random", seed=0, fixed={"ts.width0": 0.5})))
+    student = space.build(arch, block_teacher)
+    layers = dict(student.named_modules())
+    tied = next(k for k, r in arch["ratios"].items() if r < 1.0 and k in layers)  # this group may not widen
+    real = A.nested_ratio
+
+    def tied_nesting(ta, stu, example, round_to):
+        if dict(ta.named_modules())[tied].out_channels > dict(stu.named_modules())[tied].out_channels:
+            raise A.NotNestedError(f"{tied} is tied to another group")
+        return real(ta, stu, example, round_to)
+
+    monkeypatch.setattr(A, "nested_ratio", tied_nesting)
+    ta = widen_to_assistant(space, arch, block_teacher, latency_fn=P.count_params, max_latency_ms=float("inf"),
+                            factors=(2.0,), example=x, round_to=4)
+    assert ta.arch["expansion"] == 2.0 and P.count_params(ta.model) > P.count_params(student)
+    assert ta.arch["ratios"][tied] == arch["ratios"][tied]
+    assert any(ta.arch["ratios"][k] > r for k, r in arch["ratios"].items())
+    cut = P.materialize(ta.model, x, P.channel_groups(ta.model, x), ta.arch["student_ratio"], None, 4)
+    assert {k: v.shape for k, v in cut.state_dict().items()} == {k: v.shape for k, v in student.state_dict().items()}
+    # nothing that nests: the student is its own TA, as before
+    monkeypatch.setattr(A, "nested_ratio", lambda *a: (_ for _ in ()).throw(A.NotNestedError("never")))
+    assert widen_to_assistant(space, arch, block_teacher, latency_fn=P.count_params, max_latency_ms=float("inf"),
+                              factors=(2.0,), example=x, round_to=4).arch["expansion"] == 1.0
+
+
 def test_assistant_is_capped_by_the_teacher_latency(block_teacher):
     space = SPACES.get("cnn")(block_teacher)
     arch = space.suggest(Pick("first"))
