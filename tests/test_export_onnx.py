@@ -188,6 +188,27 @@ def test_parity_failure_is_flagged_not_passed(tmp_path: Path, monkeypatch: pytes
     assert read_onnx_metadata(result.path)["parity_max_abs_diff"] == repr(3e-3)
 
 
+def test_parity_tolerance_grows_with_the_outputs_size(tmp_path: Path) -> None:
+    """Outputs in the thousands differ from PyTorch by more than 1e-4 through float32 rounding alone:
+    they pass (atol plus a relative part); a difference as large on small outputs is still flagged."""
+    big = nn.Sequential(PlainCNN(), _Scale(3e4)).eval()
+    x = _batch((1, 32, 32))
+    with torch.no_grad():
+        peak = float(big(x).abs().max())
+    result = export_onnx(big, x, tmp_path / "big.onnx", exporter="torchscript")
+    assert peak > 1e3 and result.parity_ok
+    assert float(read_onnx_metadata(result.path)["parity_tolerance"]) == pytest.approx(1e-4 + 1e-5 * peak, rel=1e-3)
+
+
+class _Scale(nn.Module):
+    def __init__(self, k: float) -> None:
+        super().__init__()
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.k
+
+
 def test_runtime_failure_is_flagged_with_the_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(onnx_export_module, "_parity", lambda proto, ref: (math.inf, "RuntimeError: boom"))
     result = export_onnx(PlainCNN(), _batch((1, 32, 32)), tmp_path / "m.onnx", slim=False, exporter="torchscript")

@@ -65,6 +65,11 @@ _PROTOBUF_LIMIT = 2**31 - 1  # bytes: one ModelProto cannot be larger
 Exporter = Literal["auto", "dynamo", "torchscript"]
 
 
+# The relative part of the parity tolerance: float32 carries about 7 digits, and a few dozen layers of
+# sums lose one or two (the zoo's exports differ from PyTorch by a relative 1e-7 to 2e-6)
+PARITY_RTOL = 1e-5
+
+
 @dataclass(frozen=True)
 class OnnxExport:
     """What `export_onnx` wrote and how far it can be trusted."""
@@ -136,28 +141,36 @@ def export_onnx(
         proto, used = _export_proto(model, _trace_input(x), opset, exporter, notes, input_name, axes)
 
     diff, run_error = _parity(proto, reference)
+    # float32 rounding grows with the outputs' size: a network whose logits reach a few hundred differs
+    # from PyTorch by 2e-4 (a relative 1e-6) through nothing but the order of its additions (MnasNet's
+    # nested sizes on the zoo), so the tolerance is `atol` plus a relative part, as numpy's allclose
+    scale = max((float(np.abs(e.numpy()).max()) for _, outs in reference.values() for e in outs if e.numel()),
+                default=0.0)
+    tolerance = atol + PARITY_RTOL * scale
     slimmed = False
     if slim:
         slim_proto = _slim(proto, notes)
         if slim_proto is not None:
             slim_diff, slim_error = _parity(slim_proto, reference)
-            if slim_error is None and (slim_diff <= atol or slim_diff <= diff):
+            if slim_error is None and (slim_diff <= tolerance or slim_diff <= diff):
                 proto, diff, run_error, slimmed = slim_proto, slim_diff, None, True
             else:
                 notes.append(f"onnxslim output kept out: parity {slim_diff:.3g} vs {diff:.3g} unslimmed"
                              + (f" ({slim_error})" if slim_error else ""))
 
-    parity_ok = run_error is None and diff <= atol
+    parity_ok = run_error is None and diff <= tolerance
     if run_error is not None:
         notes.append(f"ONNX Runtime could not run the export: {run_error}")
     elif not parity_ok:
-        notes.append(f"max abs diff {diff:.3g} vs PyTorch exceeds atol {atol:g}")
+        notes.append(f"max abs diff {diff:.3g} vs PyTorch exceeds atol {atol:g} + {PARITY_RTOL:g} x the largest "
+                     f"output {scale:.3g}")
 
     checker_ok = _check(proto, notes)
     props = {
         "compressor_version": __version__,
         "exporter": f"torch.onnx ({used}), torch {torch.__version__}",
         "parity_max_abs_diff": _fmt_float(diff),
+        "parity_tolerance": _fmt_float(tolerance),
         **_stringify(metadata or {}),
     }
     _merge_metadata(proto, props)
