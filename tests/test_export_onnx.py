@@ -200,6 +200,13 @@ def test_parity_tolerance_grows_with_the_outputs_size(tmp_path: Path) -> None:
     assert float(read_onnx_metadata(result.path)["parity_tolerance"]) == pytest.approx(1e-4 + 1e-5 * peak, rel=1e-3)
 
 
+def test_parity_tolerance_ignores_outputs_that_are_not_finite() -> None:
+    from compressor.export.onnx_export import _largest_finite
+
+    assert _largest_finite(torch.tensor([1.0, -3.0, float("nan"), float("inf")])) == 3.0
+    assert _largest_finite(torch.tensor([float("nan")])) == 0.0 and _largest_finite(torch.empty(0)) == 0.0
+
+
 class _Scale(nn.Module):
     def __init__(self, k: float) -> None:
         super().__init__()
