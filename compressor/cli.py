@@ -143,8 +143,8 @@ def _run_parser() -> argparse.ArgumentParser:
                         "one other; 'chain': every step trains one size, the teacher teaching the TA and the TA the "
                         "students (about 0.4x the time per epoch; give it 1.5x the --epochs)")
     p.add_argument("--train-precision", choices=("auto", "fp32", "bf16"),
-                   help="distillation's forward passes (image/1-D runs): 'auto' (default): bfloat16 on a CPU with AMX tiles "
-                        "(about 2x faster there), float32 elsewhere; weights, gradients and losses stay float32, "
+                   help="distillation's forward passes (image/1-D runs): 'auto' (default): bfloat16 on a CPU with AMX tiles or "
+                        "AVX-512 BF16 (about 2x faster there), float32 elsewhere; weights, gradients and losses stay float32, "
                         "and the manifest records which ran")
     p.add_argument("--lm-recipe", choices=("chain", "sampled", "all"),
                    help="language models: 'chain' (default): one size per step, the teacher teaching the TA and the "
@@ -336,8 +336,8 @@ def _example_teacher(argv: Sequence[str]) -> int:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--image-size", type=int, default=32, help="input size NxN (default 32)")
     p.add_argument("--train-precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="the training steps' forward passes (default auto: bfloat16 on a CPU with AMX tiles, "
-                        "float32 elsewhere); the saved teacher is float32 either way")
+                   help="the training steps' forward passes (default auto: bfloat16 on a CPU with AMX tiles or "
+                        "AVX-512 BF16, float32 elsewhere); the saved teacher is float32 either way")
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(list(argv))
     from .example import train_example_teacher

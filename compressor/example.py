@@ -61,7 +61,7 @@ def train_example_teacher(out: Path, *, seed: int = 0, epochs: int = 8, image_si
                           precision: str = "auto") -> dict:
     """Train ExampleCNN on digits and save it with `torch.jit.save`. Returns a summary.
     `precision`: the training steps' forward passes, as in distillation (distill/precision.py:
-    "auto" is bfloat16 on a CPU with AMX, float32 elsewhere); the saved model is float32."""
+    "auto" is bfloat16 on a CPU with AMX or AVX-512 BF16, float32 elsewhere); the saved model is float32."""
     torch.manual_seed(seed)
     data = load_data("digits", seed=seed, image_size=image_size)
     model = ExampleCNN(data.x_train.shape[1], data.num_classes, widths)

@@ -24,13 +24,15 @@ def _nets():
     return teacher, build_family(TA_ARCH, (1, 8, 8), 10)
 
 
-def test_auto_takes_bfloat16_only_on_a_cpu_with_amx(monkeypatch):
-    monkeypatch.setattr(prec, "_has_amx", lambda: True)
-    assert prec.resolve_precision("auto", "cpu")[0] == "bf16"
-    assert prec.resolve_precision("auto", "cuda")[0] == "fp32"  # not measured on a GPU
-    monkeypatch.setattr(prec, "_has_amx", lambda: False)
+def test_auto_takes_bfloat16_only_on_a_cpu_that_multiplies_it_in_hardware(monkeypatch):
+    for has in ({"_is_amx_tile_supported"}, {"_is_avx512_bf16_supported"}):
+        monkeypatch.setattr(prec, "_supported", lambda name, has=has: name in has)
+        precision, why = prec.resolve_precision("auto", "cpu")
+        assert precision == "bf16" and ("AMX" in why or "AVX-512 BF16" in why)
+        assert prec.resolve_precision("auto", "cuda")[0] == "fp32"  # not measured on a GPU
+    monkeypatch.setattr(prec, "_supported", lambda name: False)  # AVX2 only: bfloat16 in software
     precision, why = prec.resolve_precision("auto", "cpu")
-    assert precision == "fp32" and "no AMX" in why
+    assert precision == "fp32" and "software" in why
     assert prec.resolve_precision("bf16", "cpu") == ("bf16", "asked for")  # asked for: anywhere
     assert prec.resolve_precision("fp32", "cpu") == ("fp32", "asked for")
     with pytest.raises(ConfigError, match="auto, fp32, bf16"):

@@ -6,13 +6,15 @@ inputs and accumulate in float32, while the weights, their gradients, the
 optimizer and every loss stay float32 (the logits are cast back before any loss
 is formed). Validation, BatchNorm recalibration and export stay float32.
 
-`auto` picks bf16 only where it was measured to pay: a CPU with AMX tiles
-(Sapphire Rapids and later), whose oneDNN kernels multiply bfloat16 in hardware.
-There a step of the example teacher (batch 64, forward and backward) took 75-89 ms
-against 160-176 ms in float32. On a CPU with AVX2 only, bfloat16 is converted in
-software and is no faster, so `auto` keeps float32 there; AVX-512 BF16 without AMX
-was not measured, so it keeps float32 as well. On a GPU `auto` keeps float32
-(nothing here measured it); `bf16` may be asked for on any device.
+`auto` picks bf16 only where it was measured to pay: a CPU whose oneDNN kernels
+multiply bfloat16 in hardware, with AMX tiles (Intel Sapphire Rapids and later) or
+the AVX-512 BF16 dot-product instructions (AMD Zen 4 and later, Intel Cooper Lake).
+With AMX a step of the example teacher (batch 64, forward and backward) took
+75-89 ms against 160-176 ms in float32; with AVX-512 BF16 and no AMX (an AMD EPYC)
+79-83 ms against 138-143 ms, and a ViT-style student's 56 ms against 121-127 ms.
+On a CPU with AVX2 only, bfloat16 is converted in software and is no faster, so
+`auto` keeps float32 there. On a GPU `auto` keeps float32 (nothing here measured
+it); `bf16` may be asked for on any device.
 
 The choice depends on the CPU, so it is never silent: the resolved precision and
 the reason are logged, and written to the manifest's training record.
@@ -30,12 +32,21 @@ from ..errors import ConfigError
 __all__ = ["PRECISIONS", "resolve_precision", "training_autocast"]
 
 
-def _has_amx() -> bool:
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+def _supported(probe_name: str) -> bool:
+    probe = getattr(torch.cpu, probe_name, None)
     try:
         return bool(probe()) if probe is not None else False
     except Exception:  # an unknown CPU: no claim that bf16 pays
         return False
+
+
+def _bf16_hardware() -> str | None:
+    """The CPU's bfloat16 multiply in hardware, named for the log; None where it has none."""
+    if _supported("_is_amx_tile_supported"):
+        return "AMX tiles"
+    if _supported("_is_avx512_bf16_supported"):
+        return "AVX-512 BF16"
+    return None
 
 
 def resolve_precision(requested: str, device: torch.device | str = "cpu") -> tuple[str, str]:
@@ -46,9 +57,11 @@ def resolve_precision(requested: str, device: torch.device | str = "cpu") -> tup
         return requested, "asked for"
     if torch.device(device).type != "cpu":
         return "fp32", "auto: bfloat16 training is measured on CPUs only"
-    if _has_amx():
-        return "bf16", "auto: this CPU has AMX tiles (bfloat16 convolutions and matrix products in hardware)"
-    return "fp32", "auto: this CPU has no AMX tiles, where bfloat16 does not pay"
+    hardware = _bf16_hardware()
+    if hardware:
+        return "bf16", f"auto: this CPU has {hardware} (bfloat16 convolutions and matrix products in hardware)"
+    return "fp32", ("auto: this CPU multiplies bfloat16 in software only (no AMX, no AVX-512 BF16), "
+                    "where it does not pay")
 
 
 def training_autocast(precision: str, device: torch.device | str = "cpu") -> ContextManager:

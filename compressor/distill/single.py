@@ -1,6 +1,6 @@
 """Distil one student from the teacher: temperature KD plus cross-entropy (Hinton et al.).
 The teacher's logits are computed once, in float32; the student's training passes run in
-`KDConfig.precision` (bfloat16 on a CPU with AMX under "auto", as nested distillation)."""
+`KDConfig.precision` (bfloat16 on a CPU with AMX or AVX-512 BF16 under "auto", as nested distillation)."""
 from __future__ import annotations
 
 import logging

@@ -119,7 +119,7 @@ class DistillConfig:
     shift: int = 2
     seed: int = 0
     round_to: int = 8
-    # the forward passes' arithmetic (distill/precision.py): "auto" is bfloat16 on CPUs with AMX,
+    # the forward passes' arithmetic (distill/precision.py): "auto" is bfloat16 on CPUs with AMX or AVX-512 BF16,
     # float32 elsewhere. Not part of a run's identity: a run resumed on another machine may differ
     precision: str = "auto"
 
