@@ -74,7 +74,7 @@ def train_example_teacher(out: Path, *, seed: int = 0, epochs: int = 8, image_si
     # NHWC on the CPU; the saved model is converted back, so what it computes is unchanged
     layout = torch.channels_last if data.x_train.dim() == 4 else torch.contiguous_format
     model.to(memory_format=layout)
-    precision, _ = resolve_precision(precision)
+    precision, _ = resolve_precision(precision, "cpu", [(model, data.x_train[:2])])
     start = time.perf_counter()
     task = progress.add("train example teacher", total=epochs * steps_per_epoch) if progress else None
     for _ in range(epochs):

@@ -107,3 +107,22 @@ def test_single_student_distillation_trains_in_the_precision_asked_for(small):
         assert all(p.dtype == torch.float32 for p in student.parameters())
         accs[precision] = history[-1]["val_acc"]
     assert accs["bf16"] == pytest.approx(accs["fp32"], abs=0.05) and accs["fp32"] > 0.5
+
+
+def test_a_convolution_striding_over_one_pixel_keeps_float32(monkeypatch):
+    """A 3x3 stride-2 convolution on a 1x1 map: its bfloat16 backward pass gave NaN gradients on an
+    AVX-512 BF16 CPU, so `auto` trains such a network in float32 on every CPU."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, 2, 1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                              torch.nn.Conv2d(8, 8, 3, 2, 1), torch.nn.Conv2d(8, 8, 3, 2, 1))
+    net.train()
+    before = net[1].running_mean.clone()
+    assert prec.one_pixel_strides([(net, torch.randn(2, 1, 4, 4))]) == ["4"]  # 4 -> 2 -> 1, then strided
+    assert net.training and torch.equal(net[1].running_mean, before)  # checked in eval mode, mode restored
+    assert prec.one_pixel_strides([(net, torch.randn(2, 1, 8, 8))]) == []  # 8 -> 4 -> 2 -> 1: no stride over 1
+    monkeypatch.setattr(prec, "_supported", lambda name: name == "_is_avx512_bf16_supported")
+    precision, why = prec.resolve_precision("auto", "cpu", [(net, torch.randn(2, 1, 4, 4))])
+    assert precision == "fp32" and "4" in why and "1-pixel" in why
+    assert prec.resolve_precision("auto", "cpu", [(net, torch.randn(2, 1, 8, 8))])[0] == "bf16"
+    assert prec.resolve_precision("bf16", "cpu", [(net, torch.randn(2, 1, 4, 4))]) == ("bf16", "asked for")
+    scripted = torch.jit.script(torch.nn.Conv2d(1, 2, 3, 2, 1))  # cannot be hooked: skipped, not an error
+    assert prec.one_pixel_strides([(scripted, torch.randn(2, 1, 1, 1))]) == []

@@ -16,20 +16,34 @@ On a CPU with AVX2 only, bfloat16 is converted in software and is no faster, so
 `auto` keeps float32 there. On a GPU `auto` keeps float32 (nothing here measured
 it); `bf16` may be asked for on any device.
 
+One shape keeps float32 under `auto` on every CPU: a convolution striding over an
+input dimension of size 1 (a 3x3, stride-2 convolution on a 1x1 map, as timm's
+test ResNet has on 8x8 images). On the AMD EPYC (AVX-512 BF16) its bfloat16
+backward pass returned NaN gradients in 1-3 of 4-6 tries while the loss stayed
+finite, so the optimizer wrote NaN into the weights unseen (a 1x1 input with
+stride 2 and kernel 3-7, 1-D and 2-D alike; no other of 384 shapes did; its
+forward pass was sound in 200 of 200). The networks to be trained are checked for
+it on an example input (`one_pixel_strides`) and train in float32 where they have
+one; `bf16` asked for is kept, with a warning.
+
 The choice depends on the CPU, so it is never silent: the resolved precision and
 the reason are logged, and written to the manifest's training record.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
+import logging
+from typing import ContextManager, Iterable
 
 import torch
+from torch import nn
 
 from ..config import TRAIN_PRECISIONS as PRECISIONS
 from ..errors import ConfigError
 
-__all__ = ["PRECISIONS", "resolve_precision", "training_autocast"]
+__all__ = ["PRECISIONS", "one_pixel_strides", "resolve_precision", "training_autocast"]
+
+log = logging.getLogger(__name__)
 
 
 def _supported(probe_name: str) -> bool:
@@ -49,19 +63,64 @@ def _bf16_hardware() -> str | None:
     return None
 
 
-def resolve_precision(requested: str, device: torch.device | str = "cpu") -> tuple[str, str]:
-    """The precision a run trains in ("fp32" or "bf16") and why, for `requested` on `device`."""
+def one_pixel_strides(nets: Iterable[tuple[nn.Module, torch.Tensor]]) -> list[str]:
+    """The convolutions of each (network, example input) that stride over an input dimension of
+    size 1, by module name: found by running the example through the network once, in eval mode
+    and without gradients. A network that cannot be run so is skipped."""
+    found: list[str] = []
+    for net, example in nets:
+        convs = {m: name for name, m in net.named_modules() if isinstance(m, nn.modules.conv._ConvNd)}
+        if not convs:
+            continue
+
+        def check(module: nn.Module, args: tuple, convs: dict = convs) -> None:
+            spatial = args[0].shape[2:]
+            if any(size == 1 and stride > 1 for size, stride in zip(spatial, module.stride)):
+                found.append(convs[module])
+        handles, training = [], net.training
+        try:
+            handles = [m.register_forward_pre_hook(check) for m in convs]
+            with torch.no_grad():
+                net.eval()(example[:1])  # eval: BatchNorm's running statistics stay as they are
+        except Exception:  # not runnable here (TorchScript, another device): nothing is claimed about it
+            log.debug("could not check %s's convolutions for bfloat16", type(net).__name__, exc_info=True)
+        finally:
+            net.train(training)
+            for h in handles:
+                h.remove()
+    return sorted(set(found))
+
+
+def resolve_precision(requested: str, device: torch.device | str = "cpu",
+                      nets: Iterable[tuple[nn.Module, torch.Tensor]] = ()) -> tuple[str, str]:
+    """The precision a run trains in ("fp32" or "bf16") and why, for `requested` on `device`.
+    `nets`: the networks the run trains or runs under autocast, each with an example input on the
+    CPU, checked for the convolution shape whose bfloat16 backward pass is not trusted."""
     if requested not in PRECISIONS:
         raise ConfigError(f"train precision must be one of {', '.join(PRECISIONS)} but got {requested!r}")
-    if requested != "auto":
+    if requested == "fp32":
+        return requested, "asked for"
+    if requested == "bf16":
+        unsafe = one_pixel_strides(nets)
+        if unsafe:
+            log.warning("bfloat16 training as asked for, although %s stride over a 1-pixel input, whose "
+                        "bfloat16 gradients were seen to be NaN on a CPU here", _names(unsafe))
         return requested, "asked for"
     if torch.device(device).type != "cpu":
         return "fp32", "auto: bfloat16 training is measured on CPUs only"
     hardware = _bf16_hardware()
-    if hardware:
-        return "bf16", f"auto: this CPU has {hardware} (bfloat16 convolutions and matrix products in hardware)"
-    return "fp32", ("auto: this CPU multiplies bfloat16 in software only (no AMX, no AVX-512 BF16), "
-                    "where it does not pay")
+    if not hardware:
+        return "fp32", ("auto: this CPU multiplies bfloat16 in software only (no AMX, no AVX-512 BF16), "
+                        "where it does not pay")
+    unsafe = one_pixel_strides(nets)
+    if unsafe:
+        return "fp32", (f"auto: {_names(unsafe)} stride over a 1-pixel input, whose bfloat16 gradients are "
+                        "not trusted")
+    return "bf16", f"auto: this CPU has {hardware} (bfloat16 convolutions and matrix products in hardware)"
+
+
+def _names(modules: list[str]) -> str:
+    return ", ".join(modules[:3]) + (f" and {len(modules) - 3} more" if len(modules) > 3 else "")
 
 
 def training_autocast(precision: str, device: torch.device | str = "cpu") -> ContextManager:

@@ -43,7 +43,7 @@ def distill_single(student: nn.Module, teacher: nn.Module, data: DataSplits, cfg
     The student ends on the CPU, where it is exported. An epoch whose training accuracy collapses
     is rolled back and run again at a lower learning rate (`guard.DivergenceGuard`)."""
     device = torch.device(device)
-    precision, why = resolve_precision(cfg.precision, device)
+    precision, why = resolve_precision(cfg.precision, device, [(student, data.x_train[:2])])
     log.info("%s: the student's forward passes in %s (%s)", label, precision, why)
     g = torch.Generator().manual_seed(cfg.seed)
     if device.type == "cpu":

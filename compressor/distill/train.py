@@ -318,12 +318,13 @@ class _Trainer:
                               f"rank needs a sample of every batch; use at least {ranks.world_size}")
         self.device, self.ranks = device, ranks
         self.main = ranks is None or ranks.is_main
-        self.precision, why = resolve_precision(cfg.precision, device)
-        log.info("distillation's forward passes in %s (%s)", self.precision, why)
         self.teacher = teacher.eval() if cfg.uses_teacher else teacher  # untouched when unused
         self.family, self.data, self.cfg = family, data, cfg
         self.ta = family.module
         example = data.x_train[:2]
+        # the TA is checked, not the teacher: the untrusted shape's bfloat16 forward pass was sound
+        self.precision, why = resolve_precision(cfg.precision, device, [(self.ta, example)])
+        log.info("distillation's forward passes in %s (%s)", self.precision, why)
         by_macs = sorted(family.names, key=lambda n: family.subnet(n).macs, reverse=True)
         self.students = [n for n in by_macs if not family.subnet(n).is_full]  # widest first
         features = bool(cfg.extra_losses)
