@@ -324,6 +324,8 @@ _MANIFEST = _Obj(
                 "val_acc": _AnyOf((_Null(_NUM), _Map(_Null(_NUM))), "a number or a mapping of size to number"),
                 "seconds": _NUM,
             })),
+            # a bf16 run whose gradients were not finite in a step: float32 from this epoch on
+            "precision_fallback_epoch": _INT,
             # epochs that diverged and were rolled back at a lower learning rate (distill.guard)
             "rollbacks": _List(_Obj(required={"epoch": _INT, "back_to": _INT, "lr_scale": _NUM}, optional={
                 "loss": _AnyOf((_NUM, _STR), "a number, or nan/inf as text"), "best_loss": _Null(_NUM),

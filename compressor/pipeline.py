@@ -535,6 +535,8 @@ def stage_nested(result: SearchResult, teacher: Teacher, data: DataSplits, profi
                 "epochs": epochs, "epochs_why": why,
                 "device": device.type, "ranks": ranks.world_size if ranks else 1, "schedule": dcfg.schedule,
                 "precision": family.precision, "rollbacks": family.rollbacks}
+    if family.precision_fallback_epoch is not None:
+        training["precision_fallback_epoch"] = family.precision_fallback_epoch
     return servables, search_info, training
 
 

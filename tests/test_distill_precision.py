@@ -126,3 +126,22 @@ def test_a_convolution_striding_over_one_pixel_keeps_float32(monkeypatch):
     assert prec.resolve_precision("bf16", "cpu", [(net, torch.randn(2, 1, 4, 4))]) == ("bf16", "asked for")
     scripted = torch.jit.script(torch.nn.Conv2d(1, 2, 3, 2, 1))  # cannot be hooked: skipped, not an error
     assert prec.one_pixel_strides([(scripted, torch.randn(2, 1, 1, 1))]) == []
+
+
+def test_a_bfloat16_step_with_non_finite_gradients_is_skipped_and_the_run_goes_on_in_float32(small, tmp_path):
+    teacher, ta = _nets()
+    poisoned = next(ta.parameters())
+    calls = {"n": 0}
+
+    def nan_once(grad):  # what the untrusted bfloat16 kernel did: one step's gradient NaN, the loss finite
+        calls["n"] += 1
+        return torch.full_like(grad, float("nan")) if calls["n"] == 3 else grad
+    handle = poisoned.register_hook(nan_once)
+    cfg = DistillConfig(epochs=2, batch_size=32, bn_calib_samples=64, lr=1e-2, precision="bf16")
+    r = train_family(teacher, ta, small, sizes=SIZES, config=cfg, run_dir=tmp_path)
+    handle.remove()
+    assert calls["n"] > 3  # the poisoned step was not the last
+    assert r.precision == "bf16" and r.precision_fallback_epoch == 1
+    assert all(torch.isfinite(p).all() for p in ta.parameters())  # the NaN never reached a weight
+    assert all(torch.isfinite(p).all() for m in r.models.values() for p in m.parameters())
+    assert r.val_acc["w100"] > 0.3 and r.rollbacks == []

@@ -173,6 +173,9 @@ class FamilyResult:
     macs: dict[str, int] = field(default_factory=dict)  # forward MACs of one sample, per size
     rollbacks: list[dict[str, Any]] = field(default_factory=list)  # epochs that diverged (distill.guard)
     precision: str = "fp32"  # the forward passes' arithmetic, resolved (distill/precision.py)
+    # bf16 runs only: the epoch (1-based) in which the run went on in float32, after a bfloat16 step's
+    # gradients were not finite (`_Trainer._finite_gradients`); None when it never happened
+    precision_fallback_epoch: int | None = None
 
 
 def train_family(teacher: nn.Module, ta: nn.Module, data: DataSplits, *, sizes: Sequence[SizeSpec],
@@ -214,7 +217,8 @@ def train_family(teacher: nn.Module, ta: nn.Module, data: DataSplits, *, sizes: 
     return FamilyResult(family=student_family, models=models, ratios=dict(family.ratios), val_acc=val_acc,
                         history=trainer.history, train_seconds=trainer.seconds, train_flops=trainer.flops,
                         macs={n: family.subnet(n).macs for n in family.names}, rollbacks=list(trainer.guard.events),
-                        precision=trainer.precision)
+                        precision=trainer.resolved_precision,
+                        precision_fallback_epoch=trainer.fallback_epoch)
 
 
 def train_family_rank(teacher: nn.Module, ta: nn.Module, data: DataSplits, *, sizes: Sequence[SizeSpec],
@@ -325,6 +329,8 @@ class _Trainer:
         # the TA is checked, not the teacher: the untrusted shape's bfloat16 forward pass was sound
         self.precision, why = resolve_precision(cfg.precision, device, [(self.ta, example)])
         log.info("distillation's forward passes in %s (%s)", self.precision, why)
+        self.resolved_precision = self.precision
+        self.fallback_epoch: int | None = None  # where a bfloat16 run went on in float32 (`_finite_gradients`)
         by_macs = sorted(family.names, key=lambda n: family.subnet(n).macs, reverse=True)
         self.students = [n for n in by_macs if not family.subnet(n).is_full]  # widest first
         features = bool(cfg.extra_losses)
@@ -551,7 +557,8 @@ class _Trainer:
                 soft = logits.detach()
                 self._count_hits(soft, y)
             total += loss.item() * share
-        self.opt.step()
+        if self._finite_gradients():
+            self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.sched.step()
         teacher_macs = 0 if cached is not None else self.macs_teacher  # cached: counted once, in _cache_teacher
@@ -587,6 +594,21 @@ class _Trainer:
             logits, feats = self.teacher_tap(x)
         return Out(logits.float(), None if feats is None else feats.float(), labels=y)
 
+    def _finite_gradients(self) -> bool:
+        """Whether this step's gradients may be stepped on. In bfloat16 a non-finite gradient is taken
+        for the arithmetic's, not the run's (a oneDNN bfloat16 kernel returned NaN gradients under a
+        finite loss, `precision.py`): the step is skipped, and the run goes on in float32, so no NaN
+        reaches a weight. In float32 every step is taken; the divergence guard judges the epoch."""
+        if self.precision != "bf16":
+            return True
+        grads = [p.grad for group in self.opt.param_groups for p in group["params"] if p.grad is not None]
+        if not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))):
+            return True
+        self.precision, self.fallback_epoch = "fp32", self.epoch + 1
+        log.warning("bfloat16 gave non-finite gradients in epoch %d: that step is skipped and distillation "
+                    "goes on in float32", self.epoch + 1)
+        return False
+
     def _autocast(self) -> contextlib.AbstractContextManager:
         return training_autocast(self.precision, self.device)
 
@@ -608,7 +630,8 @@ class _Trainer:
         if name is None:
             self._count_hits(logits, y)
         (loss if share == 1.0 else loss * share).backward()
-        self.opt.step()
+        if self._finite_gradients():
+            self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.sched.step()
         return loss.item() * share

@@ -376,6 +376,8 @@ def time_rows(manifest: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
     rollbacks = training.get("rollbacks") or []
     ran = epochs + len(rollbacks)  # a rolled-back epoch ran too
     arithmetic = " in bfloat16" if training.get("precision") == "bf16" else ""
+    if arithmetic and training.get("precision_fallback_epoch"):
+        arithmetic += f" (float32 from epoch {training['precision_fallback_epoch']}: non-finite bfloat16 gradients)"
     # a family from random weights trains longer by default (distill/epochs.py): say so where it did
     scratch = " (from random weights)" if "random weights" in str(training.get("epochs_why") or "") else ""
     distilled = (f"{epochs} epochs of nested distillation{scratch}{arithmetic}, "
