@@ -145,3 +145,18 @@ def test_a_bfloat16_step_with_non_finite_gradients_is_skipped_and_the_run_goes_o
     assert all(torch.isfinite(p).all() for p in ta.parameters())  # the NaN never reached a weight
     assert all(torch.isfinite(p).all() for m in r.models.values() for p in m.parameters())
     assert r.val_acc["w100"] > 0.3 and r.rollbacks == []
+
+
+def test_single_distillation_skips_a_non_finite_bfloat16_step_too(small):
+    from compressor.distill.single import KDConfig, distill_single
+    teacher, student = _nets()
+    calls = {"n": 0}
+
+    def nan_once(grad):
+        calls["n"] += 1
+        return torch.full_like(grad, float("nan")) if calls["n"] == 2 else grad
+    handle = next(student.parameters()).register_hook(nan_once)
+    history = distill_single(student, teacher, small, KDConfig(epochs=1, batch_size=32, precision="bf16"))
+    handle.remove()
+    assert calls["n"] > 2 and len(history) == 1
+    assert all(torch.isfinite(p).all() for p in student.parameters())

@@ -41,7 +41,7 @@ from torch import nn
 from ..config import TRAIN_PRECISIONS as PRECISIONS
 from ..errors import ConfigError
 
-__all__ = ["PRECISIONS", "one_pixel_strides", "resolve_precision", "training_autocast"]
+__all__ = ["PRECISIONS", "gradients_finite", "one_pixel_strides", "resolve_precision", "training_autocast"]
 
 log = logging.getLogger(__name__)
 
@@ -128,3 +128,11 @@ def training_autocast(precision: str, device: torch.device | str = "cpu") -> Con
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
+def gradients_finite(params: Iterable[nn.Parameter]) -> bool:
+    """Whether every gradient of `params` is finite (one fused norm over them all). A bfloat16 run
+    that sees one is not: the trainers skip that step and go on in float32 (the loss can be finite
+    while a kernel's gradients are not, so the divergence guard would not see it)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))

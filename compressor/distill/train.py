@@ -67,7 +67,7 @@ from .features import FeatureTap
 from .guard import START_SAMPLES, DivergenceGuard, start_accuracy
 from .losses import LOSSES, Out, build_loss, kd_kl
 from .nested import NestedFamily, Ratio, SizeSpec, named_tensors, plain_ratio
-from .precision import PRECISIONS, resolve_precision, training_autocast
+from .precision import PRECISIONS, gradients_finite, resolve_precision, training_autocast
 
 __all__ = ["DistillConfig", "FamilyResult", "train_family", "train_family_rank", "CHECKPOINT", "FAMILY_WEIGHTS"]
 
@@ -601,8 +601,7 @@ class _Trainer:
         reaches a weight. In float32 every step is taken; the divergence guard judges the epoch."""
         if self.precision != "bf16":
             return True
-        grads = [p.grad for group in self.opt.param_groups for p in group["params"] if p.grad is not None]
-        if not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))):
+        if gradients_finite(p for group in self.opt.param_groups for p in group["params"]):
             return True
         self.precision, self.fallback_epoch = "fp32", self.epoch + 1
         log.warning("bfloat16 gave non-finite gradients in epoch %d: that step is skipped and distillation "
