@@ -24,7 +24,9 @@ finite, so the optimizer wrote NaN into the weights unseen (a 1x1 input with
 stride 2 and kernel 3-7, 1-D and 2-D alike; no other of 384 shapes did; its
 forward pass was sound in 200 of 200). The networks to be trained are checked for
 it on an example input (`one_pixel_strides`) and train in float32 where they have
-one; `bf16` asked for is kept, with a warning.
+one; `bf16` asked for is kept, with a warning. A shape nobody has seen fail yet is
+caught as it happens: a bfloat16 step whose gradients are not finite is skipped
+and the run goes on in float32 (`gradients_finite`, used by every trainer here).
 
 The choice depends on the CPU, so it is never silent: the resolved precision and
 the reason are logged, and written to the manifest's training record.
