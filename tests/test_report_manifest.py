@@ -187,6 +187,23 @@ def test_training_rollbacks_are_checked_and_shown_in_the_time_table() -> None:
         validate_manifest(m)
 
 
+def test_a_bfloat16_run_that_went_on_in_float32_is_checked_and_told() -> None:
+    from compressor.report._view import time_rows
+
+    m = copy.deepcopy(example_manifest())
+    m.setdefault("training", {}).update(precision="bf16", train_seconds=12.0, precision_fallback_epoch=3,
+                                        history=[{"epoch": e, "loss": 1.0} for e in range(1, 13)])
+    m["stages"] = {**(m.get("stages") or {}), "distill": 12.5}
+    validate_manifest(m)
+    distill = next(row for row in time_rows(m) if row[0] == "distill")
+    assert "in bfloat16 (float32 from epoch 3: non-finite bfloat16 gradients)" in distill[3]
+    del m["training"]["precision_fallback_epoch"]
+    assert "float32 from" not in next(row for row in time_rows(m) if row[0] == "distill")[3]
+    m["training"]["precision_fallback_epoch"] = "three"
+    with pytest.raises(ConfigError, match=r"training.precision_fallback_epoch: must be an integer"):
+        validate_manifest(m)
+
+
 def test_a_third_measurement_is_checked_and_told() -> None:
     from compressor.report._view import claim_lines
 
