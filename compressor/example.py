@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .distill.precision import gradients_finite, resolve_precision, training_autocast
+from .distill.precision import guarded_step, resolve_precision, training_autocast
 from .distill.single import KDConfig
 from .evaluate import accuracy, predict_logits
 from .files import torch_bytes, write_bytes
@@ -90,10 +90,7 @@ def train_example_teacher(out: Path, *, seed: int = 0, epochs: int = 8, image_si
             loss = F.cross_entropy(logits, data.y_train[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if precision == "bf16" and not gradients_finite(model.parameters()):
-                precision = "fp32"  # skipped, and float32 from here on, as distillation does (precision.py)
-            else:
-                opt.step()
+            precision = guarded_step(opt, precision, "example teacher")
             sched.step()
             if progress:
                 progress.advance(task)

@@ -26,7 +26,7 @@ forward pass was sound in 200 of 200). The networks to be trained are checked fo
 it on an example input (`one_pixel_strides`) and train in float32 where they have
 one; `bf16` asked for is kept, with a warning. A shape nobody has seen fail yet is
 caught as it happens: a bfloat16 step whose gradients are not finite is skipped
-and the run goes on in float32 (`gradients_finite`, used by every trainer here).
+and the run goes on in float32 (`guarded_step`, used by every trainer here).
 
 The choice depends on the CPU, so it is never silent: the resolved precision and
 the reason are logged, and written to the manifest's training record.
@@ -43,7 +43,8 @@ from torch import nn
 from ..config import TRAIN_PRECISIONS as PRECISIONS
 from ..errors import ConfigError
 
-__all__ = ["PRECISIONS", "gradients_finite", "one_pixel_strides", "resolve_precision", "training_autocast"]
+__all__ = ["PRECISIONS", "gradients_finite", "guarded_step", "one_pixel_strides", "resolve_precision",
+           "training_autocast"]
 
 log = logging.getLogger(__name__)
 
@@ -138,3 +139,14 @@ def gradients_finite(params: Iterable[nn.Parameter]) -> bool:
     while a kernel's gradients are not, so the divergence guard would not see it)."""
     grads = [p.grad for p in params if p.grad is not None]
     return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+
+
+def guarded_step(opt: torch.optim.Optimizer, precision: str, label: str) -> str:
+    """Take `opt`'s step, unless a bfloat16 step's gradients are not finite: then the step is skipped
+    (no NaN reaches a weight) and the precision to go on in is float32. Returns that precision."""
+    if precision == "bf16" and not gradients_finite(p for group in opt.param_groups for p in group["params"]):
+        log.warning("%s: bfloat16 gave non-finite gradients: that step is skipped and training goes on in "
+                    "float32", label)
+        return "fp32"
+    opt.step()
+    return precision

@@ -15,7 +15,7 @@ from ..progress import Progress
 from ..types import DataSplits
 from .guard import START_SAMPLES, DivergenceGuard, start_accuracy
 from .losses import kd_kl
-from .precision import gradients_finite, resolve_precision, training_autocast
+from .precision import guarded_step, resolve_precision, training_autocast
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +91,7 @@ def distill_single(student: nn.Module, teacher: nn.Module, data: DataSplits, cfg
             seen += len(y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if precision == "bf16" and not gradients_finite(student.parameters()):
-                precision = "fp32"  # the step is skipped: no NaN reaches a weight (precision.py)
-                log.warning("%s: bfloat16 gave non-finite gradients in epoch %d: that step is skipped and "
-                            "training goes on in float32", label, epoch + 1)
-            else:
-                opt.step()
+            precision = guarded_step(opt, precision, label)
             sched.step()
             total += loss.item()
             n += 1

@@ -67,7 +67,7 @@ from .features import FeatureTap
 from .guard import START_SAMPLES, DivergenceGuard, start_accuracy
 from .losses import LOSSES, Out, build_loss, kd_kl
 from .nested import NestedFamily, Ratio, SizeSpec, named_tensors, plain_ratio
-from .precision import PRECISIONS, gradients_finite, resolve_precision, training_autocast
+from .precision import PRECISIONS, guarded_step, resolve_precision, training_autocast
 
 __all__ = ["DistillConfig", "FamilyResult", "train_family", "train_family_rank", "CHECKPOINT", "FAMILY_WEIGHTS"]
 
@@ -174,7 +174,7 @@ class FamilyResult:
     rollbacks: list[dict[str, Any]] = field(default_factory=list)  # epochs that diverged (distill.guard)
     precision: str = "fp32"  # the forward passes' arithmetic, resolved (distill/precision.py)
     # bf16 runs only: the epoch (1-based) in which the run went on in float32, after a bfloat16 step's
-    # gradients were not finite (`_Trainer._finite_gradients`); None when it never happened
+    # gradients were not finite (`_Trainer._step_optimizer`); None when it never happened
     precision_fallback_epoch: int | None = None
 
 
@@ -330,7 +330,7 @@ class _Trainer:
         self.precision, why = resolve_precision(cfg.precision, device, [(self.ta, example)])
         log.info("distillation's forward passes in %s (%s)", self.precision, why)
         self.resolved_precision = self.precision
-        self.fallback_epoch: int | None = None  # where a bfloat16 run went on in float32 (`_finite_gradients`)
+        self.fallback_epoch: int | None = None  # where a bfloat16 run went on in float32 (`_step_optimizer`)
         by_macs = sorted(family.names, key=lambda n: family.subnet(n).macs, reverse=True)
         self.students = [n for n in by_macs if not family.subnet(n).is_full]  # widest first
         features = bool(cfg.extra_losses)
@@ -557,8 +557,7 @@ class _Trainer:
                 soft = logits.detach()
                 self._count_hits(soft, y)
             total += loss.item() * share
-        if self._finite_gradients():
-            self.opt.step()
+        self._step_optimizer()
         self.opt.zero_grad(set_to_none=True)
         self.sched.step()
         teacher_macs = 0 if cached is not None else self.macs_teacher  # cached: counted once, in _cache_teacher
@@ -594,19 +593,15 @@ class _Trainer:
             logits, feats = self.teacher_tap(x)
         return Out(logits.float(), None if feats is None else feats.float(), labels=y)
 
-    def _finite_gradients(self) -> bool:
-        """Whether this step's gradients may be stepped on. In bfloat16 a non-finite gradient is taken
-        for the arithmetic's, not the run's (a oneDNN bfloat16 kernel returned NaN gradients under a
-        finite loss, `precision.py`): the step is skipped, and the run goes on in float32, so no NaN
-        reaches a weight. In float32 every step is taken; the divergence guard judges the epoch."""
-        if self.precision != "bf16":
-            return True
-        if gradients_finite(p for group in self.opt.param_groups for p in group["params"]):
-            return True
-        self.precision, self.fallback_epoch = "fp32", self.epoch + 1
-        log.warning("bfloat16 gave non-finite gradients in epoch %d: that step is skipped and distillation "
-                    "goes on in float32", self.epoch + 1)
-        return False
+    def _step_optimizer(self) -> None:
+        """The optimizer's step, unless a bfloat16 step's gradients are not finite (a oneDNN bfloat16
+        kernel returned NaN gradients under a finite loss, `precision.py`): then it is skipped and the
+        run goes on in float32 from this epoch. In float32 every step is taken; the divergence guard
+        judges the epoch."""
+        before = self.precision
+        self.precision = guarded_step(self.opt, self.precision, "distillation")
+        if self.precision != before:
+            self.fallback_epoch = self.epoch + 1
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         return training_autocast(self.precision, self.device)
@@ -629,8 +624,7 @@ class _Trainer:
         if name is None:
             self._count_hits(logits, y)
         (loss if share == 1.0 else loss * share).backward()
-        if self._finite_gradients():
-            self.opt.step()
+        self._step_optimizer()
         self.opt.zero_grad(set_to_none=True)
         self.sched.step()
         return loss.item() * share
