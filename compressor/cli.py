@@ -142,6 +142,10 @@ def _run_parser() -> argparse.ArgumentParser:
                    help="nested distillation: 'sandwich' (default): every step trains the TA, the smallest size and "
                         "one other; 'chain': every step trains one size, the teacher teaching the TA and the TA the "
                         "students (about 0.4x the time per epoch; give it 1.5x the --epochs)")
+    p.add_argument("--no-early-stop", dest="early_stop", action="store_false", default=None,
+                   help="nested distillation: run every planned epoch; by default a run of 24 or more epochs "
+                        "(a family from random weights) whose sizes' validation accuracy stops improving anneals its "
+                        "learning rate over an eighth of its epochs and ends there")
     p.add_argument("--train-precision", choices=("auto", "fp32", "bf16"),
                    help="distillation's forward passes (image/1-D runs): 'auto' (default): bfloat16 on a CPU with AMX tiles or "
                         "AVX-512 BF16 (about 2x faster there), float32 elsewhere; weights, gradients and losses stay float32, "

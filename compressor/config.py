@@ -63,6 +63,8 @@ class CompressConfig:
     lm_recipe: str = "chain"  # language models: the nested recipe (compressor/lm/train.py)
     lm_taid: bool = False  # language models: TAID's interpolated targets (lm/train.py TAIDState)
     schedule: str = "sandwich"  # image/1-D nested runs: which granularities train on each step (distill/train.py)
+    # image/1-D nested runs of 24+ epochs: cool down and end once validation stops improving (distill/plateau.py)
+    early_stop: bool = True
     train_precision: str = "auto"  # image/1-D runs: distillation's forward passes' arithmetic (distill/precision.py)
     batch_size: int = 64
     trials: int = 24

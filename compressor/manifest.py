@@ -326,6 +326,8 @@ _MANIFEST = _Obj(
             })),
             # a bf16 run whose gradients were not finite in a step: float32 from this epoch on
             "precision_fallback_epoch": _INT,
+            # a long run whose validation accuracy stopped improving: cooled down and ended early
+            "stopped_early": _Obj(required={"plateau_epoch": _INT, "epochs_run": _INT, "epochs_planned": _INT}),
             # epochs that diverged and were rolled back at a lower learning rate (distill.guard)
             "rollbacks": _List(_Obj(required={"epoch": _INT, "back_to": _INT, "lr_scale": _NUM}, optional={
                 "loss": _AnyOf((_NUM, _STR), "a number, or nan/inf as text"), "best_loss": _Null(_NUM),

@@ -512,6 +512,7 @@ def stage_nested(result: SearchResult, teacher: Teacher, data: DataSplits, profi
         log.info("distillation: %d epochs (%s)", epochs, why)
     dcfg = DistillConfig(epochs=epochs, batch_size=cfg.batch_size, seed=cfg.seed, round_to=profile.round_to,
                          extra_losses=cfg.loss_weights, schedule=cfg.schedule, precision=cfg.train_precision,
+                         stop_on_plateau=cfg.early_stop,
                          **_recipe(result.ta.arch, ta))
     device = resolve_device(cfg.device, ranks.local_rank if ranks else None)
     if ranks is not None:  # the other ranks build the same TA and train it with this one
@@ -537,6 +538,8 @@ def stage_nested(result: SearchResult, teacher: Teacher, data: DataSplits, profi
                 "precision": family.precision, "rollbacks": family.rollbacks}
     if family.precision_fallback_epoch is not None:
         training["precision_fallback_epoch"] = family.precision_fallback_epoch
+    if family.stopped_early is not None:
+        training["stopped_early"] = family.stopped_early
     return servables, search_info, training
 
 

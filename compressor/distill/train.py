@@ -67,6 +67,7 @@ from .features import FeatureTap
 from .guard import START_SAMPLES, DivergenceGuard, start_accuracy
 from .losses import LOSSES, Out, build_loss, kd_kl
 from .nested import NestedFamily, Ratio, SizeSpec, named_tensors, plain_ratio
+from .plateau import Cooldown, PlateauRule, mean_accuracy
 from .precision import PRECISIONS, guarded_step, resolve_precision, training_autocast
 
 __all__ = ["DistillConfig", "FamilyResult", "train_family", "train_family_rank", "CHECKPOINT", "FAMILY_WEIGHTS"]
@@ -115,6 +116,9 @@ class DistillConfig:
     # random stream: skipping it leaves the run's results as they were)
     eval_every: int = 6
     eval_min_seconds: float = 30.0
+    # a run of at least 24 epochs whose sizes' validation accuracy stops improving anneals its rate over
+    # an eighth of its epochs and ends there (distill/plateau.py); False: every planned epoch runs
+    stop_on_plateau: bool = True
     augment: str = "none"  # "shift": random translation by up to `shift` samples/pixels
     shift: int = 2
     seed: int = 0
@@ -176,6 +180,9 @@ class FamilyResult:
     # bf16 runs only: the epoch (1-based) in which the run went on in float32, after a bfloat16 step's
     # gradients were not finite (`_Trainer._step_optimizer`); None when it never happened
     precision_fallback_epoch: int | None = None
+    # where validation accuracy stopped improving and the run cooled down and ended before its planned
+    # epochs (distill/plateau.py): {"plateau_epoch", "epochs_run", "epochs_planned"}; None: it ran them all
+    stopped_early: dict[str, int] | None = None
 
 
 def train_family(teacher: nn.Module, ta: nn.Module, data: DataSplits, *, sizes: Sequence[SizeSpec],
@@ -218,7 +225,7 @@ def train_family(teacher: nn.Module, ta: nn.Module, data: DataSplits, *, sizes: 
                         history=trainer.history, train_seconds=trainer.seconds, train_flops=trainer.flops,
                         macs={n: family.subnet(n).macs for n in family.names}, rollbacks=list(trainer.guard.events),
                         precision=trainer.resolved_precision,
-                        precision_fallback_epoch=trainer.fallback_epoch)
+                        precision_fallback_epoch=trainer.fallback_epoch, stopped_early=trainer.stopped_early())
 
 
 def train_family_rank(teacher: nn.Module, ta: nn.Module, data: DataSplits, *, sizes: Sequence[SizeSpec],
@@ -350,6 +357,9 @@ class _Trainer:
         self.epoch, self.flops, self.seconds = 0, 0, 0.0
         self.step_index = 0  # optimizer steps taken: the chain's position (restored from `epoch` on resume)
         self.history: list[dict[str, Any]] = []
+        # a long run that stops improving cools down and ends early (distill/plateau.py)
+        self.plateau = PlateauRule() if cfg.stop_on_plateau else None
+        self.cooldown: Cooldown | None = None
         # an epoch whose loss is not finite or whose TA's training accuracy collapses goes back, at a lower rate
         self.guard = DivergenceGuard(chance=1.0 / max(1, data.num_classes))
         self.hits = torch.zeros(2, dtype=torch.long)  # the TA's correct answers and samples this epoch
@@ -430,7 +440,8 @@ class _Trainer:
                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                 "rng": {"torch": torch.get_rng_state(), "data": self.generator.get_state()},
                 "history": self.history, "train_flops": self.flops, "train_seconds": self.seconds,
-                "family": self.family.state(), "guard": self.guard.state()}
+                "family": self.family.state(), "guard": self.guard.state(),
+                "cooldown": None if self.cooldown is None else self.cooldown.to_dict()}
 
     def load_state(self, ckpt: dict[str, Any]) -> None:
         self._load_training(ckpt)
@@ -446,6 +457,7 @@ class _Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         self.generator.set_state(state["rng"]["data"])
         self.epoch, self.history = int(state["epoch"]), list(state["history"])
+        self.cooldown = Cooldown.from_dict(state.get("cooldown"))  # absent from checkpoints before the rule
 
     def _go_back(self, state: dict[str, Any]) -> None:
         """An earlier state restored by the divergence guard: the time and compute the diverged epoch
@@ -457,19 +469,19 @@ class _Trainer:
     def fit(self, ckpt_path: Path | None, progress: Progress | None) -> None:
         cfg = self.cfg
         task = progress.add(f"nested distil ({len(self.family.names)} sizes)",
-                            total=cfg.epochs * self.steps_per_epoch) if progress else None
+                            total=self.end_epoch * self.steps_per_epoch) if progress else None
         if progress and self.epoch:
             progress.advance(task, self.epoch * self.steps_per_epoch)
-        if self.epoch < cfg.epochs:
+        if self.epoch < self.end_epoch:
             self._cache_teacher()
         self.step_index = self.epoch * self.steps_per_epoch
         first = None  # a resumed run's guard holds its best accuracy already
-        if self.epoch == 0 and self.epoch < cfg.epochs:
+        if self.epoch == 0 and self.epoch < self.end_epoch:
             first = start_accuracy(self.ta, self._inputs(self.data.x_train[:START_SAMPLES].to(self.device)),
                                    self.data.y_train[:START_SAMPLES].to(self.device))
         self.guard.start(self.state(), self.epoch, first)
         self.since_validation = 0.0  # training seconds since the last validation (or this call)
-        while self.epoch < cfg.epochs:
+        while self.epoch < self.end_epoch:
             start = time.perf_counter()
             self.family.train()  # the TA and the students' skeletons: batch statistics in BatchNorm
             perm = torch.randperm(len(self.data.x_train), generator=self.generator)
@@ -480,7 +492,7 @@ class _Trainer:
                 total += self._step(idx)
                 if progress:
                     progress.advance(task)
-                    progress.update(task, description=f"nested distil e{self.epoch + 1}/{cfg.epochs} "
+                    progress.update(task, description=f"nested distil e{self.epoch + 1}/{self.end_epoch} "
                                                       f"loss {total / (i + 1):.3f}")
             loss, ta_acc = self._agree(total / self.steps_per_epoch)
             if self.guard.diverged(loss, ta_acc):  # every rank holds the same figures: they all go back together
@@ -503,19 +515,21 @@ class _Trainer:
             self.seconds += took
             if self.main:
                 self.history.append({"epoch": self.epoch, "loss": loss, "val_acc": acc, "seconds": round(took, 3)})
+                self._cool_down_if_flat(progress, task)  # before the checkpoint: a resumed run cools down alike
                 write_torch(ckpt_path, self.state())
                 if progress:
-                    progress.done("epoch", self.epoch, total=cfg.epochs,
+                    progress.done("epoch", self.epoch, total=self.end_epoch,
                                   **{f"acc_{n}": round(a, 4) for n, a in (acc or {}).items()})
                     if acc is not None:
                         accs = " ".join(f"{n} {a:.3f}" for n, a in acc.items())
-                        progress.update(task, description=f"nested distil e{self.epoch}/{cfg.epochs} | {accs}")
+                        progress.update(task, description=f"nested distil e{self.epoch}/{self.end_epoch} | {accs}")
             if self.ranks is not None:
                 # sent once rank 0's checkpoint and journal line are on disk: a rank killed from here on
                 # costs no finished epoch, and the journal lists it
                 acc = self.ranks.broadcast(acc)
                 if not self.main:
                     self.history.append({"epoch": self.epoch, "loss": loss, "val_acc": acc, "seconds": round(took, 3)})
+                    self._cool_down_if_flat(None, None)  # the same history as rank 0's: the same decision
                     crash_point("epoch")  # rank 0 passes it in its journal (progress.done)
             self.guard.keep(loss, ta_acc, self.state, self.epoch)
         self.family.train(False)
@@ -559,7 +573,8 @@ class _Trainer:
             total += loss.item() * share
         self._step_optimizer()
         self.opt.zero_grad(set_to_none=True)
-        self.sched.step()
+        self.step_index += 1
+        self._schedule_step()
         teacher_macs = 0 if cached is not None else self.macs_teacher  # cached: counted once, in _cache_teacher
         self.flops += batch * (teacher_macs + 3 * (self.macs_ta + sum(self.family.subnet(n).macs for n in students)))
         return total
@@ -626,7 +641,7 @@ class _Trainer:
         (loss if share == 1.0 else loss * share).backward()
         self._step_optimizer()
         self.opt.zero_grad(set_to_none=True)
-        self.sched.step()
+        self._schedule_step()
         return loss.item() * share
 
     def _chain_turn(self, step: int) -> str | None:
@@ -639,10 +654,50 @@ class _Trainer:
         return cycle[int(order[pos])]
 
     def _validates(self, epoch: int) -> bool:
-        """Whether epoch `epoch` (1-based) ends with validation: the last, and every `eval_every`-th
-        once `eval_min_seconds` of training passed since the last validation."""
+        """Whether epoch `epoch` (1-based) ends with validation: the last, every `eval_every`-th
+        once `eval_min_seconds` of training passed since the last validation, and those the plateau
+        rule reads."""
         cfg = self.cfg
-        return epoch == cfg.epochs or (epoch % cfg.eval_every == 0 and self.since_validation >= cfg.eval_min_seconds)
+        return (epoch == self.end_epoch
+                or (epoch % cfg.eval_every == 0 and self.since_validation >= cfg.eval_min_seconds)
+                or (self.plateau is not None and self.cooldown is None and self.plateau.validates(epoch, cfg.epochs)))
+
+    @property
+    def end_epoch(self) -> int:
+        """The epoch the run ends at: the planned last, or the cooldown's end."""
+        return self.cfg.epochs if self.cooldown is None else self.cooldown.end_epoch
+
+    def _schedule_step(self) -> None:
+        """The next step's learning rate: the one-cycle schedule's, or the cooldown's once it began."""
+        if self.cooldown is None:
+            self.sched.step()
+        else:
+            self.cooldown.apply(self.opt, self.step_index)
+
+    def _cool_down_if_flat(self, progress: Progress | None, task: int | None) -> None:
+        """After an epoch that validated: where the sizes' mean accuracy has stopped improving
+        (`PlateauRule`), the rest of the run becomes a cooldown that ends it early."""
+        rule, cfg = self.plateau, self.cfg
+        if rule is None or self.cooldown is not None or not self.history or self.history[-1]["val_acc"] is None \
+                or not rule.applies(cfg.epochs) or self.epoch < rule.peak_share * cfg.epochs:
+            return
+        means = [mean_accuracy(h["val_acc"]) for h in self.history if h.get("val_acc")]
+        end = rule.cooldown(self.epoch, cfg.epochs)
+        if end is None or not rule.plateaued(means, len(self.data.y_val)):
+            return
+        self.cooldown = Cooldown.begin(self.opt, self.epoch * self.steps_per_epoch, end * self.steps_per_epoch,
+                                       plateau_epoch=self.epoch, end_epoch=end)
+        log.info("validation accuracy has not improved for %d validations (mean over the sizes %.4f, best %.4f): "
+                 "the learning rate cools down over epochs %d-%d and the run ends there, %d of %d epochs",
+                 rule.patience, means[-1], max(means), self.epoch + 1, end, end, cfg.epochs)
+        if progress is not None and task is not None:
+            progress.update(task, total=end * self.steps_per_epoch)
+
+    def stopped_early(self) -> dict[str, int] | None:
+        """Where the run cooled down and ended before its planned epochs; None if it ran them all."""
+        c = self.cooldown
+        return None if c is None else {"plateau_epoch": c.plateau_epoch, "epochs_run": c.end_epoch,
+                                       "epochs_planned": self.cfg.epochs}
 
     def _agree(self, loss: float) -> tuple[float, float | None]:
         """The epoch's loss and the TA's training accuracy (None: the TA took no step) over every

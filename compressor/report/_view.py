@@ -380,6 +380,10 @@ def time_rows(manifest: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
         arithmetic += f" (float32 from epoch {training['precision_fallback_epoch']}: non-finite bfloat16 gradients)"
     # a family from random weights trains longer by default (distill/epochs.py): say so where it did
     scratch = " (from random weights)" if "random weights" in str(training.get("epochs_why") or "") else ""
+    stopped = training.get("stopped_early")
+    if stopped:  # say what the run did not do, and why
+        scratch += (f" (of {stopped['epochs_planned']} planned: validation accuracy flat from epoch "
+                    f"{stopped['plateau_epoch']}, cooled down and ended)")
     distilled = (f"{epochs} epochs of nested distillation{scratch}{arithmetic}, "
                  f"{training['train_seconds'] / ran:.1f} s each"
                  + (f"; diverged {len(rollbacks)}x, rolled back to a learning rate x{rollbacks[-1]['lr_scale']:.2g}"
