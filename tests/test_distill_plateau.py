@@ -90,7 +90,33 @@ def test_the_cooldown_anneals_rate_and_beta_from_where_they_are_and_follows_a_re
 def test_a_flat_run_cools_down_and_ends_early_and_records_why(small, tmp_path, monkeypatch):
     _scripted(monkeypatch, lambda epoch: 0.9)
     teacher, ta = _nets()
-    r = train_family(teacher, ta, small, sizes=SIZES, config=_cfg(), run_dir=tmp_path)
+    told = []
+
+    class Told:  # stands in for Progress: what the user is told, and the bar's new length
+        totals = []
+
+        def add(self, description, total):
+            self.totals.append(total)
+            return 0
+
+        def advance(self, task, n=1):
+            pass
+
+        def update(self, task, **kw):
+            if "total" in kw:
+                self.totals.append(kw["total"])
+
+        def done(self, kind, key=None, total=None, **info):
+            pass
+
+        def log(self, msg):
+            told.append(msg)
+
+    progress = Told()
+    r = train_family(teacher, ta, small, sizes=SIZES, config=_cfg(), run_dir=tmp_path, progress=progress)
+    steps = len(small.x_train) // 64
+    assert progress.totals == [12 * steps, 10 * steps]
+    assert len(told) == 1 and "cools down over epochs 9-10" in told[0] and "10 of 12 planned" in told[0]
     # validations at 4, 6, 8 (past the peak at 3.6, every 2): flat at 8, then 2 epochs of cooldown
     assert [h["epoch"] for h in r.history] == list(range(1, 11))
     assert [h["epoch"] for h in r.history if h["val_acc"]] == [4, 6, 8, 10]
@@ -133,6 +159,9 @@ def test_a_run_killed_in_its_cooldown_resumes_into_the_same_end(small, tmp_path,
             pass
 
         def update(self, task, **kw):
+            pass
+
+        def log(self, msg):
             pass
 
         def done(self, kind, key=None, total=None, **info):
@@ -183,3 +212,19 @@ def test_the_manifest_and_report_tell_an_early_end():
     m["training"]["stopped_early"] = {"plateau_epoch": 24}
     with pytest.raises(ConfigError, match=r"training.stopped_early: missing required key 'epochs_run'"):
         validate_manifest(m)
+
+
+def test_validations_the_clock_adds_do_not_move_the_decision(small, tmp_path, monkeypatch):
+    """A long run also validates every `eval_every` epochs once `eval_min_seconds` passed: those
+    follow the machine's speed, so the rule reads only its own (here epoch 7 looks better, and
+    counted it would have kept the run going)."""
+    _scripted(monkeypatch, lambda epoch: 0.95 if epoch == 7 else 0.9)
+    runs = {}
+    for wait in (0.0, 3600.0):
+        teacher, ta = _nets()
+        runs[wait] = train_family(teacher, ta, small, sizes=SIZES,
+                                  config=_cfg(eval_every=1, eval_min_seconds=wait), run_dir=tmp_path / str(wait))
+    assert [h["epoch"] for h in runs[0.0].history if h["val_acc"]] == list(range(1, 11))
+    assert runs[0.0].stopped_early == runs[3600.0].stopped_early == {"plateau_epoch": 8, "epochs_run": 10,
+                                                                      "epochs_planned": 12}
+    assert [h["loss"] for h in runs[0.0].history] == [h["loss"] for h in runs[3600.0].history]

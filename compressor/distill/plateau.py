@@ -10,6 +10,8 @@ The rule (`PlateauRule`), for runs of at least `min_epochs`: once the one-cycle 
 its peak, the run validates every `every(epochs)` epochs; when the mean validation accuracy over
 the sizes has not beaten its best by more than one validation sample for `patience` validations in
 a row, the rest of the schedule is replaced by a cooldown (`Cooldown`) and the run ends with it.
+Only these validations count: the ones a long run adds to show progress follow the wall clock, and
+a decision read from them would differ between a fast machine and a slow one.
 
 Why a cooldown and not a stop: under one cycle the learning rate at such a plateau is still a
 large share of its peak (at epoch 24 of 48, 81 %), and what a one-cycle run gains at its end it

@@ -681,16 +681,21 @@ class _Trainer:
         if rule is None or self.cooldown is not None or not self.history or self.history[-1]["val_acc"] is None \
                 or not rule.applies(cfg.epochs) or self.epoch < rule.peak_share * cfg.epochs:
             return
-        means = [mean_accuracy(h["val_acc"]) for h in self.history if h.get("val_acc")]
+        # the rule's own validations only: those the time-based cadence adds depend on the machine's speed,
+        # and the decision must not (a run gives the same result on a fast machine and a slow one)
+        means = [mean_accuracy(h["val_acc"]) for h in self.history
+                 if h.get("val_acc") and rule.validates(int(h["epoch"]), cfg.epochs)]
         end = rule.cooldown(self.epoch, cfg.epochs)
         if end is None or not rule.plateaued(means, len(self.data.y_val)):
             return
         self.cooldown = Cooldown.begin(self.opt, self.epoch * self.steps_per_epoch, end * self.steps_per_epoch,
                                        plateau_epoch=self.epoch, end_epoch=end)
-        log.info("validation accuracy has not improved for %d validations (mean over the sizes %.4f, best %.4f): "
-                 "the learning rate cools down over epochs %d-%d and the run ends there, %d of %d epochs",
-                 rule.patience, means[-1], max(means), self.epoch + 1, end, end, cfg.epochs)
+        said = (f"distillation: validation accuracy flat for {rule.patience} validations (mean over the sizes "
+                f"{means[-1]:.3f}, best {max(means):.3f}): the learning rate cools down over epochs {self.epoch + 1}-{end} "
+                f"and the run ends there, {end} of {cfg.epochs} planned (--no-early-stop runs them all)")
+        log.info("%s", said)
         if progress is not None and task is not None:
+            progress.log(said)
             progress.update(task, total=end * self.steps_per_epoch)
 
     def stopped_early(self) -> dict[str, int] | None:
