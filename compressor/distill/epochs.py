@@ -8,7 +8,8 @@ from-scratch CNN (10.5k parameters) reached 86 % at epoch 12 and 94 % at 48, its
 only from epoch 42 on, and a wider one (a TA of about the teacher's MACs) 85.5 % at 13
 (BENCHMARKS.md "Zoo teachers: families from random weights"). Such a family gets 4x the
 epochs, whatever its size: it is the search's pick only where nothing cut from the teacher
-scored better within the budget, and undertrained it loses what the pick was for.
+scored better within the budget, and undertrained it loses what the pick was for. Such a run
+that has stopped learning ends early, after a cooldown (`plateau.py`): 48 is the most it trains.
 """
 from __future__ import annotations
 
