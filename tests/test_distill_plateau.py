@@ -228,3 +228,48 @@ def test_validations_the_clock_adds_do_not_move_the_decision(small, tmp_path, mo
     assert runs[0.0].stopped_early == runs[3600.0].stopped_early == {"plateau_epoch": 8, "epochs_run": 10,
                                                                       "epochs_planned": 12}
     assert [h["loss"] for h in runs[0.0].history] == [h["loss"] for h in runs[3600.0].history]
+
+
+def test_the_setting_can_change_on_resume_and_a_begun_cooldown_goes_on(small, tmp_path, monkeypatch):
+    _scripted(monkeypatch, lambda epoch: 0.9)
+
+    class Stop(Exception):
+        pass
+
+    class StopAt:
+        def __init__(self, epoch):
+            self.epoch = epoch
+
+        def add(self, description, total):
+            return 0
+
+        def advance(self, task, n=1):
+            pass
+
+        def update(self, task, **kw):
+            pass
+
+        def log(self, msg):
+            pass
+
+        def done(self, kind, key=None, total=None, **info):
+            if key == self.epoch:
+                raise Stop
+
+    # written with the rule off (as before it existed), resumed with it on before its first validation:
+    # no refusal, and it acts
+    teacher, ta = _nets()
+    with pytest.raises(Stop):
+        train_family(teacher, ta, small, sizes=SIZES, config=_cfg(stop_on_plateau=False), run_dir=tmp_path / "a",
+                     progress=StopAt(3))
+    teacher, ta = _nets()
+    r = train_family(teacher, ta, small, sizes=SIZES, config=_cfg(), run_dir=tmp_path / "a", resume=True)
+    assert r.stopped_early == {"plateau_epoch": 8, "epochs_run": 10, "epochs_planned": 12}
+    # a cooldown begun goes on to its end when the run is resumed with the rule off
+    teacher, ta = _nets()
+    with pytest.raises(Stop):
+        train_family(teacher, ta, small, sizes=SIZES, config=_cfg(), run_dir=tmp_path / "b", progress=StopAt(9))
+    teacher, ta = _nets()
+    r = train_family(teacher, ta, small, sizes=SIZES, config=_cfg(stop_on_plateau=False), run_dir=tmp_path / "b",
+                     resume=True)
+    assert r.stopped_early is not None and len(r.history) == 10
