@@ -22,7 +22,9 @@ Every epoch ends with an atomic checkpoint (`resume=True` continues from the
 last one, so a run killed at any moment repeats at most the epoch it was in);
 the last also with BatchNorm recalibration and validation of every size, and so
 does every `eval_every`-th once a run has trained `eval_min_seconds` since its
-last validation.
+last validation. A run of 24 or more epochs also validates every few epochs past
+the schedule's peak, and ends early, after a cooldown, once those validations stop
+improving (`plateau.py`).
 
 Under torchrun (`ranks`), every rank draws the same batch, augmentation and
 sandwich from the shared seeded stream and runs its strided share of the batch
