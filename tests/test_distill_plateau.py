@@ -43,6 +43,34 @@ def _scripted(monkeypatch, accuracies):
     monkeypatch.setattr(T, "PlateauRule", lambda: RULE)
 
 
+class Stop(Exception):
+    pass
+
+
+class StopAt:
+    """Stands in for Progress and stops the run once epoch `epoch` is done (its checkpoint is on disk
+    when `done` is called): a kill at that point."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def add(self, description, total):
+        return 0
+
+    def advance(self, task, n=1):
+        pass
+
+    def update(self, task, **kw):
+        pass
+
+    def log(self, msg):
+        pass
+
+    def done(self, kind, key=None, total=None, **info):
+        if key == self.epoch:
+            raise Stop
+
+
 def _cfg(**kw):
     return DistillConfig(**{"epochs": 12, "batch_size": 64, "bn_calib_samples": 64, "eval_min_seconds": 3600,
                             **kw})
@@ -148,30 +176,10 @@ def test_a_run_killed_in_its_cooldown_resumes_into_the_same_end(small, tmp_path,
     teacher, ta = _nets()
     straight = train_family(teacher, ta, small, sizes=SIZES, config=_cfg(), run_dir=tmp_path / "straight")
 
-    class Stop(Exception):
-        pass
-
-    class StopAfter:  # stands in for Progress; the epoch's checkpoint is on disk when `done` is called
-        def add(self, description, total):
-            return 0
-
-        def advance(self, task, n=1):
-            pass
-
-        def update(self, task, **kw):
-            pass
-
-        def log(self, msg):
-            pass
-
-        def done(self, kind, key=None, total=None, **info):
-            if key == 9:
-                raise Stop
-
     teacher, ta = _nets()
     with pytest.raises(Stop):
         train_family(teacher, ta, small, sizes=SIZES, config=_cfg(), run_dir=tmp_path / "killed",
-                     progress=StopAfter())
+                     progress=StopAt(9))
     assert torch.load(tmp_path / "killed" / CHECKPOINT, weights_only=True)["cooldown"]["plateau_epoch"] == 8
     teacher, ta = _nets()
     resumed = train_family(teacher, ta, small, sizes=SIZES, config=_cfg(), run_dir=tmp_path / "killed",
@@ -232,29 +240,6 @@ def test_validations_the_clock_adds_do_not_move_the_decision(small, tmp_path, mo
 
 def test_the_setting_can_change_on_resume_and_a_begun_cooldown_goes_on(small, tmp_path, monkeypatch):
     _scripted(monkeypatch, lambda epoch: 0.9)
-
-    class Stop(Exception):
-        pass
-
-    class StopAt:
-        def __init__(self, epoch):
-            self.epoch = epoch
-
-        def add(self, description, total):
-            return 0
-
-        def advance(self, task, n=1):
-            pass
-
-        def update(self, task, **kw):
-            pass
-
-        def log(self, msg):
-            pass
-
-        def done(self, kind, key=None, total=None, **info):
-            if key == self.epoch:
-                raise Stop
 
     # written with the rule off (as before it existed), resumed with it on before its first validation:
     # no refusal, and it acts
