@@ -295,7 +295,7 @@ _MANIFEST = _Obj(
     },
     optional={
         "verification": _List(_Obj(required={"size": _STR, "first": _LATENCY, "second": _LATENCY,
-                                             "holds": _BOOL}, optional={"third": _LATENCY})),
+                                             "holds": _BOOL}, optional={"third": _LATENCY, "after_miss": _BOOL})),
         "stages": _Map(_NUM),
         "search": _Obj(required={}, optional={
             "pareto": _List(_Obj(required={"arch": _DICT, "proxy_scores": _Map(_Null(_NUM)),

@@ -31,7 +31,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
 import numpy as np
 import torch
@@ -115,6 +115,13 @@ _SHAPING = ("teacher", "data", "seed", "image_size", "method", "sizes", "epochs"
 _SHAPING_SINCE = {"verify_top": 3, "anchor_students": 4}
 # How many fitting sizes are re-measured, best first, before the run gives up on a verified pick.
 _MAX_VERIFY = 3
+# When no size fits at its first figure, the sizes that missed by less than this factor are timed again
+# in fresh processes, best first: on a shared machine a slow spell (BENCHMARKS.md "Measurement
+# stability": two states 1.8x apart for seconds at a time) can cover the whole export stage, and every
+# size's figure then misses together (a ConvNeXt-atto family at 1/4: five sizes 1.25-1.38x over their
+# figures timed untrained minutes before, the closest 4 % over the budget). The claim rule decides as for
+# any size: two fresh figures that agree and fit.
+_NEAR_MISS = 2.0
 # Created exclusively (O_EXCL) when a new run takes its folder; it stays, marking the folder as used,
 # and every run in the folder holds a lock on it (`run_folder`).
 _CLAIM = ".compress-run"
@@ -225,7 +232,8 @@ def run_classification(task: Task, cfg: CompressConfig, console: Console, held: 
         sizes, reused = stage_export(servables, teacher, data, budget, profiles, predictors, cfg, run_dir,
                                      progress)
     with clock("select"):
-        selected, verification = stage_select(sizes, budget, profile, teacher.spec.shape, run_dir, progress)
+        selected, verification, sizes = stage_select(sizes, budget, profile, teacher.spec.shape, run_dir,
+                                                     progress)
     with clock("tensorrt"):
         sizes, trt = stage_tensorrt(sizes, cfg, run_dir)
     with clock("seal"):
@@ -742,8 +750,16 @@ def stage_tensorrt(sizes: list[SizeRecord], cfg: CompressConfig,
 
 # ---------------------------------------------------------------------------- select
 
+class Selection(NamedTuple):
+    """What `stage_select` decided: the selected size's name (None: none holds), every claim checked,
+    and the sizes, a near miss that was claimed carrying its claim's figure (`_NEAR_MISS`)."""
+    selected: str | None
+    verification: list[Verification]
+    sizes: list[SizeRecord]
+
+
 def stage_select(sizes: list[SizeRecord], budget: Budget, profile: HardwareProfile, shape: tuple[int, ...],
-                 run_dir: Path, progress: Progress) -> tuple[str | None, list[Verification]]:
+                 run_dir: Path, progress: Progress) -> Selection:
     """The most accurate size that fits (`pick.rank`), and its claim checked by a second measurement.
 
     On a profile measured here, the chosen size is timed again in a fresh process
@@ -752,11 +768,23 @@ def stage_select(sizes: list[SizeRecord], budget: Budget, profile: HardwareProfi
     fits (`LatencyReport.confirmed_by`), or, when it does not, a third fresh-process
     figure agrees with either earlier one and fits the same way (`Budget.claim`). If not, the
     next-best fitting size is tried (up to `_MAX_VERIFY`), and a size that fails
-    its re-measurement is not selected. Predicted profiles have nothing to re-measure.
+    its re-measurement is not selected. When no size fits at its first figure, those within
+    `_NEAR_MISS` of the budget are tried the same way, best first; one whose fresh figures make the
+    claim is selected and recorded with the claim's figure. Predicted profiles have nothing to re-measure.
     """
-    ranked = rank(options_from(sizes, budget.profile), budget)
-    if not ranked or not is_measurable(profile) or profile.backend == "torch-cuda":
-        return (ranked[0].name if ranked else None), []
+    options = options_from(sizes, budget.profile)
+    ranked = rank(options, budget)
+    measurable = is_measurable(profile) and profile.backend != "torch-cuda"
+    if not measurable:
+        return Selection(ranked[0].name if ranked else None, [], sizes)
+    near = False
+    if not ranked:
+        ranked = rank(options, dataclasses.replace(budget, ms=budget.ms * _NEAR_MISS))
+        near = bool(ranked)
+        if near:
+            progress.log(f"[yellow]no size fits the {budget.ms:.3f} ms budget at its first measurement; timing "
+                         f"{', '.join(o.name for o in ranked[:_MAX_VERIFY])} again in fresh processes (within "
+                         f"{_NEAR_MISS:g}x of it: a slow spell of the machine can slow every size at once)[/]")
     by_name = {s.name: s for s in sizes}
     checks: list[Verification] = []
     for option in ranked[:_MAX_VERIFY]:
@@ -767,16 +795,20 @@ def stage_select(sizes: list[SizeRecord], budget: Budget, profile: HardwareProfi
         # the claim holds when the second figure fits with the two measurements' disagreement as its spread;
         # when it does not, a third measurement pairs with either (`Budget.claim`)
         third = None if budget.fits(budget.claim(first, second)) else remeasure_in_fresh_process(onnx, profile, shape)
-        check = Verification(size=size.name, first=first, second=second, third=third,
-                             holds=budget.fits(budget.claim(first, second, third)))
+        claim = budget.claim(first, second, third)
+        check = Verification(size=size.name, first=first, second=second, third=third, holds=budget.fits(claim),
+                             after_miss=near)
         checks.append(check)
         if check.holds:
-            return size.name, checks
+            if near:  # its recorded figure is the claim's, so the manifest, the report and `pick` agree
+                sizes = [dataclasses.replace(s, latency={**s.latency, budget.profile: claim}, meets_budget=True)
+                         if s.name == size.name else s for s in sizes]
+            return Selection(size.name, checks, sizes)
         taken = f"{second.value():.3f} and {third.value():.3f}" if third is not None else f"{second.value():.3f}"
         progress.log(f"[yellow]{size.name} re-measured in a fresh process at {profile.stat} {taken} ms "
                      f"(first {check.first.value():.3f} ms) misses the {budget.ms:.3f} ms budget; "
                      f"trying the next size[/]")
-    return None, checks
+    return Selection(None, checks, sizes)
 
 
 # ---------------------------------------------------------------------------- seal + record

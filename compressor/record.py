@@ -117,6 +117,7 @@ class Verification:
     second: LatencyReport
     holds: bool  # the claim still meets the budget, judged by `Budget.claim`
     third: LatencyReport | None = None  # taken when the first two did not make the claim
+    after_miss: bool = False  # timed again although `first` missed: no size fit at its first figure
 
 
 @dataclass(frozen=True)
@@ -305,4 +306,6 @@ def _verification(v: Verification, budget: Budget) -> dict[str, Any]:
            "margin_second": budget.margin(v.second), "holds": v.holds}
     if v.third is not None:
         out.update(third=v.third, third_ms=v.third.value(budget.stat), margin_third=budget.margin(v.third))
+    if v.after_miss:
+        out["after_miss"] = True
     return out

@@ -148,7 +148,7 @@ def run_causal_lm(task: "CausalLM", cfg: "CompressConfig", console: "Console", h
                                       run_dir))
             progress.done("export", name, total=len(shapes))
     with clock("select"):
-        selected, verification = stage_select(sizes, budget, profile, shape, run_dir, progress)
+        selected, verification, sizes = stage_select(sizes, budget, profile, shape, run_dir, progress)
     serving = task.serving(data, teacher.tokenizer)
     with clock("seal"):
         sizes = [_seal(s, budget, teacher_rec, serving, task.name, run_dir) for s in sizes]
