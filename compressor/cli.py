@@ -158,8 +158,7 @@ def _run_parser() -> argparse.ArgumentParser:
                    help="language models: TAID's interpolated target for every distillation term (from the size's "
                         "own prediction towards its teacher's over the run; arXiv 2501.16937)")
     p.add_argument("--batch-size", type=int, help="training batch size (default 64)")
-    p.add_argument("--trials", type=int, help="architecture search trials (default: 24, or 6 for each keep-or-drop "
-                                                  "choice over the teacher's blocks where that is more; at most 48)")
+    p.add_argument("--trials", type=int, help="architecture search trials (default 24)")
     p.add_argument("--spaces", metavar="NAME,...",
                    help="search spaces: teacher_scaled, cnn, transformer (default teacher_scaled,cnn)")
     p.add_argument("--proxy", help="training-free proxy ranking students (default: diswot_inherited+params, DisWOT against the trained teacher rank-averaged with params); also ensemble (DisWOT+SNIP+params), diswot, snip, synflow, naswot, zico, swap, params, ... or a+b")

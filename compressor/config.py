@@ -67,7 +67,7 @@ class CompressConfig:
     early_stop: bool = True
     train_precision: str = "auto"  # image/1-D runs: distillation's forward passes' arithmetic (distill/precision.py)
     batch_size: int = 64
-    trials: int | None = None  # None: search.study.default_trials (24, more for a teacher with many blocks)
+    trials: int = 24
     spaces: tuple[str, ...] = ("teacher_scaled", "cnn")
     proxy: str = "diswot_inherited+params"  # its pick about as good as training every candidate: BENCHMARKS.md "Search pick"
     sampler: str = "nsga2"
@@ -154,7 +154,7 @@ def coerce(key: str, value: Any, source: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise ConfigError(f"{source}: budget must be a string such as '5ms' or '0.5x', got {value!r}")
         return parse_budget(value)
-    if key in ("steps", "epochs", "trials"):  # optional integers
+    if key in ("steps", "epochs"):  # optional integers
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
         return value

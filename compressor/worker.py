@@ -99,11 +99,10 @@ def join_search(storage: str, study: str, *, overrides: Mapping[str, Any] | None
     predictor = _predictor(shared.get("predictor"), profile, teacher.spec.shape, cfg.calibration_models)
     budget = Budget(**shared["budget"])
     with Progress(enabled=progress, console=console) as bar, tempfile.TemporaryDirectory() as scratch:
-        scored, finished, n_trials = score_trials(teacher, data,
-                                                  latency_fn=predicted_latency(predictor, teacher.spec.shape),
-                                                  budget=budget, config=search_config(cfg, teacher, profile),
-                                                  storage=storage, run_dir=Path(scratch), progress=bar)
-    return WorkerResult(study=study, storage=storage, scored=scored, finished=finished, n_trials=n_trials,
+        scored, finished = score_trials(teacher, data, latency_fn=predicted_latency(predictor, teacher.spec.shape),
+                                        budget=budget, config=search_config(cfg, teacher, profile),
+                                        storage=storage, run_dir=Path(scratch), progress=bar)
+    return WorkerResult(study=study, storage=storage, scored=scored, finished=finished, n_trials=cfg.trials,
                         seconds=time.monotonic() - started)
 
 

@@ -98,54 +98,6 @@ def test_a_cut_whose_outputs_ignore_the_input_is_skipped_with_the_reason(teacher
     assert any("outputs hardly vary" in r.getMessage() for r in caplog.records)
 
 
-class _DeepResidual(torch.nn.Module):
-    """A stem, then `depth` identity-skip blocks (each droppable), then a head."""
-
-    def __init__(self, depth: int) -> None:
-        super().__init__()
-        self.stem = torch.nn.Conv2d(1, 8, 3, padding=1)
-        self.blocks = torch.nn.ModuleList(torch.nn.Conv2d(8, 8, 3, padding=1) for _ in range(depth))
-        self.fc = torch.nn.Linear(8, 10)
-
-    def forward(self, x):
-        x = torch.relu(self.stem(x))
-        for block in self.blocks:
-            x = x + torch.relu(block(x))
-        return self.fc(x.mean((2, 3)))
-
-
-def _lifted(model):
-    from compressor.intake.lift import lift_exported
-    from compressor.types import InputSpec
-
-    ep = torch.export.export(model.eval(), (torch.randn(2, 1, 8, 8),),
-                             dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
-    return Teacher(lift_exported(ep.module())[0], InputSpec((1, 8, 8), 10), "test", "module", "sha")
-
-
-def test_the_default_trial_count_grows_with_the_blocks_a_teacher_cut_can_drop(teacher):
-    from compressor.search.spaces import CNNSpace, TeacherScaledSpace
-    from compressor.search.study import MIN_TRIALS, TRIALS_PER_DEPTH_CHOICE, default_trials
-
-    torch.manual_seed(0)
-    few, many = teacher, _lifted(_DeepResidual(12))
-    assert TeacherScaledSpace(few).depth_choices == 1 and CNNSpace(few).depth_choices == 0
-    assert default_trials({"teacher_scaled": TeacherScaledSpace(few), "cnn": CNNSpace(few)}) == MIN_TRIALS == 24
-    deep = TeacherScaledSpace(many)
-    # 12 droppable blocks, sampled as 8 tied keep-or-drop choices (the space's cap)
-    assert len(deep.blocks) == 12 and deep.depth_choices == TeacherScaledSpace.max_depth_choices == 8
-    assert default_trials({"teacher_scaled": deep, "cnn": CNNSpace(many)}) == 8 * TRIALS_PER_DEPTH_CHOICE == 48
-    assert default_trials({"cnn": CNNSpace(many)}) == 24  # searched in the built-in family only
-
-
-def test_a_search_without_a_trial_count_runs_the_default_one(teacher, digits8, tmp_path, monkeypatch):
-    from compressor.search import study as S
-
-    monkeypatch.setattr(S, "MIN_TRIALS", 5)  # a short study; the count is the rule's, not the config's
-    res = _search(teacher, digits8, tmp_path, n_trials=None)
-    assert res.n_trials == 5 and len(_load(res).trials) == 5
-
-
 def test_an_impossible_budget_returns_the_fastest_student_marked_infeasible(teacher, digits8, tmp_path):
     res = _search(teacher, digits8, tmp_path, budget=1e-6, n_trials=4)
     assert not res.feasible

@@ -27,10 +27,10 @@ import socket
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Mapping, NamedTuple
+from typing import Any, Callable, Iterator, Literal, Mapping
 
 import numpy as np
 import optuna
@@ -100,7 +100,7 @@ class SearchConfig:
     # candidate twice loses to its own seed noise (benchmarks/results/search_pick.md; the earlier default
     # `ensemble` lost up to 3.5 points there)
     proxy: str = "diswot_inherited+params"
-    n_trials: int | None = None  # None: `default_trials` of the spaces the teacher has
+    n_trials: int = 40
     sampler: Literal["nsga2", "tpe"] = "nsga2"
     seed: int = 0
     batch_size: int = 64
@@ -126,7 +126,7 @@ class SearchConfig:
             get_proxy(name)
         for name in self.record:
             PROXIES.get(name)
-        if self.n_trials is not None and self.n_trials < 1:
+        if self.n_trials < 1:
             raise ConfigError(f"n_trials must be at least 1 but got {self.n_trials}.")
         if self.sampler not in ("nsga2", "tpe"):
             raise ConfigError(f"sampler must be 'nsga2' or 'tpe' but got {self.sampler!r}.")
@@ -609,21 +609,6 @@ def _context(teacher: Teacher, batch: Batch, cfg: SearchConfig) -> tuple[Proxy, 
         return get_proxy(cfg.fallback_proxy), TeacherContext(seed=cfg.seed, batch_size=len(batch[0]))
 
 
-# The default trial count: at least MIN_TRIALS, and TRIALS_PER_DEPTH_CHOICE for each keep-or-drop
-# choice the teacher-derived space samples over the teacher's blocks. Measured on ConvNeXt-atto at
-# 1/4 of its latency (12 droppable blocks, 8 choices; 3 seeds each): 24 trials picked students of
-# 97.2 / 98.1 / 97.8 %, 48 trials 98.1 / 98.1 / 99.2 % (teacher 98.6 %), at 7-18 s more search; a
-# teacher with few droppable blocks (the example ResNet: 1) keeps 24 (benchmarks/results/zoo_trials.md)
-MIN_TRIALS = 24
-TRIALS_PER_DEPTH_CHOICE = 6
-
-
-def default_trials(spaces: Mapping[str, SearchSpace]) -> int:
-    """The trial count of a search over `spaces` when none is configured."""
-    depth = max((s.depth_choices for s in spaces.values()), default=0)
-    return max(MIN_TRIALS, TRIALS_PER_DEPTH_CHOICE * depth)
-
-
 def _spaces(teacher: Teacher, cfg: SearchConfig) -> dict[str, SearchSpace]:
     spaces: dict[str, SearchSpace] = {}
     for name in cfg.spaces:
@@ -682,44 +667,34 @@ def run_search(teacher: Teacher, data: DataSplits, *, latency_fn: Callable[[nn.M
     PRUNED without running) and each picks from the same finished trials. `shared`
     (the run's settings) is stored in a new study for `compress search-worker` to read.
     """
-    part = _take_part(teacher, data, latency_fn=latency_fn, budget=budget, config=config, run_dir=run_dir,
-                      storage=storage, resume=resume, progress=progress, shared=shared)
-    return _result(part.study, part.scorer, part.location, budget, teacher_latency_ms, config)
+    study, scorer, location, _ = _take_part(teacher, data, latency_fn=latency_fn, budget=budget, config=config,
+                                            run_dir=run_dir, storage=storage, resume=resume, progress=progress,
+                                            shared=shared)
+    return _result(study, scorer, location, budget, teacher_latency_ms, config)
 
 
 def score_trials(teacher: Teacher, data: DataSplits, *, latency_fn: Callable[[nn.Module], float], budget: Budget,
                  config: SearchConfig, storage: str, run_dir: Path,
-                 progress: Progress | None = None) -> tuple[int, int, int]:
+                 progress: Progress | None = None) -> tuple[int, int]:
     """A search worker's part: score trials of a shared study until it has its n_trials.
 
-    Returns (trials this worker finished, trials the study has finished, the study's trial count).
+    Returns (trials this worker finished, trials the study has finished).
     """
-    part = _take_part(teacher, data, latency_fn=latency_fn, budget=budget, config=config, run_dir=run_dir,
-                      storage=storage, resume=True, progress=progress)
-    return part.mine, len(_finished(part.study.get_trials(deepcopy=False))), part.n_trials
-
-
-class _Part(NamedTuple):
-    """What one process's part in a study leaves: the study, its scorer, the storage's location,
-    the trials this process finished and the study's trial count (`default_trials` when unset)."""
-    study: optuna.Study
-    scorer: "_Scorer"
-    location: str
-    mine: int
-    n_trials: int
+    study, _, _, mine = _take_part(teacher, data, latency_fn=latency_fn, budget=budget, config=config,
+                                   run_dir=run_dir, storage=storage, resume=True, progress=progress)
+    return mine, len(_finished(study.get_trials(deepcopy=False)))
 
 
 def _take_part(teacher: Teacher, data: DataSplits, *, latency_fn: Callable[[nn.Module], float], budget: Budget,
                config: SearchConfig, run_dir: Path, storage: str | None, resume: bool,
                progress: Progress | None, shared: Mapping[str, Any] | None = None,
-               ) -> _Part:
-    """Open (or join) the study and score trials until n_trials have finished, in any worker."""
+               ) -> tuple[optuna.Study, "_Scorer", str, int]:
+    """Open (or join) the study and score trials until n_trials have finished, in any worker.
+    Returns the study, the scorer, the storage's location and how many trials this process finished."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spaces = _spaces(teacher, config)
-    if config.n_trials is None:  # every worker of a shared study has the same teacher, so the same count
-        config = replace(config, n_trials=default_trials(spaces))
     batch = labelled_batch(data.x_train, data.y_train, config.batch_size, config.seed)
     device = resolve_device(config.device)
     proxy_batch = (batch[0].to(device), batch[1].to(device))
@@ -766,7 +741,7 @@ def _take_part(teacher: Teacher, data: DataSplits, *, latency_fn: Callable[[nn.M
     objective = _objective(scorer, budget, cache, config.n_trials, journal)
     with _writing_study(location), _quiet_candidate_failures():
         _fill(study, store, objective, after_trial, config.n_trials, journal)
-    return _Part(study, scorer, location, mine, config.n_trials)
+    return study, scorer, location, mine
 
 
 def _fits(scorer: "_Scorer", budget: Budget) -> Callable[[Mapping[str, Any]], bool]:
