@@ -434,3 +434,31 @@ def test_a_network_without_skips_is_made_shallower_by_its_shape_keeping_stretche
     arch = space.canonical({"ratios": {g.key: 0.5 for g in space.groups}, "drop": [b.add for b in blocks]})
     model = space.build(arch, teacher)
     assert model(x).shape == (4, 10) and P.count_params(model) < P.count_params(gm) / 2
+
+
+class _DeepResidual(nn.Module):
+    """A stem, then `depth` identity-skip blocks (each droppable), then a head."""
+
+    def __init__(self, depth: int) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.blocks = nn.ModuleList(nn.Conv2d(8, 8, 3, padding=1) for _ in range(depth))
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        for block in self.blocks:
+            x = x + F.relu(block(x))
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("depth, choices", [(3, 3), (12, 8)])
+def test_depth_choices_count_the_sampled_keep_or_drop_choices(depth, choices) -> None:
+    """One per droppable block, tied in runs past the space's cap of 8 (what `bench_zoo_trials` reads)."""
+    torch.manual_seed(0)
+    ep = torch.export.export(_DeepResidual(depth).eval(), (torch.randn(2, 1, 8, 8),),
+                             dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    teacher = Teacher(lift_exported(ep.module())[0], InputSpec((1, 8, 8), 10), "test", "module", "sha")
+    space = SPACES.get("teacher_scaled")(teacher)
+    assert len(space.blocks) == depth and space.depth_choices == choices
+    assert SPACES.get("cnn")(teacher).depth_choices == 0

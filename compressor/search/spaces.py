@@ -73,6 +73,11 @@ class SearchSpace(ABC):
     def widen(self, arch: Mapping[str, Any], factor: float) -> Arch:
         """`arch` with every nestable width multiplied by `factor` (depth unchanged)."""
 
+    @property
+    def depth_choices(self) -> int:
+        """How many keep-or-drop choices over the teacher's blocks the space samples (0: none)."""
+        return 0
+
     def anchors(self) -> list[dict[str, Any]]:
         """Sampler parameters of networks worth evaluating first (the smallest of the space),
         so that a tight budget has at least one feasible candidate early."""
@@ -268,6 +273,10 @@ class TeacherScaledSpace(SearchSpace):
         self._depth_ties = _ties([b.add for b in self.blocks], self.max_depth_choices)
         self._plain_skips = {b.add: b.skip for b in self.blocks if not b.residual}
         self._reduced: dict[tuple[str, ...], tuple[nn.Module, list[P.ChannelGroup], dict]] = {}
+
+    @property
+    def depth_choices(self) -> int:
+        return len(self._depth_ties)
 
     def suggest(self, trial: Trial) -> Arch:
         ratios: dict[str, float] = {}
