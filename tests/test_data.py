@@ -17,6 +17,21 @@ def test_digits_split_is_deterministic_and_stratified():
     assert set(a.y_val.tolist()) == set(range(10))
 
 
+def test_digits_are_read_as_scikit_learn_loads_them(monkeypatch):
+    """The CSV read directly gives load_digits' arrays, and without the file the public loader is used."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from compressor.intake import data as D
+
+    d = load_digits()
+    images, target = D.digits_arrays()
+    assert images.shape == (1797, 8, 8) and np.array_equal(images, d.images) and np.array_equal(target, d.target)
+    monkeypatch.setattr(D.importlib.util, "find_spec", lambda name: None)
+    images, target = D.digits_arrays()
+    assert np.array_equal(images, d.images) and np.array_equal(target, d.target)
+
+
 def test_mnist1d_generates_offline():
     d = load_data("mnist1d", seed=0)
     assert d.x_train.shape[1:] == (40,) and d.num_classes == 10
