@@ -10,6 +10,7 @@ from compressor.distill import train as T
 from compressor.distill.plateau import Cooldown, PlateauRule
 from compressor.distill.train import CHECKPOINT, _Trainer
 from compressor.families import build_family
+from stand_ins import StopAt
 
 SIZES = [("w100", 1.0), ("w050", 0.5)]
 TA_ARCH = {"family": "cnn", "widths": [8, 16], "depths": [1, 1]}
@@ -45,30 +46,6 @@ def _scripted(monkeypatch, accuracies):
 
 class Stop(Exception):
     pass
-
-
-class StopAt:
-    """Stands in for Progress and stops the run once epoch `epoch` is done (its checkpoint is on disk
-    when `done` is called): a kill at that point."""
-
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def add(self, description, total):
-        return 0
-
-    def advance(self, task, n=1):
-        pass
-
-    def update(self, task, **kw):
-        pass
-
-    def log(self, msg):
-        pass
-
-    def done(self, kind, key=None, total=None, **info):
-        if key == self.epoch:
-            raise Stop
 
 
 def _cfg(**kw):
@@ -179,7 +156,7 @@ def test_a_run_killed_in_its_cooldown_resumes_into_the_same_end(small, tmp_path,
     teacher, ta = _nets()
     with pytest.raises(Stop):
         train_family(teacher, ta, small, sizes=SIZES, config=_cfg(), run_dir=tmp_path / "killed",
-                     progress=StopAt(9))
+                     progress=StopAt(9, Stop))
     assert torch.load(tmp_path / "killed" / CHECKPOINT, weights_only=True)["cooldown"]["plateau_epoch"] == 8
     teacher, ta = _nets()
     resumed = train_family(teacher, ta, small, sizes=SIZES, config=_cfg(), run_dir=tmp_path / "killed",
@@ -246,14 +223,14 @@ def test_the_setting_can_change_on_resume_and_a_begun_cooldown_goes_on(small, tm
     teacher, ta = _nets()
     with pytest.raises(Stop):
         train_family(teacher, ta, small, sizes=SIZES, config=_cfg(stop_on_plateau=False), run_dir=tmp_path / "a",
-                     progress=StopAt(3))
+                     progress=StopAt(3, Stop))
     teacher, ta = _nets()
     r = train_family(teacher, ta, small, sizes=SIZES, config=_cfg(), run_dir=tmp_path / "a", resume=True)
     assert r.stopped_early == {"plateau_epoch": 8, "epochs_run": 10, "epochs_planned": 12}
     # a cooldown begun goes on to its end when the run is resumed with the rule off
     teacher, ta = _nets()
     with pytest.raises(Stop):
-        train_family(teacher, ta, small, sizes=SIZES, config=_cfg(), run_dir=tmp_path / "b", progress=StopAt(9))
+        train_family(teacher, ta, small, sizes=SIZES, config=_cfg(), run_dir=tmp_path / "b", progress=StopAt(9, Stop))
     teacher, ta = _nets()
     r = train_family(teacher, ta, small, sizes=SIZES, config=_cfg(stop_on_plateau=False), run_dir=tmp_path / "b",
                      resume=True)

@@ -7,6 +7,7 @@ from compressor.distill import precision as prec
 from compressor.distill.train import CHECKPOINT
 from compressor.errors import ConfigError
 from compressor.families import build_family
+from stand_ins import StopAt
 
 SIZES = [("w100", 1.0), ("w050", 0.5)]
 TA_ARCH = {"family": "cnn", "widths": [16, 32], "depths": [1, 1]}
@@ -62,27 +63,11 @@ def test_forward_passes_run_in_the_precision_asked_for_and_the_weights_stay_floa
     assert runs["bf16"].history[-1]["loss"] == pytest.approx(runs["fp32"].history[-1]["loss"], rel=0.05)
 
 
-class _StopAfterFirstEpoch:
-    """A progress display that stops the run once its first epoch is checkpointed (as Ctrl-C would)."""
-
-    def add(self, description, total):
-        return 0
-
-    def advance(self, task, n=1):
-        pass
-
-    def update(self, task, **kw):
-        pass
-
-    def done(self, kind, key=None, total=None, **info):
-        raise KeyboardInterrupt
-
-
 def test_a_run_checkpointed_in_one_precision_resumes_in_the_other(small, tmp_path):
     """The precision follows the machine, so a run resumed on another machine goes on in its own."""
     teacher, ta = _nets()
     with pytest.raises(KeyboardInterrupt):
-        train_family(teacher, ta, small, sizes=SIZES, run_dir=tmp_path, progress=_StopAfterFirstEpoch(),
+        train_family(teacher, ta, small, sizes=SIZES, run_dir=tmp_path, progress=StopAt(1, KeyboardInterrupt),
                      config=DistillConfig(epochs=2, bn_calib_samples=64, precision="fp32"))
     ckpt = torch.load(tmp_path / CHECKPOINT, weights_only=True)
     assert ckpt["epoch"] == 1
