@@ -48,7 +48,8 @@ import torch
 
 from compressor.config import CompressConfig
 from compressor.lm.corpus import random_windows
-from compressor.lm.gpt import LAYER_ORDER, full_shape, macs_per_token, nested_forward, scaled_shape, sort_by_importance
+from compressor.lm.gpt import (LAYER_ORDER, SHAPE_RULES, full_shape, macs_per_token, nested_forward, scaled_shape,
+                               sort_by_importance)
 from compressor.lm.metrics import token_scores
 from compressor.lm.train import LMDistillConfig, LMTraining, name, train_nested_lm
 from compressor.tasks.causal_lm import CausalLM, load_lm_teacher
@@ -69,6 +70,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--out", default="benchmarks/results/lm_matta.md")
     ap.add_argument("--ways", default=",".join(WAYS), help="comma-separated subset of: " + ", ".join(WAYS))
+    ap.add_argument("--latency", action="store_true",
+                    help="also time each size's dense ONNX files (one 128-token forward and one KV-cache decoder "
+                         "step, host-cpu-1t) before training")
+    ap.add_argument("--shape-rule", default="balanced", choices=SHAPE_RULES,
+                    help="how a compute ratio becomes a shape (`lm.gpt.scaled_shape`): balanced scales depth and "
+                         "width by its square root, width keeps every block")
     args = ap.parse_args()
     args.ways = tuple(w for w in WAYS if w in {x.strip() for x in args.ways.split(",")})
     if "independent" not in args.ways:
@@ -83,11 +90,14 @@ def main() -> None:
     setattr(first_blocks.config, LAYER_ORDER, list(range(first_blocks.config.n_layer)))
     print("blocks in order of importance:", getattr(ordered.config, LAYER_ORDER), flush=True)
     full = full_shape(ordered)
-    ta = scaled_shape(full, TA, 16)
-    students = [scaled_shape(full, r, 16) for r in STUDENTS]
+    ta = scaled_shape(full, TA, 16, args.shape_rule)
+    students = [scaled_shape(full, r, 16, args.shape_rule) for r in STUDENTS]
     cfg = teacher.model.config
     macs = {name(s): macs_per_token(cfg, s, data.context) for s in [full, ta, *students]}
     macs["teacher"] = macs[name(full)]
+
+    timed = time_shapes(ordered, dict(zip(("teacher", "TA", *map(str, STUDENTS)), [full, ta, *students])),
+                        data.context) if args.latency else {}
 
     def executed(run: LMTraining) -> float:  # MACs per token over the whole run
         return (sum(3 * macs[k] * n for k, n in run.trained.items())
@@ -141,10 +151,36 @@ def main() -> None:
                         rows.setdefault(f"{r}", {}).setdefault(way, []).append(score(fam, s))
             compute.setdefault(way, []).append(total)
         print(f"seed {seed} done", json.dumps(rows), flush=True)
-        write(args, rows, compute, seconds, steps, ta, students, t_score, seeds=seed + 1)  # a stopped run keeps its part
+        write(args, rows, compute, seconds, steps, ta, students, t_score, macs, timed, seeds=seed + 1)  # a stopped run keeps its part
 
 
-def write(args, rows, compute, seconds, steps, ta, students, t_score, seeds: int) -> None:
+def time_shapes(model, shapes: dict, context: int) -> dict[str, float]:
+    """p50 ms of one `context`-token forward of each shape's dense ONNX file on host-cpu-1t (untrained
+    weights time as trained ones do)."""
+    import tempfile
+
+    from compressor.export import export_onnx
+    from compressor.hardware import latency_report, load_profile
+    from compressor.lm.gpt import LogitsOnly, dense_model
+
+    from compressor.lm.decode import export_decode_step, measure_decode_step
+
+    profile, out = load_profile("host-cpu-1t"), {}
+    with tempfile.TemporaryDirectory() as d:
+        for label, s in shapes.items():
+            ids = torch.randint(0, model.config.vocab_size, (1, context))
+            dense = dense_model(model, s).eval()
+            onnx = export_onnx(LogitsOnly(dense), ids, Path(d) / f"{name(s)}.onnx",
+                               input_name="input_ids", dynamic={1: "sequence"}, slim=False, atol=1e-3)
+            step = export_decode_step(dense, ids, Path(d) / f"{name(s)}.decode.onnx")
+            window = latency_report(profile, (context,), onnx_path=onnx.path).value()
+            token = measure_decode_step(step.path, dense, profile, step.past).value()
+            out[label] = f"{window:.3f} / {token:.3f}"
+            print(f"{label} {s.to_dict()}: {out[label]} ms", flush=True)
+    return out
+
+
+def write(args, rows, compute, seconds, steps, ta, students, t_score, macs, timed, seeds: int) -> None:
     def mean(xs, i):
         return sum(x[i] for x in xs) / len(xs)
 
@@ -153,8 +189,13 @@ def write(args, rows, compute, seconds, steps, ta, students, t_score, seeds: int
                             cwd=Path(__file__).parent).stdout.strip()
     lines = [f"# Language models: nested (MatTA) vs independent distillation ({seeds} of {args.seeds} seeds)", "",
              f"Teacher `{args.teacher}` (perplexity {t_score[0]:.3f}, next-token accuracy {100 * t_score[1]:.2f} %), "
-             f"text `{args.data}`, batch {args.batch_size} x 128 tokens; TA {ta.to_dict()}; students "
-             + ", ".join(f"{r} {s.to_dict()}" for r, s in zip(STUDENTS, students)) + f". Code at {commit}.", "",
+             f"text `{args.data}`, batch {args.batch_size} x 128 tokens; shapes by the `{args.shape_rule}` rule: "
+             f"TA {ta.to_dict()} ({macs[name(ta)] / macs['teacher']:.3f} of the teacher's MACs per token); "
+             "students " + ", ".join(f"{r} {s.to_dict()} ({macs[name(s)] / macs['teacher']:.3f})"
+                                     for r, s in zip(STUDENTS, students)) + f". Code at {commit}."
+             + ("" if not timed else " Each dense size's ONNX files, p50 on host-cpu-1t, one 128-token forward / "
+                "one generated token after 127 cached (KV-cache step): "
+                + ", ".join(f"{k} {v} ms" for k, v in timed.items()) + "."), "",
              "| way | steps | compute vs independent | wall s (all seeds) |", "|---|---:|---:|---:|"]
     for way in args.ways:
         c = sum(compute[way]) / len(compute[way])

@@ -176,6 +176,33 @@ def test_scaled_shapes_nest_and_refuse_what_does_not_fit():
         dense_model(_tiny_gpt(), Shape(3, 4, 128))
 
 
+def test_width_rule_keeps_every_block_and_scales_heads_and_ffn():
+    full = Shape(6, 8, 1024)
+    shapes = [scaled_shape(full, r, 16, rule="width") for r in (1.0, 0.675, 0.35, 0.245, 0.175)]
+    assert shapes[0] == full
+    assert {s.layers for s in shapes} == {6}
+    assert [s.heads for s in shapes] == [8, 5, 3, 2, 1]
+    assert [s.ffn for s in shapes] == [1024, 688, 352, 256, 176]
+    assert all(b.nests_in(a) for a, b in zip(shapes, shapes[1:]))
+    # the balanced rule drops blocks at the same ratios
+    assert scaled_shape(full, 0.35, 16).layers == 4
+    with pytest.raises(ValueError, match="shape rule"):
+        scaled_shape(full, 0.5, rule="depth")
+
+
+@pytest.mark.parametrize("rule, layers", [("balanced", [3, 2]), ("width", [4, 4])])
+def test_the_run_plans_its_sizes_by_the_chosen_shape_rule(tmp_path, rule, layers):
+    from types import SimpleNamespace
+
+    from compressor.lm.compress import _family
+
+    cfg = CompressConfig(teacher="gpt", budget="0.5x", sizes=(0.7, 0.35), lm_shapes=rule)
+    sizes, info = _family(_tiny_gpt(n_layer=4), None, SimpleNamespace(context=16), SimpleNamespace(round_to=8),
+                          1.0, cfg, tmp_path)
+    assert [s.layers for s, _ in sizes.values()] == layers
+    assert info["shape_rule"] == rule
+
+
 def test_onnx_export_has_dynamic_batch_and_sequence(tmp_path):
     import onnxruntime as ort
 

@@ -25,8 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import LM_SHAPES as SHAPE_RULES
+
 __all__ = ["LAYER_ORDER", "LogitsOnly", "Shape", "dense_model", "full_shape", "kept_layers", "macs_per_token",
-           "nested_forward", "scaled_shape", "sort_by_importance"]
+           "nested_forward", "scaled_shape", "SHAPE_RULES", "sort_by_importance"]
 
 # the config key (saved in config.json with the family) listing the blocks most important first
 LAYER_ORDER = "nested_layer_order"
@@ -63,13 +65,22 @@ def kept_layers(config: Any, layers: int) -> list[int]:
     return sorted(order[:layers])
 
 
-def scaled_shape(full: Shape, ratio: float, round_to: int = 8) -> Shape:
-    """The size that costs about `ratio` of `full` per token: depth and width each scale by
-    sqrt(ratio), so layers x width (what the blocks' MACs follow) scales by `ratio`."""
-    s = math.sqrt(max(min(ratio, 1.0), 1e-6))
-    ffn = max(round_to, int(round(full.ffn * s / round_to)) * round_to)
-    return Shape(layers=max(1, min(full.layers, round(full.layers * s))),
-                 heads=max(1, min(full.heads, round(full.heads * s))), ffn=min(full.ffn, ffn))
+
+
+def scaled_shape(full: Shape, ratio: float, round_to: int = 8, rule: str = "balanced") -> Shape:
+    """The size that costs about `ratio` of `full` per token.
+
+    `balanced`: depth and width each scale by sqrt(ratio), so layers x width (what the blocks'
+    MACs follow) scales by `ratio`. `width`: every block kept, heads and FFN scaled by `ratio`
+    (MatFormer and Flextron nest width only): nested sizes then share every block, so each step
+    of any size trains weights every other size runs."""
+    if rule not in SHAPE_RULES:
+        raise ValueError(f"unknown shape rule {rule!r}; one of {', '.join(SHAPE_RULES)}")
+    r = max(min(ratio, 1.0), 1e-6)
+    depth, width = (1.0, r) if rule == "width" else (math.sqrt(r), math.sqrt(r))
+    ffn = max(round_to, int(round(full.ffn * width / round_to)) * round_to)
+    return Shape(layers=max(1, min(full.layers, round(full.layers * depth))),
+                 heads=max(1, min(full.heads, round(full.heads * width))), ffn=min(full.ffn, ffn))
 
 
 def macs_per_token(config: Any, shape: Shape, context: int) -> int:
