@@ -34,6 +34,8 @@ targets), summed over steps.
     python benchmarks/bench_lm_matta.py --teacher gpt6 --ways chain,independent --compute 1.0
     # which blocks the sizes keep: in order of importance against the first blocks
     python benchmarks/bench_lm_matta.py --teacher gpt6 --ways "chain,independent,chain (first blocks),independent (first blocks)"
+    # every block kept, heads and FFN scaled (MatFormer's nesting), each size's files timed before training
+    python benchmarks/bench_lm_matta.py --teacher gpt6 --shape-rule width --latency --ways "chain,independent,no TA"
 """
 from __future__ import annotations
 

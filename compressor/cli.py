@@ -157,10 +157,6 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--lm-taid", action="store_true", default=None,
                    help="language models: TAID's interpolated target for every distillation term (from the size's "
                         "own prediction towards its teacher's over the run; arXiv 2501.16937)")
-    p.add_argument("--lm-shapes", choices=("balanced", "width"),
-                   help="language models: how each size's compute ratio becomes its shape: 'balanced' (default): "
-                        "blocks and width each scaled by the ratio's square root; 'width': every block kept, heads "
-                        "and FFN scaled by the ratio (MatFormer), so the sizes share every block")
     p.add_argument("--batch-size", type=int, help="training batch size (default 64)")
     p.add_argument("--trials", type=int, help="architecture search trials (default 24)")
     p.add_argument("--spaces", metavar="NAME,...",

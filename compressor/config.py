@@ -30,7 +30,6 @@ __all__ = ["CompressConfig", "load_config_file", "parse_budget", "resolve_config
 METHODS = ("nested", "skeleton")
 SAMPLERS = ("nsga2", "tpe")
 LM_RECIPES = ("chain", "sampled", "all")
-LM_SHAPES = ("balanced", "width")  # compressor.lm.gpt.scaled_shape: how a compute ratio becomes a nested shape
 SCHEDULES = ("sandwich", "chain")  # compressor.distill.train.SCHEDULES  # compressor.lm.train.RECIPES (kept here: config imports no torch)
 TRAIN_PRECISIONS = ("auto", "fp32", "bf16")  # compressor.distill.precision (kept here: config imports no torch)
 # Deployment formats per size (`export.formats`); ONNX is the base and is always written.
@@ -63,7 +62,6 @@ class CompressConfig:
     steps: int | None = None  # language models: training steps of batch_size windows (default: `epochs` passes)
     lm_recipe: str = "chain"  # language models: the nested recipe (compressor/lm/train.py)
     lm_taid: bool = False  # language models: TAID's interpolated targets (lm/train.py TAIDState)
-    lm_shapes: str = "balanced"  # language models: depth and width scaled together, or width alone (lm/gpt.py)
     schedule: str = "sandwich"  # image/1-D nested runs: which granularities train on each step (distill/train.py)
     # image/1-D nested runs of 24+ epochs: cool down and end once validation stops improving (distill/plateau.py)
     early_stop: bool = True
@@ -210,7 +208,6 @@ def resolve_config(file_values: Mapping[str, Any], cli_values: Mapping[str, Any]
     _check_choice("method", cfg.method, METHODS)
     _check_choice("sampler", cfg.sampler, SAMPLERS)
     _check_choice("lm_recipe", cfg.lm_recipe, LM_RECIPES)
-    _check_choice("lm_shapes", cfg.lm_shapes, LM_SHAPES)
     _check_choice("schedule", cfg.schedule, SCHEDULES)
     _check_choice("train_precision", cfg.train_precision, TRAIN_PRECISIONS)
     if cfg.schedule == "chain" and cfg.losses:

@@ -109,10 +109,10 @@ log = logging.getLogger(__name__)
 
 # Shapes of results: the settings that, when changed, make a resumed run a different run.
 _SHAPING = ("teacher", "data", "seed", "image_size", "method", "sizes", "epochs", "proxy", "spaces", "budget",
-            "profile", "losses", "arch", "arch_kwargs", "weights", "verify_top", "anchor_students", "lm_shapes")
+            "profile", "losses", "arch", "arch_kwargs", "weights", "verify_top", "anchor_students")
 # Settings added after runs were first written: a run folder whose config.json lacks one was made
 # with the value below (so a run started before they existed still resumes).
-_SHAPING_SINCE = {"verify_top": 3, "anchor_students": 4, "lm_shapes": "balanced"}
+_SHAPING_SINCE = {"verify_top": 3, "anchor_students": 4}
 # How many fitting sizes are re-measured, best first, before the run gives up on a verified pick.
 _MAX_VERIFY = 3
 # When no size fits at its first figure, the sizes that missed by less than this factor are timed again

@@ -190,19 +190,6 @@ def test_width_rule_keeps_every_block_and_scales_heads_and_ffn():
         scaled_shape(full, 0.5, rule="depth")
 
 
-@pytest.mark.parametrize("rule, layers", [("balanced", [3, 2]), ("width", [4, 4])])
-def test_the_run_plans_its_sizes_by_the_chosen_shape_rule(tmp_path, rule, layers):
-    from types import SimpleNamespace
-
-    from compressor.lm.compress import _family
-
-    cfg = CompressConfig(teacher="gpt", budget="0.5x", sizes=(0.7, 0.35), lm_shapes=rule)
-    sizes, info = _family(_tiny_gpt(n_layer=4), None, SimpleNamespace(context=16), SimpleNamespace(round_to=8),
-                          1.0, cfg, tmp_path)
-    assert [s.layers for s, _ in sizes.values()] == layers
-    assert info["shape_rule"] == rule
-
-
 def test_onnx_export_has_dynamic_batch_and_sequence(tmp_path):
     import onnxruntime as ort
 

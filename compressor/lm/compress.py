@@ -214,27 +214,26 @@ def _family(ordered: torch.nn.Module, teacher: TeacherRecord, data: "LMData", pr
         ratios = sorted({float(r) for r in cfg.sizes}, reverse=True)
         info: dict[str, Any] = {"method": "given ratios (--sizes)"}
     else:
-        small = scaled_shape(full, _GRID[-1], profile.round_to or 8, cfg.lm_shapes)
+        small = scaled_shape(full, _GRID[-1], profile.round_to or 8)
         onnx = _export(LogitsOnly(dense_model(ordered, small)), data.val_windows[:2, :-1],
                        run_dir / "candidates" / "smallest.onnx")
         small_ms = latency_report(profile, (data.context,), onnx_path=onnx.path).value()
         t_ms, t_macs, s_macs = teacher.latency[profile.name].value(), teacher.macs, macs(small)
         slope = (t_ms - small_ms) / max(1, t_macs - s_macs)
         predict = lambda s: small_ms + slope * (macs(s) - s_macs)  # noqa: E731
-        fits = [r for r in _GRID if predict(scaled_shape(full, r, profile.round_to or 8, cfg.lm_shapes)) <= budget_ms]
+        fits = [r for r in _GRID if predict(scaled_shape(full, r, profile.round_to or 8)) <= budget_ms]
         student = fits[0] if fits else _GRID[-1]
         ratios = [round((1 + student) / 2, 3), student, round(student * 0.7, 3), round(student * 0.5, 3)]
         info = {"method": "latency line through the teacher and the smallest candidate, in multiply-adds",
                 "points": [{"macs": t_macs, "ms": t_ms}, {"macs": s_macs, "ms": small_ms, "shape": small.to_dict()}],
                 "student_ratio": student, "feasible": bool(fits),
-                "predicted_ms": {size_name(r): predict(scaled_shape(full, r, profile.round_to or 8, cfg.lm_shapes)) for r in ratios}}
+                "predicted_ms": {size_name(r): predict(scaled_shape(full, r, profile.round_to or 8)) for r in ratios}}
     out: dict[str, tuple[Shape, float]] = {}
     for r in ratios:
-        s = scaled_shape(full, r, profile.round_to or 8, cfg.lm_shapes)
+        s = scaled_shape(full, r, profile.round_to or 8)
         if all(s != have for have, _ in out.values()):
             out[size_name(r)] = (s, r)
-    return out, {**info, "ta": next(iter(out)), "shape_rule": cfg.lm_shapes,
-                 "shapes": {n: s.to_dict() for n, (s, _) in out.items()}}
+    return out, {**info, "ta": next(iter(out)), "shapes": {n: s.to_dict() for n, (s, _) in out.items()}}
 
 
 # ---------------------------------------------------------------------------- export + measure

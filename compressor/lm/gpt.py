@@ -25,8 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import LM_SHAPES as SHAPE_RULES
-
 __all__ = ["LAYER_ORDER", "LogitsOnly", "Shape", "dense_model", "full_shape", "kept_layers", "macs_per_token",
            "nested_forward", "scaled_shape", "SHAPE_RULES", "sort_by_importance"]
 
@@ -65,6 +63,9 @@ def kept_layers(config: Any, layers: int) -> list[int]:
     return sorted(order[:layers])
 
 
+# how a compute ratio becomes a shape; the pipeline plans with "balanced", "width" is measured beside
+# it (BENCHMARKS.md "Language models: nesting width alone")
+SHAPE_RULES = ("balanced", "width")
 
 
 def scaled_shape(full: Shape, ratio: float, round_to: int = 8, rule: str = "balanced") -> Shape:
