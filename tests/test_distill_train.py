@@ -263,6 +263,72 @@ def test_without_augmentation_the_teacher_runs_once_per_sample_and_trains_the_sa
     assert runs[False].train_flops - runs[True].train_flops == (steps * 64 - 384) * teacher_macs
 
 
+def test_with_shifts_the_teacher_runs_once_per_view_of_a_sample_and_trains_the_same(small, tmp_path, monkeypatch):
+    """Shift augmentation: the teacher's logits are kept per (view, sample) and computed the first time a
+    step draws that view; the losses are those of a teacher called every step, and the compute count
+    holds the passes that ran."""
+    from compressor.distill import train as T
+
+    cfg = DistillConfig(epochs=6, batch_size=64, bn_calib_samples=128, augment="shift", shift=1, precision="fp32")
+    runs, drawn = {}, {}
+    real = T.augment_views
+
+    def record(x, kind, shift, generator):
+        out, views = real(x, kind, shift, generator)
+        drawn.setdefault(len(runs), []).append(views)
+        return out, views
+
+    monkeypatch.setattr(T, "augment_views", record)
+    for kept in (True, False):
+        if not kept:
+            monkeypatch.setattr(T, "_VIEW_CACHE_BYTES", 0)  # too little memory for the views: every step
+        teacher, ta = _nets()
+        seen: list[int] = []
+        hook = teacher.register_forward_hook(lambda m, i, o: seen.append(len(i[0])))
+        runs[kept] = train_family(teacher, ta, small, sizes=SIZES, config=cfg, run_dir=tmp_path / str(kept))
+        hook.remove()
+        runs[kept].teacher_samples = sum(seen)
+    steps, probe = 6 * (384 // 64), 1
+    assert runs[False].teacher_samples == steps * 64 + probe
+    # 9 views of each 8x8 sample (shifts of -1..1 on both axes); 6 epochs draw some of them twice
+    assert torch.equal(torch.cat(drawn[0]), torch.cat(drawn[1]))  # the same random numbers either way
+    views = torch.cat(drawn[0])
+    assert int(views.max()) <= 8
+    distinct = runs[True].teacher_samples - probe
+    assert distinct < steps * 64
+    for a, b in zip(runs[True].history, runs[False].history):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    teacher_macs = P.count_macs(_nets()[0], small.x_train[:1])
+    assert runs[False].train_flops - runs[True].train_flops == (steps * 64 - distinct) * teacher_macs
+
+
+def test_teacher_views_run_the_teacher_on_unseen_views_only():
+    from compressor.distill.augment import augment, augment_views, view_count
+    from compressor.distill.train import TeacherViews
+
+    x = torch.randn(6, 1, 5, 5)
+    a, views = augment_views(x, "shift", 2, torch.Generator().manual_seed(4))
+    assert torch.equal(a, augment(x, "shift", 2, torch.Generator().manual_seed(4)))
+    assert view_count(x, "shift", 2) == 25 and view_count(x[:, 0, 0], "shift", 2) == 5
+    for i, v in enumerate(views.tolist()):  # each view index names the crop the sample got
+        oy, ox = divmod(v, 5)
+        padded = torch.nn.functional.pad(x[i:i + 1], [2] * 4, mode="replicate")
+        assert torch.equal(a[i], padded[0, :, oy:oy + 5, ox:ox + 5])
+    calls: list[int] = []
+
+    def run(inputs):
+        calls.append(len(inputs))
+        return inputs.flatten(1)[:, :3] * 2
+
+    cache = TeacherViews(25, 6, 3)
+    idx = torch.arange(6)
+    got, ran = cache.lookup(views, idx, a, run)
+    assert ran == 6 and torch.equal(got, a.flatten(1)[:, :3] * 2)
+    again, ran = cache.lookup(views[:3], idx[:3], a[:3], run)
+    assert ran == 0 and calls == [6] and torch.equal(again, got[:3])
+    assert not TeacherViews.fits(25, 10**7, 1000)
+
+
 def test_chain_trains_one_granularity_per_step_and_runs_the_teacher_for_the_ta_only(small, tmp_path):
     """The chain schedule: cycles of the TA once and each student twice; the teacher runs on the
     TA's steps, a student's step runs the TA forward (no gradient) as its teacher."""
