@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-__all__ = ["AUGMENTS", "augment", "augment_views", "view_count"]
+__all__ = ["AUGMENTS", "augment"]
 
 AUGMENTS = ("none", "shift")
 
@@ -24,31 +24,11 @@ def augment(x: Tensor, kind: str, shift: int, generator: torch.Generator) -> Ten
     raise ValueError(f"unknown augmentation {kind!r} (known: {', '.join(AUGMENTS)})")
 
 
-def augment_views(x: Tensor, kind: str, shift: int, generator: torch.Generator) -> tuple[Tensor, Tensor | None]:
-    """`augment`, drawing the same random numbers, and which of the `view_count` views each sample got
-    (None without augmentation): a teacher's output on a view can then be kept and looked up."""
-    if kind == "shift" and shift > 0:
-        return shift_views(x, shift, generator)
-    return augment(x, kind, shift, generator), None
-
-
-def view_count(x: Tensor, kind: str, shift: int) -> int:
-    """How many distinct views `augment` can make of one sample of `x`'s shape."""
-    if kind != "shift" or shift <= 0:
-        return 1
-    return (2 * shift + 1) ** (1 if x.dim() == 2 else x.dim() - 2)
-
-
 def random_shift(x: Tensor, shift: int, generator: torch.Generator) -> Tensor:
     """Translate each sample by up to `shift` positions along every spatial axis, edges replicated.
 
     Inputs are (B, L) signals, (B, C, L) or (B, C, H, W); a 2-D batch is one
     channel of 1-D signals (families.py reads (L,) inputs the same way)."""
-    return shift_views(x, shift, generator)[0]
-
-
-def shift_views(x: Tensor, shift: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """`random_shift`, and each sample's offsets as one view index in [0, `view_count`)."""
     flat = x.dim() == 2
     y = x.unsqueeze(1) if flat else x
     spatial = y.dim() - 2
@@ -60,5 +40,4 @@ def shift_views(x: Tensor, shift: int, generator: torch.Generator) -> tuple[Tens
     crops = [padded[i, ..., o[0]:o[0] + size[0]] if spatial == 1 else
              padded[i, ..., o[0]:o[0] + size[0], o[1]:o[1] + size[1]] for i, o in enumerate(offsets)]
     out = torch.stack(crops)
-    views = torch.tensor([o[0] if spatial == 1 else o[0] * (2 * shift + 1) + o[1] for o in offsets], dtype=torch.long)
-    return (out.squeeze(1) if flat else out), views
+    return out.squeeze(1) if flat else out

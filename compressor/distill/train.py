@@ -3,8 +3,7 @@
 Each step, on one (optionally augmented) batch:
 
 1. the teacher runs once, frozen, without gradients (without augmentation its
-   logits are computed once per run instead, and looked up; with shifts, once per
-   view of a sample, the first time a step draws it: `TeacherViews`);
+   logits are computed once per run instead, and looked up);
 2. the TA (the family at full width) learns from the teacher and the labels:
    ``ta_ce·CE(TA, y) + ta_kd·τ²·KL(teacher ‖ TA)``;
 3. students (nested sizes) follow the sandwich rule: the smallest every step
@@ -63,7 +62,7 @@ from ..files import first_line
 from ..progress import Progress
 from ..ranks import Ranks
 from ..types import DataSplits, StudentFamily, to_jsonable
-from .augment import AUGMENTS, augment_views, view_count
+from .augment import AUGMENTS, augment
 from .bn import recalibrate_bn
 from .checkpoint import load_checkpoint, write_torch
 from .features import FeatureTap
@@ -325,40 +324,6 @@ def _teacher_macs(teacher: nn.Module, example: Tensor) -> int:
         return 0
 
 
-# The teacher's logits per view are kept while they take at most this much memory (digits: 25 views x
-# 1,437 samples x 10 classes is 1.4 MB); past it the teacher runs on every step as before.
-_VIEW_CACHE_BYTES = 256 << 20
-
-
-class TeacherViews:
-    """The teacher's logits for each (augmented view, training sample), computed the first time a step
-    draws that view of that sample and looked up ever after.
-
-    With shifts of up to 2 pixels an image has 25 views, so a run of E epochs asks the teacher for at
-    most min(E, 25) passes over the training set (12 epochs: about 9.7 distinct views per sample; 48:
-    about 21.5) where it ran E; the targets are the same the teacher gives on that view (it is frozen,
-    in eval mode), so training is unchanged but for float rounding. A family from random weights, whose
-    students are far cheaper than the teacher, spends most of its step on the teacher's pass."""
-
-    def __init__(self, views: int, samples: int, classes: int) -> None:
-        self.logits = torch.zeros(views, samples, classes)
-        self.have = torch.zeros(views, samples, dtype=torch.bool)
-
-    @staticmethod
-    def fits(views: int, samples: int, classes: int) -> bool:
-        return views * samples * classes * 4 <= _VIEW_CACHE_BYTES
-
-    def lookup(self, views: Tensor, idx: Tensor, x: Tensor, run: Callable[[Tensor], Tensor]) -> tuple[Tensor, int]:
-        """The logits of samples `idx` seen as `views` (their inputs `x`), running the teacher (`run`) on
-        those never seen before; also how many those were."""
-        missing = ~self.have[views, idx]
-        n = int(missing.sum())
-        if n:
-            self.logits[views[missing], idx[missing]] = run(x[missing.to(x.device)]).detach().float().cpu()
-            self.have[views[missing], idx[missing]] = True
-        return self.logits[views, idx].to(x.device), n
-
-
 class _Trainer:
     """State of one nested run: the things a checkpoint must restore."""
 
@@ -415,8 +380,6 @@ class _Trainer:
         self.net: nn.Module = _Granularities(self.ta, self.losses, family, self.taps, cfg, self.memory_format,
                                              self._autocast)
         self.teacher_cache: Tensor | None = None  # the teacher's logits per training sample (`_cache_teacher`)
-        self.teacher_views: TeacherViews | None = None  # ... per augmented view of each sample
-        self.step_views: tuple[Tensor, Tensor] | None = None  # this step's (views, samples)
         if ranks is not None:
             # Buffers are synchronised once, here, and never again: the only buffers, BatchNorm
             # statistics, are recalibrated on the same samples before any size is evaluated or kept.
@@ -582,13 +545,7 @@ class _Trainer:
         transformer recipe trains without augmentation). Feature losses need the teacher's feature
         maps as well, which are not kept: those runs call the teacher every step."""
         cfg = self.cfg
-        if self.teacher_tap is None or cfg.extra_losses:
-            return
-        views = view_count(self.data.x_train, cfg.augment, cfg.shift)
-        if views > 1:
-            # one process only: under torchrun each rank sees its own part of a batch
-            if self.ranks is None and TeacherViews.fits(views, len(self.data.x_train), self.data.num_classes):
-                self.teacher_views = TeacherViews(views, len(self.data.x_train), self.data.num_classes)
+        if self.teacher_tap is None or cfg.extra_losses or (cfg.augment != "none" and cfg.shift > 0):
             return
         with torch.no_grad(), self._autocast():
             self.teacher_cache = torch.cat([
@@ -601,8 +558,7 @@ class _Trainer:
         cfg, batch = self.cfg, len(idx)
         x, y = self.data.x_train[idx], self.data.y_train[idx]
         # every rank draws the whole batch's augmentation and sandwich: the seeded stream stays one
-        x, views = augment_views(x, cfg.augment, cfg.shift, self.generator)
-        self.step_views = None if views is None or self.teacher_views is None else (views, idx)
+        x = augment(x, cfg.augment, cfg.shift, self.generator)
         if cfg.schedule == "chain":
             return self._chain_step(idx, x, y)
         students = self._sandwich()
@@ -624,8 +580,7 @@ class _Trainer:
         self.opt.zero_grad(set_to_none=True)
         self.step_index += 1
         self._schedule_step()
-        # cached: counted once, in _cache_teacher; per view: counted in `_teacher` where it ran
-        teacher_macs = 0 if cached is not None or self.step_views is not None else self.macs_teacher
+        teacher_macs = 0 if cached is not None else self.macs_teacher  # cached: counted once, in _cache_teacher
         self.flops += batch * (teacher_macs + 3 * (self.macs_ta + sum(self.family.subnet(n).macs for n in students)))
         return total
 
@@ -654,13 +609,6 @@ class _Trainer:
             return Out(cached, None, labels=y)
         if self.teacher_tap is None:
             return None
-        if self.step_views is not None:
-            def run(inputs: Tensor) -> Tensor:
-                with torch.no_grad(), self._autocast():
-                    return self.teacher_tap(self._inputs(inputs))[0]
-            logits, ran = self.teacher_views.lookup(*self.step_views, x, run)
-            self.flops += ran * self.macs_teacher
-            return Out(logits, None, labels=y)
         with torch.no_grad(), self._autocast():
             logits, feats = self.teacher_tap(x)
         return Out(logits.float(), None if feats is None else feats.float(), labels=y)
@@ -687,8 +635,7 @@ class _Trainer:
         teacher = soft = None
         if name is None:
             teacher = self._teacher(x, y, cached)
-            counted = cached is not None or self.step_views is not None  # elsewhere: see `_teacher`
-            self.flops += batch * ((0 if counted else self.macs_teacher) + 3 * self.macs_ta)
+            self.flops += batch * ((0 if cached is not None else self.macs_teacher) + 3 * self.macs_ta)
         else:
             with torch.no_grad(), self._autocast():
                 soft = self.ta(x).float()  # the student's teacher: the TA as it is now, in training mode like the student
