@@ -1,0 +1,93 @@
+"""Distillation time on the same family with two versions of the code, side by side (written for the
+teacher's logits kept per augmented view, commit 16286b2, measured and reverted: BENCHMARKS.md
+"Pipeline time: the teacher's logits kept per augmented view"; --ref 84a1181, this code at 16286b2).
+
+A finished run folder is copied once per side and round with its distillation and everything after it
+removed (as `bench_rollback.py` does), then resumed: the teacher timing, the search and the checks
+before training are reused, so both sides train the same TA and sizes from the same start and seed.
+The sides alternate, the order flipping each round, so both see the same machine load. Writes
+benchmarks/results/teacher_views.md.
+
+    git worktree add /work/before <commit before the change>
+    python benchmarks/bench_teacher_views.py --ref /work/before --runs runs/DEMO runs/ZOO --rounds 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+AFTER_DISTILL = ("family", "models", "plots", "manifest.json", "report.md", "report.html")
+
+
+def resume(code: Path, source: Path, out: Path) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(source, out)
+    for part in AFTER_DISTILL:
+        target = out / part
+        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    for card in out.glob("model_card_*.md"):
+        card.unlink()
+    config = {**json.loads((out / "config.json").read_text()), "out": str(out), "resume": True, "progress": False}
+    cfg = out.parent / f"{out.name}.json"
+    cfg.write_text(json.dumps(config))
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "compressor", "--config", str(cfg), "-q"], cwd=code, check=True,
+                   capture_output=True)
+    m = json.loads((out / "manifest.json").read_text())
+    return {"distill_s": m["stages"]["distill"], "wall_s": time.perf_counter() - t0,
+            "epochs": len(m["training"]["history"]), "selected": m["selected"],
+            "accuracy": {s["name"]: s["accuracy"] for s in m["models"]}}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ref", type=Path, required=True, help="a checkout of the code before the change")
+    ap.add_argument("--runs", type=Path, nargs="+", required=True, help="finished run folders to resume")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=RESULTS / "teacher_views.md")
+    args = ap.parse_args()
+    ref = subprocess.run(["git", "log", "-1", "--format=%h %s"], cwd=args.ref, capture_output=True, text=True).stdout.strip()
+    new = subprocess.run(["git", "log", "-1", "--format=%h %s"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        for run in args.runs:
+            got: dict[str, list[dict]] = {"before": [], "after": []}
+            for r in range(args.rounds):
+                for side in (("before", "after") if r % 2 == 0 else ("after", "before")):
+                    code = args.ref if side == "before" else ROOT
+                    got[side].append(resume(code, run, Path(d) / f"{run.name}-{side}-{r}"))
+                    print(run.name, side, r, json.dumps(got[side][-1]), flush=True)
+            rows.append((run, got))
+    lines = ["# Pipeline time: the teacher's logits kept per augmented view", "",
+             f"Command: `python benchmarks/bench_teacher_views.py --ref {args.ref} --runs "
+             + " ".join(str(r) for r in args.runs) + f" --rounds {args.rounds}`", "",
+             f"*before*: `{ref}`; *after*: `{new}`. Each finished run folder resumed from its distillation "
+             "(same TA, sizes, start and seed), the two codes alternated, the order flipped each round.", "",
+             "| run | epochs | distill s before | distill s after | after / before | sizes' accuracy |",
+             "|---|---:|---|---|---:|---|"]
+    for run, got in rows:
+        b = [g["distill_s"] for g in got["before"]]
+        a = [g["distill_s"] for g in got["after"]]
+        same = all(g["accuracy"] == got["before"][0]["accuracy"] for g in got["before"] + got["after"])
+        acc = "the same every run" if same else "differ: " + "; ".join(
+            f"{k} " + " / ".join(f"{100 * g['accuracy'][k]:.1f}" for g in got["before"] + got["after"])
+            for k in got["before"][0]["accuracy"])
+        lines.append(f"| {run.name} | {got['before'][0]['epochs']} | {' / '.join(f'{x:.1f}' for x in b)} | "
+                     f"{' / '.join(f'{x:.1f}' for x in a)} | {statistics.mean(a) / statistics.mean(b):.2f} | {acc} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
