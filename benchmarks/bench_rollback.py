@@ -71,6 +71,18 @@ def _figures(run: Path, exit_code: int, wall: float) -> dict:
             "rollbacks": training.get("rollbacks") or []}
 
 
+def copy_to_distill(run: Path, out: Path) -> None:
+    """A copy of finished run `run` at `out` with its distillation and everything after it removed: resumed,
+    it reuses the teacher timing, the search and the checks before training, and trains the same family."""
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(run, out)
+    for part in AFTER_DISTILL:
+        target = out / part
+        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    for card in out.glob("model_card_*.md"):
+        card.unlink()
+
+
 def run_row(ref: Path, row: str) -> dict:
     name, budget = row.rsplit("@", 1)
     teacher, data = teacher_and_data(name)
@@ -82,12 +94,7 @@ def run_row(ref: Path, row: str) -> dict:
                                  "--out", str(before)], folder / "before.log")
     if not (before / "manifest.json").exists():
         raise SystemExit(f"{row}: the run with {ref} wrote no manifest (exit {code}); see {folder / 'before.log'}")
-    shutil.copytree(before, after)
-    for part in AFTER_DISTILL:
-        target = after / part
-        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-    for card in after.glob("model_card_*.md"):
-        card.unlink()
+    copy_to_distill(before, after)
     config = json.loads((after / "config.json").read_text())
     (folder / "resume.json").write_text(json.dumps({**config, "out": str(after), "resume": True}))
     code2, wall2 = _compress(ROOT, ["--config", str(folder / "resume.json")], folder / "after.log")

@@ -3,7 +3,7 @@ teacher's logits kept per augmented view, commit 16286b2, measured and reverted:
 "Pipeline time: the teacher's logits kept per augmented view"; --ref 84a1181, this code at 16286b2).
 
 A finished run folder is copied once per side and round with its distillation and everything after it
-removed (as `bench_rollback.py` does), then resumed: the teacher timing, the search and the checks
+removed (`bench_rollback.copy_to_distill`), then resumed: the teacher timing, the search and the checks
 before training are reused, so both sides train the same TA and sizes from the same start and seed.
 The sides alternate, the order flipping each round, so both see the same machine load. Writes
 benchmarks/results/teacher_views.md.
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import subprocess
 import sys
@@ -24,18 +23,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
 RESULTS = ROOT / "benchmarks" / "results"
-AFTER_DISTILL = ("family", "models", "plots", "manifest.json", "report.md", "report.html")
+
+from bench_rollback import copy_to_distill  # noqa: E402
 
 
 def resume(code: Path, source: Path, out: Path) -> dict:
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(source, out)
-    for part in AFTER_DISTILL:
-        target = out / part
-        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-    for card in out.glob("model_card_*.md"):
-        card.unlink()
+    copy_to_distill(source, out)
     config = {**json.loads((out / "config.json").read_text()), "out": str(out), "resume": True, "progress": False}
     cfg = out.parent / f"{out.name}.json"
     cfg.write_text(json.dumps(config))
