@@ -19,7 +19,7 @@ import numpy as np
 
 from ..types import HardwareProfile, LatencyReport
 
-__all__ = ["NOISY_COV", "MAX_SAMPLES", "Samples", "TimedRun", "collect", "measure_timed_run", "statistic_spread",
+__all__ = ["NOISY_COV", "MAX_SAMPLES", "Samples", "TimedRun", "budget_spread", "collect", "measure_timed_run", "statistic_spread",
            "summarize"]
 
 TimedRun = Callable[[], float]
@@ -151,24 +151,43 @@ def statistic_spread(ms: np.ndarray, stat: str) -> float:
     return 2 * 1.2533 * sigma / max(1.0, float(np.sqrt(len(ms))))
 
 
+def budget_spread(report: LatencyReport) -> float:
+    """The spread of a series as its budget statistic sees it.
+
+    A median ignores a few slow runs, so for p50 it is the body's spread (the
+    robust CoV); a tail statistic (p90, p99) moves with every slow run, so for
+    those it is the whole series' CoV.
+    """
+    return float(report.env["robust_cov"]) if report.stat == "p50" else report.cov
+
+
 def measure_timed_run(timed_run: TimedRun, profile: HardwareProfile, env: Mapping[str, Any] | None = None,
                       progress: bool = False, noisy_cov: float = NOISY_COV) -> LatencyReport:
-    """Time `timed_run` as the profile says; when the series is noisy, measure again.
+    """Time `timed_run` as the profile says; when the series is too noisy for the
+    budget statistic, measure again.
 
     Interference from other processes only ever adds time, and it comes in
-    bursts. A series whose CoV exceeds `noisy_cov` is therefore measured once
-    more with twice the runs and twice the time, and the series whose *body* is
-    tighter (lower robust CoV) is reported, with a warning that says which of two
-    things happened: a few outliers (interrupts, preemption) that inflate the
-    mean and std but leave the median alone, or a machine too busy to trust
-    anything but the median.
+    bursts. A series whose spread, as the budget statistic sees it
+    (`budget_spread`), exceeds `noisy_cov` is measured once more with twice the
+    runs and twice the time, and the series whose *body* is tighter (lower robust
+    CoV) is reported, with a warning that says which of two things happened: a
+    few outliers (interrupts, preemption) that inflate the mean and std but leave
+    the median alone, or a machine too busy to trust anything but the median.
+    A p50 series whose spread is only outliers is not measured again (a second
+    series would report the same median; on a shared machine that was half of
+    all timing): it carries the outlier warning instead.
     """
     first = summarize(collect(timed_run, warmup_runs=profile.warmup_runs,
                               warmup_seconds=profile.warmup_seconds, repeats=profile.repeats,
                               min_seconds=profile.min_seconds, progress=progress, label=profile.name),
                       profile, env)
-    if first.cov <= noisy_cov:
-        return first
+    if budget_spread(first) <= noisy_cov:
+        if first.cov <= noisy_cov:
+            return first
+        note = (f"CoV {first.cov:.1%} from outliers ({first.env['outlier_share']:.1%} of runs over 3x the "
+                f"median: interrupts or other processes; robust CoV {first.env['robust_cov']:.1%}); p50 is "
+                f"unaffected, mean/std/p99 are inflated")
+        return dataclasses.replace(first, warnings=(*first.warnings, note))
     # already warm: no second warm-up
     second = summarize(collect(timed_run, warmup_runs=0, warmup_seconds=0.0, repeats=2 * profile.repeats,
                                min_seconds=2 * profile.min_seconds, progress=progress,
