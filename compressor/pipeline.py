@@ -224,7 +224,8 @@ def run_classification(task: Task, cfg: CompressConfig, console: Console, held: 
         with clock("distill"):
             servables, search_info, training = stage_nested(checked.result, teacher, data, profile,
                                                             predictors[profile.name], budget, cfg, run_dir,
-                                                            progress, ranks, sizes=checked.sizes)
+                                                            progress, ranks, sizes=checked.sizes,
+                                                            teacher_accuracy=teacher_rec.accuracy)
         search_info["seconds"] = clock.seconds["search"]
         search_info["anchor"] = anchored.record
         search_info["verified"] = checked.record
@@ -505,11 +506,12 @@ def stage_premeasure(result: SearchResult, teacher: Teacher, data: DataSplits, p
 
 def stage_nested(result: SearchResult, teacher: Teacher, data: DataSplits, profile: HardwareProfile,
                  predictor: Any, budget: Budget, cfg: CompressConfig, run_dir: Path, progress: Progress,
-                 ranks: Ranks | None = None,
-                 sizes: list[tuple[str, Any]] | None = None) -> tuple[list[Servable], dict[str, Any], dict[str, Any]]:
+                 ranks: Ranks | None = None, sizes: list[tuple[str, Any]] | None = None,
+                 teacher_accuracy: float | None = None) -> tuple[list[Servable], dict[str, Any], dict[str, Any]]:
     """Widen the searched student into its TA and train the nested family in one run
     (under torchrun, with every other rank: `ranks` is rank 0's place). `sizes`: as planned and
-    measured before training (`stage_premeasure`); None plans them here from the predictor."""
+    measured before training (`stage_premeasure`); None plans them here from the predictor.
+    `teacher_accuracy` (on the validation split): a long run whose sizes reach it ends early."""
     latency_fn = predicted_latency(predictor, teacher.spec.shape)
     _seed_everything(cfg.seed)
     nest = plan_sizes(result.ta.arch, teacher, data.x_train[:2], latency_fn, budget.ms, profile.round_to,
@@ -520,7 +522,7 @@ def stage_nested(result: SearchResult, teacher: Teacher, data: DataSplits, profi
         log.info("distillation: %d epochs (%s)", epochs, why)
     dcfg = DistillConfig(epochs=epochs, batch_size=cfg.batch_size, seed=cfg.seed, round_to=profile.round_to,
                          extra_losses=cfg.loss_weights, schedule=cfg.schedule, precision=cfg.train_precision,
-                         stop_on_plateau=cfg.early_stop,
+                         stop_on_plateau=cfg.early_stop, teacher_accuracy=teacher_accuracy,
                          **_recipe(result.ta.arch, ta))
     device = resolve_device(cfg.device, ranks.local_rank if ranks else None)
     if ranks is not None:  # the other ranks build the same TA and train it with this one

@@ -67,6 +67,46 @@ def test_the_rule_reads_a_plateau_within_one_validation_sample():
     assert rule.cooldown(24, 48) == 30 and rule.cooldown(41, 48) is None  # would end too near the planned end
 
 
+def test_the_rule_reads_a_family_caught_up_with_its_teacher_within_one_validation_sample():
+    rule, n = PlateauRule(), 360  # one sample is 0.0028
+    assert rule.caught_up(0.990, 0.992, n) and rule.caught_up(0.995, 0.992, n)
+    assert not rule.caught_up(0.988, 0.992, n)  # more than one sample below
+    assert not rule.caught_up(1.0, None, n) and not rule.caught_up(1.0, 0.9, 0)  # no teacher figure: never
+
+
+def test_a_run_that_reaches_its_teacher_cools_down_at_once_and_says_why(small, tmp_path, monkeypatch):
+    # still improving by more than a sample each validation (the plateau alone would run all 12), but at
+    # epoch 6 (0.74) within one sample of the teacher's 0.742
+    _scripted(monkeypatch, lambda epoch: 0.5 + 0.04 * epoch)
+    teacher, ta = _nets()
+    told = []
+
+    class Told:
+        def add(self, description, total):
+            return 0
+
+        def advance(self, task, n=1):
+            pass
+
+        def update(self, task, **kw):
+            pass
+
+        def done(self, kind, key=None, total=None, **info):
+            pass
+
+        def log(self, msg):
+            told.append(msg)
+
+    r = train_family(teacher, ta, small, sizes=SIZES, config=_cfg(teacher_accuracy=0.742), run_dir=tmp_path,
+                     progress=Told())
+    assert r.stopped_early == {"plateau_epoch": 6, "epochs_run": 8, "epochs_planned": 12}
+    assert len(told) == 1 and "caught up with the teacher" in told[0] and "teacher 0.742" in told[0]
+    teacher, ta = _nets()  # the same run told a teacher it does not reach runs every epoch
+    far = train_family(teacher, ta, small, sizes=SIZES, config=_cfg(teacher_accuracy=0.99),
+                       run_dir=tmp_path / "far")
+    assert far.stopped_early is None and len(far.history) == 12
+
+
 def test_the_cooldown_anneals_rate_and_beta_from_where_they_are_and_follows_a_rescaled_schedule():
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.AdamW([p], lr=1e-2)

@@ -68,6 +68,12 @@ class PlateauRule:
         best = max(means[:-self.patience])
         return all(m <= best + 1.0 / n_val + 1e-9 for m in means[-self.patience:])
 
+    def caught_up(self, mean: float, teacher: float | None, n_val: int) -> bool:
+        """Whether the sizes' mean accuracy is within one validation sample of the teacher's own
+        (`teacher`, on the same split) or above it: the family has learnt what there is to learn
+        from it, and what more epochs would add is the validation set's noise."""
+        return teacher is not None and n_val > 0 and mean >= teacher - 1.0 / n_val - 1e-9
+
     def cooldown(self, epoch: int, epochs: int) -> int | None:
         """The epoch a run that plateaued at epoch `epoch` ends at, or None where the cooldown would
         not end at least two epochs before the planned end (nothing worth stopping for)."""

@@ -118,9 +118,11 @@ class DistillConfig:
     # random stream: skipping it leaves the run's results as they were)
     eval_every: int = 6
     eval_min_seconds: float = 30.0
-    # a run of at least 24 epochs whose sizes' validation accuracy stops improving anneals its rate over
-    # an eighth of its epochs and ends there (distill/plateau.py); False: every planned epoch runs
+    # a run of at least 24 epochs whose sizes' validation accuracy stops improving, or reaches the
+    # teacher's (`teacher_accuracy`, on the same validation split), anneals its rate over an eighth of
+    # its epochs and ends there (distill/plateau.py); False: every planned epoch runs
     stop_on_plateau: bool = True
+    teacher_accuracy: float | None = None
     augment: str = "none"  # "shift": random translation by up to `shift` samples/pixels
     shift: int = 2
     seed: int = 0
@@ -691,12 +693,17 @@ class _Trainer:
         means = [mean_accuracy(h["val_acc"]) for h in self.history
                  if h.get("val_acc") and rule.validates(int(h["epoch"]), cfg.epochs)]
         end = rule.cooldown(self.epoch, cfg.epochs)
-        if end is None or not rule.plateaued(means, len(self.data.y_val)):
+        n_val = len(self.data.y_val)
+        caught_up = rule.validates(self.epoch, cfg.epochs) and rule.caught_up(means[-1], cfg.teacher_accuracy, n_val)
+        if end is None or not (caught_up or rule.plateaued(means, n_val)):
             return
         self.cooldown = Cooldown.begin(self.opt, self.epoch * self.steps_per_epoch, end * self.steps_per_epoch,
                                        plateau_epoch=self.epoch, end_epoch=end)
-        said = (f"distillation: validation accuracy flat for {rule.patience} validations (mean over the sizes "
-                f"{means[-1]:.3f}, best {max(means):.3f}): the learning rate cools down over epochs {self.epoch + 1}-{end} "
+        why = (f"the sizes have caught up with the teacher (mean validation accuracy {means[-1]:.3f}, teacher "
+               f"{cfg.teacher_accuracy:.3f})" if caught_up else
+               f"validation accuracy flat for {rule.patience} validations (mean over the sizes "
+               f"{means[-1]:.3f}, best {max(means):.3f})")
+        said = (f"distillation: {why}: the learning rate cools down over epochs {self.epoch + 1}-{end} "
                 f"and the run ends there, {end} of {cfg.epochs} planned (--no-early-stop runs them all)")
         log.info("%s", said)
         if progress is not None and task is not None:
