@@ -36,6 +36,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 TEACHER_EPOCHS = 30  # bench_zoo.py's default (--teacher-epochs)
 # what distillation writes, and everything a run writes after it: removed before the resume
 AFTER_DISTILL = ("family", "models", "plots", "manifest.json", "report.md", "report.html")
+AFTER_EXPORT = AFTER_DISTILL[1:]  # the trained family kept
 
 
 def teacher_and_data(name: str) -> tuple[Path, list[str]]:
@@ -74,9 +75,19 @@ def _figures(run: Path, exit_code: int, wall: float) -> dict:
 def copy_to_distill(run: Path, out: Path) -> None:
     """A copy of finished run `run` at `out` with its distillation and everything after it removed: resumed,
     it reuses the teacher timing, the search and the checks before training, and trains the same family."""
+    _copy_without(run, out, AFTER_DISTILL)
+
+
+def copy_to_export(run: Path, out: Path) -> None:
+    """A copy of finished run `run` at `out` with its export and everything after it removed: resumed, it
+    reuses the trained family (`family/`) and exports, measures and selects its sizes again."""
+    _copy_without(run, out, AFTER_EXPORT)
+
+
+def _copy_without(run: Path, out: Path, parts: tuple[str, ...]) -> None:
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(run, out)
-    for part in AFTER_DISTILL:
+    for part in parts:
         target = out / part
         shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     for card in out.glob("model_card_*.md"):

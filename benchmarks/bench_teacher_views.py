@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -28,19 +29,47 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 from bench_rollback import copy_to_distill  # noqa: E402
 
+Summary = Callable[[dict, float], dict]
 
-def resume(code: Path, source: Path, out: Path) -> dict:
-    copy_to_distill(source, out)
+
+def resume(code: Path, source: Path, out: Path, copy: Callable[[Path, Path], None] = copy_to_distill,
+           summary: Summary | None = None) -> dict:
+    """`source` copied to `out` by `copy` (which removes what is to be redone), resumed with the package at
+    `code`; `summary(manifest, wall seconds)` of the result (by default the distillation's figures)."""
+    copy(source, out)
     config = {**json.loads((out / "config.json").read_text()), "out": str(out), "resume": True, "progress": False}
     cfg = out.parent / f"{out.name}.json"
     cfg.write_text(json.dumps(config))
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "compressor", "--config", str(cfg), "-q"], cwd=code, check=True,
                    capture_output=True)
-    m = json.loads((out / "manifest.json").read_text())
-    return {"distill_s": m["stages"]["distill"], "wall_s": time.perf_counter() - t0,
-            "epochs": len(m["training"]["history"]), "selected": m["selected"],
-            "accuracy": {s["name"]: s["accuracy"] for s in m["models"]}}
+    return (summary or _distill_summary)(json.loads((out / "manifest.json").read_text()), time.perf_counter() - t0)
+
+
+def _distill_summary(m: dict, wall: float) -> dict:
+    return {"distill_s": m["stages"]["distill"], "wall_s": wall, "epochs": len(m["training"]["history"]),
+            "selected": m["selected"], "accuracy": {s["name"]: s["accuracy"] for s in m["models"]}}
+
+
+def alternate(ref: Path, runs: list[Path], rounds: int, copy: Callable[[Path, Path], None] = copy_to_distill,
+              summary: Summary | None = None) -> list[tuple[Path, dict[str, list[dict]]]]:
+    """Every run resumed `rounds` times with each code, the sides alternating and the order flipping each
+    round, so both see the same machine load."""
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        for run in runs:
+            got: dict[str, list[dict]] = {"before": [], "after": []}
+            for r in range(rounds):
+                for side in (("before", "after") if r % 2 == 0 else ("after", "before")):
+                    code = ref if side == "before" else ROOT
+                    got[side].append(resume(code, run, Path(d) / f"{run.name}-{side}-{r}", copy, summary))
+                    print(run.name, side, r, json.dumps(got[side][-1]), flush=True)
+            rows.append((run, got))
+    return rows
+
+
+def describe(code: Path) -> str:
+    return subprocess.run(["git", "log", "-1", "--format=%h %s"], cwd=code, capture_output=True, text=True).stdout.strip()
 
 
 def main() -> int:
@@ -50,18 +79,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", type=Path, default=RESULTS / "teacher_views.md")
     args = ap.parse_args()
-    ref = subprocess.run(["git", "log", "-1", "--format=%h %s"], cwd=args.ref, capture_output=True, text=True).stdout.strip()
-    new = subprocess.run(["git", "log", "-1", "--format=%h %s"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    rows = []
-    with tempfile.TemporaryDirectory() as d:
-        for run in args.runs:
-            got: dict[str, list[dict]] = {"before": [], "after": []}
-            for r in range(args.rounds):
-                for side in (("before", "after") if r % 2 == 0 else ("after", "before")):
-                    code = args.ref if side == "before" else ROOT
-                    got[side].append(resume(code, run, Path(d) / f"{run.name}-{side}-{r}"))
-                    print(run.name, side, r, json.dumps(got[side][-1]), flush=True)
-            rows.append((run, got))
+    ref, new = describe(args.ref), describe(ROOT)
+    rows = alternate(args.ref, args.runs, args.rounds)
     lines = ["# Pipeline time: the teacher's logits kept per augmented view", "",
              f"Command: `python benchmarks/bench_teacher_views.py --ref {args.ref} --runs "
              + " ".join(str(r) for r in args.runs) + f" --rounds {args.rounds}`", "",

@@ -7,7 +7,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ORDER = ["zoo", "zoo_steady", "rollback", "zoo_guard", "zoo_depth", "zoo_vit", "zoo_plain", "zoo_scratch", "zoo_recal", "zoo_rerun", "zoo_patchify", "zoo_patchify_small", "zoo_rest", "zoo_ta", "latency_predictor", "predictor_zoo", "calibration_set", "measure_stability", "search_pick", "search_pick_e2e", "proxy_correlation", "proxy_cost", "nested",
          "nested_transformer", "lm_matta_width", "lm_matta_order", "lm_matta_6l", "lm_matta", "export_speed", "int8", "int8_demo", "budget_claim", "claim_rule", "faults_crash",
          "faults_corrupt", "faults", "faults_concurrency", "search_workers", "search_workers_journal", "ddp",
-         "pipeline_time_steady", "pipeline_time_calib", "pipeline_time_anchor", "pipeline_time", "pipeline_time_sizes", "pipeline_time_chain", "pipeline_time_bf16", "pipeline_time_bf16_avx512", "pipeline_time_child", "pipeline_time_issue", "pipeline_time_validation", "demo_fresh_clone", "demo_fresh_clone_amd", "compile_step", "teacher_views", "epochs", "pipeline_time_plateau", "early_stop", "zoo_trials", "zoo_trials_depth", "zoo_trials_depth_seeds"]
+         "pipeline_time_steady", "pipeline_time_calib", "pipeline_time_anchor", "pipeline_time", "pipeline_time_sizes", "pipeline_time_chain", "pipeline_time_bf16", "pipeline_time_bf16_avx512", "pipeline_time_child", "pipeline_time_issue", "pipeline_time_validation", "demo_fresh_clone", "demo_fresh_clone_amd", "compile_step", "teacher_views", "pipeline_time_remeasure", "export_time", "epochs", "pipeline_time_plateau", "early_stop", "cut_epochs", "cut_epochs_demo", "zoo_trials", "zoo_trials_depth", "zoo_trials_depth_seeds"]
 
 HEADER = """# Benchmarks
 
