@@ -275,3 +275,10 @@ def test_the_setting_can_change_on_resume_and_a_begun_cooldown_goes_on(small, tm
     r = train_family(teacher, ta, small, sizes=SIZES, config=_cfg(stop_on_plateau=False), run_dir=tmp_path / "b",
                      resume=True)
     assert r.stopped_early is not None and len(r.history) == 10
+
+
+def test_the_teacher_figure_is_not_part_of_a_runs_identity():
+    # it decides only whether the rest of a run may cool down: a run trained before the rule (or with a
+    # teacher measured a hair differently) resumes
+    assert T._run_identity(_cfg(teacher_accuracy=None), SIZES) == T._run_identity(_cfg(teacher_accuracy=0.99), SIZES)
+    assert T._run_identity(_cfg(), SIZES) != T._run_identity(_cfg(epochs=13), SIZES)

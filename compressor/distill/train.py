@@ -283,10 +283,10 @@ def _mean_ratio(ratio: Ratio) -> float:
     return sum(ratio.values()) / max(1, len(ratio))
 
 
-# stop_on_plateau: whether the rest of a run may become a cooldown, not what it trained so far; a
-# cooldown already begun is in the checkpoint and goes on either way, and checkpoints written before
-# the rule resume under it
-_NOT_IDENTITY = ("precision", "eval_every", "eval_min_seconds", "stop_on_plateau")
+# stop_on_plateau, teacher_accuracy: whether the rest of a run may become a cooldown, not what it trained
+# so far; a cooldown already begun is in the checkpoint and goes on either way, and checkpoints written
+# before the rules resume under them
+_NOT_IDENTITY = ("precision", "eval_every", "eval_min_seconds", "stop_on_plateau", "teacher_accuracy")
 
 
 def _run_identity(config: DistillConfig, sizes: Sequence[SizeSpec]) -> str:
