@@ -24,8 +24,7 @@ A run whose sizes have caught up with the teacher (their mean validation accurac
 sample of the teacher's on the same split: `caught_up`) cools down and ends at once, without
 waiting for the plateau: more epochs could only fit the validation images' noise. The demo's
 teacher at seed 1, whose search picks a family from random weights, ends at 26 epochs instead of
-34, at the same accuracy (BENCHMARKS.md "Distillation of cut families: 24 epochs that end once
-caught up").
+34, at the same accuracy (BENCHMARKS.md "Distillation of cut families on the demo").
 
 A run that keeps improving runs its planned epochs, step for step as without the rule (it only
 validates more often, which changes no weight and no random stream). Runs shorter than
