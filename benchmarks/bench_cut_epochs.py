@@ -82,17 +82,17 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "_work" / "cut_epochs")
     ap.add_argument("--out", type=Path, default=RESULTS / "cut_epochs.md")
     ap.add_argument("--note", default="")
+    ap.add_argument("--title", default="Distillation: the same families with two versions of the code")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     ref = subprocess.run(["git", "log", "-1", "--format=%h %s"], cwd=args.ref, capture_output=True, text=True).stdout.strip()
     new = subprocess.run(["git", "log", "-1", "--format=%h %s"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    lines = ["## Distillation of cut families: 24 epochs that end once caught up", "",
+    lines = [f"## {args.title}", "",
              f"Command: `python benchmarks/bench_cut_epochs.py --ref {args.ref} --rows '{args.rows}' --seeds {args.seeds}`",
              "", *([args.note, ""] if args.note else []),
              f"*12*: `compress` with the code at `{ref}` (a family cut from the teacher trained 12 epochs). *new*: "
-             f"the same run resumed from its distillation with `{new}` (planned for 24, ending once its sizes "
-             "are within one validation image of the teacher or flat), so both train the same TA and sizes from "
-             "the same start and seed. *24, plateau only*: the same copy resumed with `--epochs 24` under the "
+             f"the same run resumed from its distillation with `{new}` (this checkout's defaults), so both train "
+             "the same TA and sizes from the same start and seed. *24, plateau only*: the same copy resumed with `--epochs 24` under the "
              "`--ref` code (where run). Cells: epochs run / planned | mean accuracy over the sizes % | selected "
              "size and its accuracy % | distillation s. Accuracy on the held-out validation images (digits: "
              "360, one image is 0.28 points); distillation seconds on a shared 2-core machine.", "",

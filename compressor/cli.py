@@ -134,9 +134,8 @@ def _run_parser() -> argparse.ArgumentParser:
                    help="width ratios of the nested sizes (default: 4 chosen from the budget). e.g. --sizes 1,0.5,0.25")
     p.add_argument("--epochs", type=int,
                    help="distillation epochs (default 12 for sizes cut from the teacher, 48 for a family from "
-                        "random weights, which is still learning at 12 and ends early once its sizes catch up "
-                        "with the teacher or stop improving). 24 lifted zoo teachers' cuts by 0.4 points on "
-                        "average")
+                        "random weights, which is still learning at 12). 24 lifted zoo teachers' cuts by 0.65 "
+                        "points on average")
     p.add_argument("--steps", type=int, metavar="N",
                    help="language models: training steps of --batch-size windows of 128 tokens (default: --epochs "
                         "passes over the text). e.g. --steps 150")
@@ -146,9 +145,8 @@ def _run_parser() -> argparse.ArgumentParser:
                         "students (about 0.4x the time per epoch; give it 1.5x the --epochs)")
     p.add_argument("--no-early-stop", dest="early_stop", action="store_false", default=None,
                    help="nested distillation: run every planned epoch; by default a run of 24 or more epochs "
-                        "(a family from random weights, or --epochs 24) whose sizes' validation accuracy reaches the "
-                        "teacher's or stops improving anneals its learning rate over an eighth of its epochs and "
-                        "ends there")
+                        "(a family from random weights, or --epochs 24) whose sizes' validation accuracy stops "
+                        "improving anneals its learning rate over an eighth of its epochs and ends there")
     p.add_argument("--train-precision", choices=("auto", "fp32", "bf16"),
                    help="distillation's forward passes (image/1-D runs): 'auto' (default): bfloat16 on a CPU with AMX tiles or "
                         "AVX-512 BF16 (about 2x faster there), float32 elsewhere; weights, gradients and losses stay float32, "

@@ -67,58 +67,6 @@ def test_the_rule_reads_a_plateau_within_one_validation_sample():
     assert rule.cooldown(24, 48) == 30 and rule.cooldown(41, 48) is None  # would end too near the planned end
 
 
-def test_the_rule_reads_a_family_caught_up_with_its_teacher_within_one_validation_sample():
-    rule, n = PlateauRule(), 360  # one sample is 0.0028
-    assert rule.caught_up(0.990, 0.992, n) and rule.caught_up(0.995, 0.992, n)
-    assert not rule.caught_up(0.988, 0.992, n)  # more than one sample below
-    assert not rule.caught_up(1.0, None, n) and not rule.caught_up(1.0, 0.9, 0)  # no teacher figure: never
-    assert rule.caught_up_and_flat([0.95, 0.990, 0.990], 0.992, n)  # at the teacher, one validation without a gain
-    assert not rule.caught_up_and_flat([0.95, 0.990], 0.992, n)  # at the teacher but still gaining
-    assert not rule.caught_up_and_flat([0.80, 0.90, 0.95], 0.85, n)  # past a weak teacher, still gaining
-    assert not rule.caught_up_and_flat([0.95, 0.95], 0.99, n)  # flat, but behind: the plateau rule's to judge
-
-
-def test_a_run_at_its_teacher_cools_down_after_one_flat_validation_and_says_why(small, tmp_path, monkeypatch):
-    # validations at 4, 6, 8: 0.66, 0.74 (within one sample of the teacher's 0.742, but a gain), 0.74 (no
-    # gain): cooled down from 8. The plateau alone, two flat validations, would see them at 10, too late
-    # for a cooldown before the planned 12
-    _scripted(monkeypatch, lambda epoch: min(0.5 + 0.04 * epoch, 0.74))
-    teacher, ta = _nets()
-    told = []
-
-    class Told:
-        def add(self, description, total):
-            return 0
-
-        def advance(self, task, n=1):
-            pass
-
-        def update(self, task, **kw):
-            pass
-
-        def done(self, kind, key=None, total=None, **info):
-            pass
-
-        def log(self, msg):
-            told.append(msg)
-
-    r = train_family(teacher, ta, small, sizes=SIZES, config=_cfg(teacher_accuracy=0.742), run_dir=tmp_path,
-                     progress=Told())
-    assert r.stopped_early == {"plateau_epoch": 8, "epochs_run": 10, "epochs_planned": 12}
-    assert len(told) == 1 and "caught up with the teacher and stopped improving" in told[0] and "teacher 0.742" in told[0]
-    teacher, ta = _nets()  # the same run told a teacher it does not reach runs every epoch
-    far = train_family(teacher, ta, small, sizes=SIZES, config=_cfg(teacher_accuracy=0.99),
-                       run_dir=tmp_path / "far")
-    assert far.stopped_early is None and len(far.history) == 12
-
-
-def test_a_run_past_a_weak_teacher_goes_on_while_it_improves(small, tmp_path, monkeypatch):
-    _scripted(monkeypatch, lambda epoch: 0.5 + 0.04 * epoch)  # past the teacher's 0.6 from epoch 4, gaining
-    teacher, ta = _nets()
-    r = train_family(teacher, ta, small, sizes=SIZES, config=_cfg(teacher_accuracy=0.6), run_dir=tmp_path)
-    assert r.stopped_early is None and len(r.history) == 12
-
-
 def test_the_cooldown_anneals_rate_and_beta_from_where_they_are_and_follows_a_rescaled_schedule():
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.AdamW([p], lr=1e-2)
@@ -287,10 +235,3 @@ def test_the_setting_can_change_on_resume_and_a_begun_cooldown_goes_on(small, tm
     r = train_family(teacher, ta, small, sizes=SIZES, config=_cfg(stop_on_plateau=False), run_dir=tmp_path / "b",
                      resume=True)
     assert r.stopped_early is not None and len(r.history) == 10
-
-
-def test_the_teacher_figure_is_not_part_of_a_runs_identity():
-    # it decides only whether the rest of a run may cool down: a run trained before the rule (or with a
-    # teacher measured a hair differently) resumes
-    assert T._run_identity(_cfg(teacher_accuracy=None), SIZES) == T._run_identity(_cfg(teacher_accuracy=0.99), SIZES)
-    assert T._run_identity(_cfg(), SIZES) != T._run_identity(_cfg(epochs=13), SIZES)

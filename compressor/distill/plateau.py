@@ -20,15 +20,10 @@ gains from annealing that rate. The cooldown anneals it from where it is to the 
 cycle would take it, over `cooldown_epochs(epochs)` epochs: the decay phase of a
 warmup-stable-decay schedule, started when validation says the stable phase is over.
 
-A run whose sizes have caught up with the teacher (their mean validation accuracy within one
-sample of the teacher's on the same split, or above it) cools down after one validation without
-a gain rather than two (`caught_up_and_flat`): a family as good as its teacher that stops
-improving is done, while one still improving goes on, past its teacher if it can. ON_DEMO
-
 A run that keeps improving runs its planned epochs, step for step as without the rule (it only
 validates more often, which changes no weight and no random stream). Runs shorter than
-`min_epochs` (`--epochs 12` and less) are never stopped: validating often enough to see a plateau
-would cost about what stopping saves.
+`min_epochs` (the 12 epochs of a family cut from the teacher) are never stopped: validating often
+enough to see a plateau would cost about what stopping saves.
 """
 from __future__ import annotations
 
@@ -72,19 +67,6 @@ class PlateauRule:
             return False
         best = max(means[:-self.patience])
         return all(m <= best + 1.0 / n_val + 1e-9 for m in means[-self.patience:])
-
-    def caught_up(self, mean: float, teacher: float | None, n_val: int) -> bool:
-        """Whether the sizes' mean accuracy is within one validation sample of the teacher's own
-        (`teacher`, on the same split) or above it."""
-        return teacher is not None and n_val > 0 and mean >= teacher - 1.0 / n_val - 1e-9
-
-    def caught_up_and_flat(self, means: Sequence[float], teacher: float | None, n_val: int) -> bool:
-        """Whether the last mean accuracy has caught up with the teacher and brought no gain over the
-        best before it (one flat validation, where the plateau alone waits for `patience`). A family
-        still improving goes on even past its teacher: students of a weak teacher end well above it
-        (MnasNet-0.5's at 1/4 of its latency: 98.6 % against 84.4 %)."""
-        return len(means) >= 2 and self.caught_up(means[-1], teacher, n_val) and \
-            means[-1] <= max(means[:-1]) + 1.0 / n_val + 1e-9
 
     def cooldown(self, epoch: int, epochs: int) -> int | None:
         """The epoch a run that plateaued at epoch `epoch` ends at, or None where the cooldown would

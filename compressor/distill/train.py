@@ -118,11 +118,9 @@ class DistillConfig:
     # random stream: skipping it leaves the run's results as they were)
     eval_every: int = 6
     eval_min_seconds: float = 30.0
-    # a run of at least 24 epochs whose sizes' validation accuracy stops improving (for one validation
-    # where it has reached the teacher's `teacher_accuracy`, on the same split; two otherwise) anneals its
-    # rate over an eighth of its epochs and ends there (distill/plateau.py); False: every planned epoch runs
+    # a run of at least 24 epochs whose sizes' validation accuracy stops improving anneals its rate over
+    # an eighth of its epochs and ends there (distill/plateau.py); False: every planned epoch runs
     stop_on_plateau: bool = True
-    teacher_accuracy: float | None = None
     augment: str = "none"  # "shift": random translation by up to `shift` samples/pixels
     shift: int = 2
     seed: int = 0
@@ -283,10 +281,10 @@ def _mean_ratio(ratio: Ratio) -> float:
     return sum(ratio.values()) / max(1, len(ratio))
 
 
-# stop_on_plateau, teacher_accuracy: whether the rest of a run may become a cooldown, not what it trained
-# so far; a cooldown already begun is in the checkpoint and goes on either way, and checkpoints written
-# before the rules resume under them
-_NOT_IDENTITY = ("precision", "eval_every", "eval_min_seconds", "stop_on_plateau", "teacher_accuracy")
+# stop_on_plateau: whether the rest of a run may become a cooldown, not what it trained so far; a
+# cooldown already begun is in the checkpoint and goes on either way, and checkpoints written before
+# the rule resume under it
+_NOT_IDENTITY = ("precision", "eval_every", "eval_min_seconds", "stop_on_plateau")
 
 
 def _run_identity(config: DistillConfig, sizes: Sequence[SizeSpec]) -> str:
@@ -693,17 +691,12 @@ class _Trainer:
         means = [mean_accuracy(h["val_acc"]) for h in self.history
                  if h.get("val_acc") and rule.validates(int(h["epoch"]), cfg.epochs)]
         end = rule.cooldown(self.epoch, cfg.epochs)
-        n_val = len(self.data.y_val)
-        caught_up = rule.validates(self.epoch, cfg.epochs) and rule.caught_up_and_flat(means, cfg.teacher_accuracy, n_val)
-        if end is None or not (caught_up or rule.plateaued(means, n_val)):
+        if end is None or not rule.plateaued(means, len(self.data.y_val)):
             return
         self.cooldown = Cooldown.begin(self.opt, self.epoch * self.steps_per_epoch, end * self.steps_per_epoch,
                                        plateau_epoch=self.epoch, end_epoch=end)
-        why = (f"the sizes have caught up with the teacher and stopped improving (mean validation accuracy "
-               f"{means[-1]:.3f}, best {max(means):.3f}, teacher {cfg.teacher_accuracy:.3f})" if caught_up else
-               f"validation accuracy flat for {rule.patience} validations (mean over the sizes "
-               f"{means[-1]:.3f}, best {max(means):.3f})")
-        said = (f"distillation: {why}: the learning rate cools down over epochs {self.epoch + 1}-{end} "
+        said = (f"distillation: validation accuracy flat for {rule.patience} validations (mean over the sizes "
+                f"{means[-1]:.3f}, best {max(means):.3f}): the learning rate cools down over epochs {self.epoch + 1}-{end} "
                 f"and the run ends there, {end} of {cfg.epochs} planned (--no-early-stop runs them all)")
         log.info("%s", said)
         if progress is not None and task is not None:
