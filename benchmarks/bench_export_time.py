@@ -32,8 +32,7 @@ def _series(m: dict) -> list[dict]:
         out += [r for r in size["latency"].values() if r.get("measured")]
         int8 = size.get("int8") or {}
         out += [r for r in (int8.get("latency") or {}).values() if r.get("measured")]
-    for check in m.get("verification") or []:
-        out += [check[k] for k in ("second",) if isinstance(check.get(k), dict)]
+    out += [c["second"] for c in m.get("verification") or [] if isinstance(c.get("second"), dict)]
     return out
 
 
